@@ -1,0 +1,288 @@
+//! The per-file header: fixed size (1024 bytes) for every file of a vault, so a file's plain size
+//! follows from its backing size alone.
+//!
+//! ```text
+//! offset size  field                                   covered by header tag
+//! 0      8     magic "KMSFSENC"                        yes
+//! 8      2     format version, u16 LE (= 1)            yes
+//! 10     2     header size, u16 LE (= 1024)            yes
+//! 12     4     block size, u32 LE                      yes
+//! 16     16    volume id                               yes
+//! 32     16    file id (random, 128 bit)               yes
+//! 48     1     provider id (1 local, 2 aws-kms)        yes
+//! 49     1     reserved, zero                          yes
+//! 50     2     slot capacity, u16 LE (= 442)           yes
+//! 52     60    zero padding                            yes
+//! 112    16    header tag                              -
+//! 128    1     active slot (0 or 1)                    no: rewrap flips it
+//! 129    7     reserved, zero                          no (checked to be zero)
+//! 136    2     slot 0: wrapped key length, u16 LE      no: the KMS authenticates the blob
+//! 138    442   slot 0: wrapped key, zero padded
+//! 580    2     slot 1: wrapped key length, u16 LE
+//! 582    442   slot 1: wrapped key, zero padded
+//! 1024         end
+//! ```
+//! The tag is AES-256-GCM-SIV under the file's data key, nonce all zero, empty plaintext,
+//! AAD = "KMSFS-H1" ‖ bytes 0..112 (computed by `crypto::header_tag`).
+
+use super::{FormatError, ID_LEN, Id};
+use crate::format::layout::{Layout, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+
+/// Total header size in bytes.
+pub const HEADER_SIZE: usize = 1024;
+/// The magic bytes every kmsfs file starts with.
+pub const MAGIC: [u8; 8] = *b"KMSFSENC";
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u16 = 1;
+/// Largest wrapped key a slot holds (an AWS KMS CiphertextBlob is ~184 bytes).
+pub const SLOT_CAPACITY: usize = 442;
+/// Bytes at the start of the header covered by the header tag.
+pub const TAGGED_LEN: usize = 112;
+/// Length of the header tag.
+pub const HEADER_TAG_LEN: usize = 16;
+
+const TAG_OFFSET: usize = 112;
+const ACTIVE_OFFSET: usize = 128;
+const SLOT_OFFSETS: [usize; 2] = [136, 580];
+
+/// Which key provider wrapped a file's data key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderId {
+    /// A master key in a local file.
+    Local = 1,
+    /// AWS KMS (or a KMS speaking its API).
+    AwsKms = 2,
+}
+
+impl ProviderId {
+    /// The provider for a header byte.
+    pub fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(ProviderId::Local),
+            2 => Some(ProviderId::AwsKms),
+            _ => None,
+        }
+    }
+}
+
+/// A decoded per-file header.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FileHeader {
+    /// Plaintext block size of the file.
+    pub block_size: u32,
+    /// The vault this file belongs to.
+    pub volume_id: Id,
+    /// This file's random id, bound into every block's AAD and the KMS encryption context.
+    pub file_id: Id,
+    /// Which provider wrapped the data key.
+    pub provider: ProviderId,
+    /// Which slot holds the wrapped key in use.
+    pub active: usize,
+    /// The two wrapped-key slots (an empty vector is an empty slot).
+    pub slots: [Vec<u8>; 2],
+    /// Tag over bytes 0..112, keyed by the data key.
+    pub tag: [u8; HEADER_TAG_LEN],
+}
+
+impl std::fmt::Debug for FileHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileHeader")
+            .field("file_id", &hex::encode(self.file_id))
+            .field("volume_id", &hex::encode(self.volume_id))
+            .field("block_size", &self.block_size)
+            .field("provider", &self.provider)
+            .field("active", &self.active)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileHeader {
+    /// A new header with `wrapped` in slot 0 and a zero tag (fill it with `crypto::header_tag`).
+    pub fn new(
+        block_size: u32,
+        volume_id: Id,
+        file_id: Id,
+        provider: ProviderId,
+        wrapped: Vec<u8>,
+    ) -> Result<Self, FormatError> {
+        if wrapped.is_empty() || wrapped.len() > SLOT_CAPACITY {
+            return Err(FormatError::InvalidField("wrapped key length"));
+        }
+        Ok(FileHeader {
+            block_size,
+            volume_id,
+            file_id,
+            provider,
+            active: 0,
+            slots: [wrapped, Vec::new()],
+            tag: [0; HEADER_TAG_LEN],
+        })
+    }
+
+    /// The wrapped data key in the active slot.
+    pub fn wrapped_key(&self) -> &[u8] {
+        &self.slots[self.active]
+    }
+
+    /// The layout (header size + block size) this header describes.
+    pub fn layout(&self) -> Result<Layout, FormatError> {
+        Layout::new(HEADER_SIZE as u64, self.block_size)
+    }
+
+    /// Bytes 0..112: the fields the header tag covers.
+    pub fn tagged_bytes(&self) -> [u8; TAGGED_LEN] {
+        let mut b = [0u8; TAGGED_LEN];
+        b[0..8].copy_from_slice(&MAGIC);
+        b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[10..12].copy_from_slice(&(HEADER_SIZE as u16).to_le_bytes());
+        b[12..16].copy_from_slice(&self.block_size.to_le_bytes());
+        b[16..32].copy_from_slice(&self.volume_id);
+        b[32..48].copy_from_slice(&self.file_id);
+        b[48] = self.provider as u8;
+        b[50..52].copy_from_slice(&(SLOT_CAPACITY as u16).to_le_bytes());
+        b
+    }
+
+    /// The slot area (bytes 128..1024): active slot byte and both slots.
+    pub fn slot_bytes(&self) -> [u8; HEADER_SIZE - ACTIVE_OFFSET] {
+        let mut b = [0u8; HEADER_SIZE - ACTIVE_OFFSET];
+        b[0] = self.active as u8;
+        for (slot, &off) in self.slots.iter().zip(&SLOT_OFFSETS) {
+            let at = off - ACTIVE_OFFSET;
+            let len = slot.len().min(SLOT_CAPACITY);
+            b[at..at + 2].copy_from_slice(&(len as u16).to_le_bytes());
+            b[at + 2..at + 2 + len].copy_from_slice(&slot[..len]);
+        }
+        b
+    }
+
+    /// Offset of the slot area within the header (rewrap rewrites only this part).
+    pub const SLOT_AREA_OFFSET: u64 = ACTIVE_OFFSET as u64;
+
+    /// The full 1024 header bytes.
+    pub fn encode(&self) -> [u8; HEADER_SIZE] {
+        let mut b = [0u8; HEADER_SIZE];
+        b[..TAGGED_LEN].copy_from_slice(&self.tagged_bytes());
+        b[TAG_OFFSET..TAG_OFFSET + HEADER_TAG_LEN].copy_from_slice(&self.tag);
+        b[ACTIVE_OFFSET..].copy_from_slice(&self.slot_bytes());
+        b
+    }
+
+    /// Decode a header from untrusted bytes. Checks structure only; the tag is checked by
+    /// `crypto::verify_header` once the data key is known.
+    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        if bytes.len() < HEADER_SIZE {
+            if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
+                return Err(FormatError::BadMagic);
+            }
+            return Err(FormatError::Truncated {
+                need: HEADER_SIZE,
+                have: bytes.len(),
+            });
+        }
+        let b = &bytes[..HEADER_SIZE];
+        if b[0..8] != MAGIC {
+            return Err(FormatError::BadMagic);
+        }
+        let version = u16_at(b, 8);
+        if version != FORMAT_VERSION {
+            return Err(FormatError::UnsupportedVersion(version));
+        }
+        if usize::from(u16_at(b, 10)) != HEADER_SIZE {
+            return Err(FormatError::InvalidField("header size"));
+        }
+        let block_size = u32::from_le_bytes([b[12], b[13], b[14], b[15]]);
+        if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) || !block_size.is_power_of_two()
+        {
+            return Err(FormatError::InvalidField("block size"));
+        }
+        let provider = ProviderId::from_byte(b[48]).ok_or(FormatError::InvalidField("provider"))?;
+        if usize::from(u16_at(b, 50)) != SLOT_CAPACITY {
+            return Err(FormatError::InvalidField("slot capacity"));
+        }
+        if b[49] != 0 || b[52..TAG_OFFSET].iter().any(|&x| x != 0) {
+            return Err(FormatError::InvalidField("padding"));
+        }
+        let active = usize::from(b[ACTIVE_OFFSET]);
+        if active > 1 || b[ACTIVE_OFFSET + 1..SLOT_OFFSETS[0]].iter().any(|&x| x != 0) {
+            return Err(FormatError::InvalidField("active slot"));
+        }
+        let mut slots = [Vec::new(), Vec::new()];
+        for (i, &off) in SLOT_OFFSETS.iter().enumerate() {
+            let len = usize::from(u16_at(b, off));
+            let area = &b[off + 2..off + 2 + SLOT_CAPACITY];
+            let valid = len <= SLOT_CAPACITY && area[len.min(SLOT_CAPACITY)..].iter().all(|&x| x == 0);
+            if i == active {
+                if len == 0 || !valid {
+                    return Err(FormatError::InvalidField("wrapped key slot"));
+                }
+            } else if !valid {
+                // A damaged inactive slot is ignored: only the active slot is ever used.
+                continue;
+            }
+            slots[i] = area[..len].to_vec();
+        }
+        let mut tag = [0u8; HEADER_TAG_LEN];
+        tag.copy_from_slice(&b[TAG_OFFSET..TAG_OFFSET + HEADER_TAG_LEN]);
+        let mut volume_id = [0u8; ID_LEN];
+        volume_id.copy_from_slice(&b[16..32]);
+        let mut file_id = [0u8; ID_LEN];
+        file_id.copy_from_slice(&b[32..48]);
+        Ok(FileHeader {
+            block_size,
+            volume_id,
+            file_id,
+            provider,
+            active,
+            slots,
+            tag,
+        })
+    }
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> FileHeader {
+        let mut h = FileHeader::new(4096, [1; 16], [2; 16], ProviderId::Local, vec![9; 61])
+            .expect("valid header");
+        h.tag = [7; 16];
+        h
+    }
+
+    #[test]
+    fn round_trip() {
+        let h = sample();
+        assert_eq!(FileHeader::decode(&h.encode()), Ok(h));
+    }
+
+    #[test]
+    fn rejects_garbage_without_panicking() {
+        assert_eq!(FileHeader::decode(b"abc"), Err(FormatError::BadMagic));
+        assert_eq!(FileHeader::decode(&[0u8; 2000]), Err(FormatError::BadMagic));
+        assert!(matches!(
+            FileHeader::decode(&sample().encode()[..500]),
+            Err(FormatError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn structural_fields_are_checked() {
+        let good = sample().encode();
+        for (at, what) in [(8, "version"), (10, "size"), (14, "bs"), (48, "provider"), (50, "cap"), (60, "pad"), (128, "active"), (130, "reserved"), (137, "slot len"), (300, "slot tail")] {
+            let mut b = good;
+            b[at] ^= 0x40;
+            assert!(FileHeader::decode(&b).is_err(), "{what} change accepted");
+        }
+    }
+
+    #[test]
+    fn oversized_wrapped_key_is_refused() {
+        assert!(FileHeader::new(4096, [0; 16], [0; 16], ProviderId::AwsKms, vec![1; 443]).is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! The AWS KMS provider (being written).

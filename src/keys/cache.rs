@@ -1,0 +1,388 @@
+//! The key cache: unwrapped data keys by file id, bounded in entries (LRU) and in time (TTL
+//! from the unwrap, not sliding). Keys are `Arc<DataKey>`; a key is zeroized when its last
+//! reference goes (eviction, expiry, `clear`, unmount).
+//!
+//! Policy (DESIGN.md §4): a fresh entry is served without a KMS call; a missing or expired one
+//! is unwrapped once however many threads ask at the same moment (single flight). When the
+//! KMS is unreachable, an expired key is served for a grace period (retrying at most every
+//! few seconds); when the KMS refuses, the key is dropped at once and the call fails.
+//! `ttl == 0` means "no caching across opens": entries stay only until `release`.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+use parking_lot::{Condvar, Mutex};
+
+use super::{EncryptionContext, KeyError, KeyProvider};
+use crate::crypto::DataKey;
+use crate::format::Id;
+
+/// Default time an unwrapped key stays usable.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+/// Default number of cached keys.
+pub const DEFAULT_CAPACITY: usize = 4096;
+/// How long to wait before asking an unreachable KMS again while serving a stale key.
+const RETRY_INTERVAL: Duration = Duration::from_secs(5);
+
+struct Entry {
+    key: Arc<DataKey>,
+    unwrapped_at: Instant,
+    retry_at: Option<Instant>,
+}
+
+type FlightResult = Option<Result<Arc<DataKey>, KeyError>>;
+
+#[derive(Default)]
+struct Flight {
+    result: Mutex<FlightResult>,
+    done: Condvar,
+}
+
+/// Counters the mount reports (`kmsfs status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KeyStats {
+    /// Lookups served from the cache.
+    pub hits: u64,
+    /// Lookups that needed an unwrap.
+    pub misses: u64,
+    /// KMS Decrypt calls made.
+    pub kms_decrypt: u64,
+    /// KMS GenerateDataKey calls made.
+    pub kms_generate: u64,
+    /// KMS calls that failed.
+    pub kms_errors: u64,
+    /// Expired keys served because the KMS was unreachable.
+    pub stale_served: u64,
+    /// Keys cached now.
+    pub entries: u64,
+    /// Most keys the cache holds.
+    pub capacity: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    kms_decrypt: AtomicU64,
+    kms_generate: AtomicU64,
+    kms_errors: AtomicU64,
+    stale_served: AtomicU64,
+}
+
+/// Unwrapped data keys, by file id.
+pub struct KeyCache {
+    provider: Arc<dyn KeyProvider>,
+    ttl: Duration,
+    grace: Duration,
+    capacity: usize,
+    entries: Mutex<LruCache<Id, Entry>>,
+    flights: Mutex<HashMap<Id, Arc<Flight>>>,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCache")
+            .field("provider", &self.provider)
+            .field("ttl", &self.ttl)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyCache {
+    /// A cache over `provider` holding at most `capacity` keys, each for `ttl` from its unwrap,
+    /// plus `grace` while the KMS is unreachable.
+    pub fn new(provider: Arc<dyn KeyProvider>, ttl: Duration, grace: Duration, capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        KeyCache {
+            provider,
+            ttl,
+            grace,
+            capacity,
+            entries: Mutex::new(LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN))),
+            flights: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The provider behind the cache.
+    pub fn provider(&self) -> &Arc<dyn KeyProvider> {
+        &self.provider
+    }
+
+    fn is_fresh(&self, e: &Entry, now: Instant) -> bool {
+        self.ttl.is_zero() || now.duration_since(e.unwrapped_at) < self.ttl
+    }
+
+    /// The data key of `file_id`, from the cache or by unwrapping `wrapped` under `ctx`.
+    pub fn get(&self, file_id: &Id, wrapped: &[u8], ctx: &EncryptionContext) -> Result<Arc<DataKey>, KeyError> {
+        let now = Instant::now();
+        {
+            let mut entries = self.entries.lock();
+            if let Some(e) = entries.get(file_id) {
+                if self.is_fresh(e, now) {
+                    self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(e.key.clone());
+                }
+                // Stale and the KMS failed recently: serve the old key until the next retry.
+                if e.retry_at.is_some_and(|t| now < t) && self.within_grace(e, now) {
+                    self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
+                    return Ok(e.key.clone());
+                }
+            }
+        }
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        match self.unwrap_once(file_id, wrapped, ctx) {
+            Ok(key) => Ok(key),
+            Err(KeyError::Unreachable(msg)) => self.serve_stale(file_id, now).ok_or(KeyError::Unreachable(msg)),
+            Err(e) => {
+                // A refusal drops the key at once: no plaintext key outlives the KMS's "no".
+                self.entries.lock().pop(file_id);
+                Err(e)
+            }
+        }
+    }
+
+    fn within_grace(&self, e: &Entry, now: Instant) -> bool {
+        now.duration_since(e.unwrapped_at) < self.ttl + self.grace
+    }
+
+    fn serve_stale(&self, file_id: &Id, now: Instant) -> Option<Arc<DataKey>> {
+        let mut entries = self.entries.lock();
+        let e = entries.get_mut(file_id)?;
+        if !self.within_grace(e, now) {
+            entries.pop(file_id);
+            return None;
+        }
+        e.retry_at = Some(now + RETRY_INTERVAL.min(self.ttl.max(Duration::from_millis(100))));
+        self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(file_id = %hex::encode(file_id), "KMS unreachable: serving a cached key within its grace period");
+        Some(e.key.clone())
+    }
+
+    /// One Decrypt per file id at a time; concurrent callers wait for the leader's result.
+    fn unwrap_once(&self, file_id: &Id, wrapped: &[u8], ctx: &EncryptionContext) -> Result<Arc<DataKey>, KeyError> {
+        let (flight, leader) = {
+            let mut flights = self.flights.lock();
+            match flights.get(file_id) {
+                Some(f) => (f.clone(), false),
+                None => {
+                    let f = Arc::new(Flight::default());
+                    flights.insert(*file_id, f.clone());
+                    (f, true)
+                }
+            }
+        };
+        if !leader {
+            let mut result = flight.result.lock();
+            while result.is_none() {
+                flight.done.wait(&mut result);
+            }
+            return result.clone().unwrap_or_else(|| Err(KeyError::Unreachable("no result".into())));
+        }
+        self.counters.kms_decrypt.fetch_add(1, Ordering::Relaxed);
+        let result = self.provider.decrypt(wrapped, ctx).map(Arc::new);
+        match &result {
+            Ok(key) => self.insert(file_id, key.clone()),
+            Err(_) => {
+                self.counters.kms_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        *flight.result.lock() = Some(result.clone());
+        self.flights.lock().remove(file_id);
+        flight.done.notify_all();
+        result
+    }
+
+    /// A new data key for `file_id` (GenerateDataKey), cached; returns the key and its wrapped form.
+    pub fn generate(&self, file_id: &Id, ctx: &EncryptionContext) -> Result<(Arc<DataKey>, Vec<u8>), KeyError> {
+        self.counters.kms_generate.fetch_add(1, Ordering::Relaxed);
+        let generated = self.provider.generate_data_key(ctx).inspect_err(|_| {
+            self.counters.kms_errors.fetch_add(1, Ordering::Relaxed);
+        })?;
+        let key = Arc::new(generated.key);
+        self.insert(file_id, key.clone());
+        Ok((key, generated.wrapped))
+    }
+
+    /// Cache `key` for `file_id`, its TTL starting now.
+    pub fn insert(&self, file_id: &Id, key: Arc<DataKey>) {
+        self.entries.lock().put(
+            *file_id,
+            Entry {
+                key,
+                unwrapped_at: Instant::now(),
+                retry_at: None,
+            },
+        );
+    }
+
+    /// The last handle of `file_id` closed: with `ttl == 0` its key goes now.
+    pub fn release(&self, file_id: &Id) {
+        if self.ttl.is_zero() {
+            self.entries.lock().pop(file_id);
+        }
+    }
+
+    /// Drop every key past its TTL plus grace (called periodically by the mount).
+    pub fn purge_expired(&self) {
+        let now = Instant::now();
+        let mut entries = self.entries.lock();
+        let dead: Vec<Id> = entries
+            .iter()
+            .filter(|(_, e)| !self.ttl.is_zero() && !self.within_grace(e, now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            entries.pop(&id);
+        }
+    }
+
+    /// Drop every key (forget, unmount). Keys still borrowed by an in-flight operation are
+    /// zeroized when that operation ends.
+    pub fn clear(&self) {
+        self.entries.lock().clear();
+    }
+
+    /// The counters and current size.
+    pub fn stats(&self) -> KeyStats {
+        let c = &self.counters;
+        KeyStats {
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            kms_decrypt: c.kms_decrypt.load(Ordering::Relaxed),
+            kms_generate: c.kms_generate.load(Ordering::Relaxed),
+            kms_errors: c.kms_errors.load(Ordering::Relaxed),
+            stale_served: c.stale_served.load(Ordering::Relaxed),
+            entries: self.entries.lock().len() as u64,
+            capacity: self.capacity as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::header::ProviderId;
+    use crate::keys::GeneratedKey;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A provider that counts calls and can be told to fail, slow down or refuse.
+    #[derive(Debug, Default)]
+    struct FakeProvider {
+        decrypts: AtomicUsize,
+        mode: Mutex<Option<KeyError>>,
+        delay: Mutex<Duration>,
+    }
+
+    impl KeyProvider for FakeProvider {
+        fn provider_id(&self) -> ProviderId {
+            ProviderId::Local
+        }
+        fn key_id(&self) -> &str {
+            "fake"
+        }
+        fn generate_data_key(&self, _: &EncryptionContext) -> Result<GeneratedKey, KeyError> {
+            Ok(GeneratedKey { key: DataKey::from_slice(&[7; 32]).map_err(|e| KeyError::Config(e.to_string()))?, wrapped: vec![7] })
+        }
+        fn decrypt(&self, wrapped: &[u8], _: &EncryptionContext) -> Result<DataKey, KeyError> {
+            self.decrypts.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(*self.delay.lock());
+            if let Some(e) = self.mode.lock().clone() {
+                return Err(e);
+            }
+            DataKey::from_slice(&[wrapped[0]; 32]).map_err(|e| KeyError::Config(e.to_string()))
+        }
+        fn wrap(&self, _: &DataKey, _: &EncryptionContext) -> Result<Vec<u8>, KeyError> {
+            Ok(vec![7])
+        }
+    }
+
+    fn setup(ttl_ms: u64, grace_ms: u64, cap: usize) -> (Arc<FakeProvider>, KeyCache) {
+        let p = Arc::new(FakeProvider::default());
+        let c = KeyCache::new(p.clone(), Duration::from_millis(ttl_ms), Duration::from_millis(grace_ms), cap);
+        (p, c)
+    }
+
+    fn ctx() -> EncryptionContext {
+        EncryptionContext::for_file(&[0; 16], &[1; 16])
+    }
+
+    #[test]
+    fn second_get_is_a_hit() {
+        let (p, c) = setup(60_000, 0, 10);
+        c.get(&[1; 16], &[3], &ctx()).expect("first");
+        c.get(&[1; 16], &[3], &ctx()).expect("second");
+        assert_eq!(p.decrypts.load(Ordering::SeqCst), 1);
+        let s = c.stats();
+        assert_eq!((s.hits, s.misses, s.kms_decrypt, s.entries), (1, 1, 1, 1));
+    }
+
+    #[test]
+    fn expiry_unwraps_again() {
+        let (p, c) = setup(30, 0, 10);
+        c.get(&[1; 16], &[3], &ctx()).expect("first");
+        std::thread::sleep(Duration::from_millis(40));
+        c.get(&[1; 16], &[3], &ctx()).expect("after expiry");
+        assert_eq!(p.decrypts.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn lru_bound_evicts() {
+        let (_, c) = setup(60_000, 0, 2);
+        for i in 0..5u8 {
+            c.get(&[i; 16], &[i], &ctx()).expect("get");
+        }
+        assert_eq!(c.stats().entries, 2);
+    }
+
+    #[test]
+    fn single_flight_for_concurrent_misses() {
+        let (p, c) = setup(60_000, 0, 10);
+        *p.delay.lock() = Duration::from_millis(100);
+        let c = Arc::new(c);
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || c.get(&[1; 16], &[3], &ctx()).map(|k| *k.expose()))
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().expect("join").expect("key"), [3; 32]);
+        }
+        assert_eq!(p.decrypts.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn unreachable_serves_stale_within_grace_refusal_drops() {
+        let (p, c) = setup(30, 10_000, 10);
+        c.get(&[1; 16], &[3], &ctx()).expect("first");
+        std::thread::sleep(Duration::from_millis(40));
+        *p.mode.lock() = Some(KeyError::Unreachable("down".into()));
+        assert!(c.get(&[1; 16], &[3], &ctx()).is_ok(), "stale key served in grace");
+        // within the retry interval no further KMS call is made
+        let before = p.decrypts.load(Ordering::SeqCst);
+        assert!(c.get(&[1; 16], &[3], &ctx()).is_ok());
+        assert_eq!(p.decrypts.load(Ordering::SeqCst), before);
+        *p.mode.lock() = Some(KeyError::Refused("disabled".into()));
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(matches!(c.get(&[1; 16], &[3], &ctx()), Err(KeyError::Refused(_))));
+        assert_eq!(c.stats().entries, 0, "refusal drops the key");
+    }
+
+    #[test]
+    fn zero_ttl_keeps_keys_until_release() {
+        let (p, c) = setup(0, 0, 10);
+        c.get(&[1; 16], &[3], &ctx()).expect("first");
+        c.get(&[1; 16], &[3], &ctx()).expect("while open");
+        assert_eq!(p.decrypts.load(Ordering::SeqCst), 1);
+        c.release(&[1; 16]);
+        c.get(&[1; 16], &[3], &ctx()).expect("reopen");
+        assert_eq!(p.decrypts.load(Ordering::SeqCst), 2);
+    }
+}
