@@ -1,1 +1,599 @@
-//! cryptfile
+//! One open encrypted file over a backing file: read and write at any offset, partial-block
+//! read-modify-write, truncate, and the plain size ↔ backing size translation.
+//!
+//! Writes go straight through to the backing file (no write-back buffer), so the backing size
+//! always encodes the plain size and `getattr` needs no header. One `RwLock` per file lets
+//! reads run in parallel while writes and truncates are exclusive.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::crypto::{self, BlockCipher};
+use crate::format::header::{FileHeader, HEADER_SIZE, ProviderId};
+use crate::format::layout::BLOCK_OVERHEAD;
+use crate::format::{FormatError, Id, Layout};
+use crate::keys::{EncryptionContext, KeyCache, KeyError};
+
+/// Blocks sealed or opened per backing I/O call, bounding memory for huge writes and holes.
+const BATCH_BLOCKS: u64 = 256;
+
+/// What went wrong with an encrypted file.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptError {
+    /// The backing file system failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The backing file is damaged, tampered with or not a kmsfs file.
+    #[error("integrity error in {path}{}: {what}", block.map(|b| format!(" block {b}")).unwrap_or_default())]
+    Integrity {
+        /// The backing file.
+        path: String,
+        /// The block, when one block is at fault.
+        block: Option<u64>,
+        /// What is wrong.
+        what: String,
+    },
+    /// The data key could not be obtained.
+    #[error("key for {path}: {err}")]
+    Key {
+        /// The backing file.
+        path: String,
+        /// Why.
+        err: KeyError,
+    },
+}
+
+/// What every file of one vault shares: ids, geometry and the key cache.
+#[derive(Debug)]
+pub struct Vault {
+    /// The vault's volume id.
+    pub volume_id: Id,
+    /// Header and block sizes.
+    pub layout: Layout,
+    /// The provider new files are wrapped with.
+    pub provider: ProviderId,
+    /// Unwrapped data keys.
+    pub keys: Arc<KeyCache>,
+}
+
+impl Vault {
+    /// Plain size of a backing file of `backing` bytes (lossy for damaged files: stat must work).
+    pub fn plain_size(&self, backing: u64) -> u64 {
+        self.layout.plain_size_lossy(backing)
+    }
+}
+
+/// The decoded header and block cipher of a file that has content.
+#[derive(Debug)]
+struct Keyed {
+    header: FileHeader,
+    cipher: BlockCipher,
+}
+
+/// One open encrypted file.
+#[derive(Debug)]
+pub struct CryptFile {
+    file: File,
+    vault: Arc<Vault>,
+    state: RwLock<Option<Keyed>>,
+}
+
+impl CryptFile {
+    /// Wrap an open backing file (opened read-write where possible).
+    pub fn new(file: File, vault: Arc<Vault>) -> Self {
+        CryptFile { file, vault, state: RwLock::new(None) }
+    }
+
+    /// The backing path, for log lines (resolved now, so renames are followed).
+    pub fn backing_path(&self) -> String {
+        std::fs::read_link(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| PathBuf::from("<unknown>").display().to_string())
+    }
+
+    fn integrity(&self, block: Option<u64>, what: impl Into<String>) -> CryptError {
+        CryptError::Integrity { path: self.backing_path(), block, what: what.into() }
+    }
+
+    fn backing_len(&self) -> Result<u64, CryptError> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    /// The plain size, validated against the format (a damaged size is an integrity error).
+    pub fn size(&self) -> Result<u64, CryptError> {
+        let backing = self.backing_len()?;
+        self.vault.layout.plain_size(backing).map_err(|e| self.integrity(None, e.to_string()))
+    }
+
+    /// The file id, once the file has content (for the key cache's release on close).
+    pub fn file_id(&self) -> Option<Id> {
+        self.state.read().as_ref().map(|k| k.header.file_id)
+    }
+
+    /// Read and authenticate the header, and get its data key (cache or KMS).
+    fn load(&self) -> Result<Keyed, CryptError> {
+        let mut buf = vec![0u8; HEADER_SIZE];
+        let n = read_full(&self.file, &mut buf, 0)?;
+        let header = FileHeader::decode(&buf[..n]).map_err(|e| self.integrity(None, format!("header: {e}")))?;
+        if header.volume_id != self.vault.volume_id {
+            return Err(self.integrity(None, "header belongs to another vault"));
+        }
+        if u64::from(header.block_size) != self.vault.layout.block_size() as u64 {
+            return Err(self.integrity(None, "header block size differs from the vault's"));
+        }
+        let ctx = EncryptionContext::for_file(&self.vault.volume_id, &header.file_id);
+        let key = self
+            .vault
+            .keys
+            .get(&header.file_id, header.wrapped_key(), &ctx)
+            .map_err(|err| match err {
+                // A wrapped key that its own provider will not open is a damaged header.
+                KeyError::Refused(why) if header.provider == self.vault.provider => {
+                    self.integrity(None, format!("wrapped key refused: {why}"))
+                }
+                err => CryptError::Key { path: self.backing_path(), err },
+            })?;
+        crypto::verify_header(&key, &header).map_err(|_| self.integrity(None, "header tag does not verify"))?;
+        let cipher = BlockCipher::new(key, self.vault.volume_id, header.file_id);
+        Ok(Keyed { header, cipher })
+    }
+
+    /// A file with content but no loaded header: load it (under the write lock).
+    fn ensure_loaded(&self) -> Result<(), CryptError> {
+        if self.state.read().is_some() {
+            return Ok(());
+        }
+        let mut state = self.state.write();
+        if state.is_none() {
+            *state = Some(self.load()?);
+        }
+        Ok(())
+    }
+
+    /// Read up to `len` plaintext bytes at `offset` (short at end of file).
+    pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, CryptError> {
+        let size = self.size()?;
+        if offset >= size || len == 0 {
+            return Ok(Vec::new());
+        }
+        let end = size.min(offset.saturating_add(len as u64));
+        self.ensure_loaded()?;
+        let state = self.state.read();
+        let keyed = state.as_ref().ok_or_else(|| self.integrity(None, "header vanished"))?;
+        let layout = &self.vault.layout;
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let first = layout.block_of(offset);
+        let last = layout.block_of(end - 1);
+        let mut plain = vec![0u8; layout.block_size()];
+        let mut index = first;
+        while index <= last {
+            let batch_end = last.min(index + BATCH_BLOCKS - 1);
+            let stored = self.read_stored(index, batch_end, size)?;
+            let mut at = 0usize;
+            for i in index..=batch_end {
+                let blen = layout.block_len(i, size);
+                let slen = blen + BLOCK_OVERHEAD as usize;
+                let block = stored.get(at..at + slen).ok_or_else(|| self.integrity(Some(i), "block cut short"))?;
+                keyed
+                    .cipher
+                    .open(i, block, &mut plain[..blen])
+                    .map_err(|e| self.integrity(Some(i), e.to_string()))?;
+                let bstart = layout.plain_offset(i);
+                let from = offset.max(bstart) - bstart;
+                let to = end.min(bstart + blen as u64) - bstart;
+                out.extend_from_slice(&plain[from as usize..to as usize]);
+                at += slen;
+            }
+            index = batch_end + 1;
+        }
+        plain.fill(0);
+        Ok(out)
+    }
+
+    /// The stored bytes of blocks `first..=last` of a file of plain size `size`, in one pread.
+    fn read_stored(&self, first: u64, last: u64, size: u64) -> Result<Vec<u8>, CryptError> {
+        let layout = &self.vault.layout;
+        let start = layout.backing_offset(first);
+        let end = layout.backing_offset(last) + BLOCK_OVERHEAD + layout.block_len(last, size) as u64;
+        let mut buf = vec![0u8; (end - start) as usize];
+        let n = read_full(&self.file, &mut buf, start)?;
+        if n < buf.len() {
+            return Err(self.integrity(Some(layout.block_of(layout.plain_offset(first) + n as u64)), "block cut short"));
+        }
+        Ok(buf)
+    }
+
+    /// Decrypt block `index` of a file of plain size `size` (empty if it does not exist).
+    fn read_block(&self, keyed: &Keyed, index: u64, size: u64) -> Result<Vec<u8>, CryptError> {
+        let layout = &self.vault.layout;
+        if index >= layout.block_count(size) {
+            return Ok(Vec::new());
+        }
+        let stored = self.read_stored(index, index, size)?;
+        let mut plain = vec![0u8; layout.block_len(index, size)];
+        keyed
+            .cipher
+            .open(index, &stored, &mut plain)
+            .map_err(|e| self.integrity(Some(index), e.to_string()))?;
+        Ok(plain)
+    }
+
+    /// Write `data` at `offset`, extending the file (a gap reads as zeros).
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<usize, CryptError> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let mut state = self.state.write();
+        let size = self.size()?;
+        let new_size = size.max(offset.saturating_add(data.len() as u64));
+        self.rewrite(&mut state, size, new_size, offset, data)?;
+        Ok(data.len())
+    }
+
+    /// Set the plain size: cut (re-sealing the new final block) or extend with zeros.
+    pub fn truncate(&self, new_size: u64) -> Result<(), CryptError> {
+        let mut state = self.state.write();
+        let size = self.size()?;
+        if new_size == size {
+            return Ok(());
+        }
+        if new_size == 0 {
+            // An empty file has no header; its next write makes a new file id and key.
+            self.file.set_len(0)?;
+            *state = None;
+            return Ok(());
+        }
+        if new_size > size {
+            return self.rewrite(&mut state, size, new_size, new_size, &[]);
+        }
+        let layout = self.vault.layout;
+        let keyed = self.keyed(&mut state)?;
+        let last = layout.block_of(new_size);
+        let mut plain = self.read_block(keyed, last, size)?;
+        plain.truncate(layout.block_len(last, new_size));
+        let mut out = Vec::with_capacity(plain.len() + BLOCK_OVERHEAD as usize);
+        keyed.cipher.seal(last, &plain, &mut out).map_err(|e| std::io::Error::other(e.to_string()))?;
+        plain.fill(0);
+        self.file.write_all_at(&out, layout.backing_offset(last))?;
+        self.file.set_len(layout.backing_size(new_size))?;
+        Ok(())
+    }
+
+    /// Overwrite the plain range `offset .. offset + len` with zeros, keeping the size
+    /// (punch hole / zero range: the zeros stay encrypted and authenticated).
+    pub fn zero_range(&self, offset: u64, len: u64) -> Result<(), CryptError> {
+        let size = self.size()?;
+        let end = size.min(offset.saturating_add(len));
+        let mut at = offset;
+        let chunk = BATCH_BLOCKS * self.vault.layout.block_size() as u64;
+        while at < end {
+            let n = chunk.min(end - at);
+            self.write(at, &vec![0u8; n as usize])?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Flush the backing file to stable storage.
+    pub fn sync(&self, data_only: bool) -> Result<(), CryptError> {
+        if data_only { self.file.sync_data()? } else { self.file.sync_all()? }
+        Ok(())
+    }
+
+    /// The loaded header of a file with content, loading it if needed.
+    fn keyed<'a>(&self, state: &'a mut Option<Keyed>) -> Result<&'a Keyed, CryptError> {
+        if state.is_none() {
+            *state = Some(self.load()?);
+        }
+        state.as_ref().ok_or_else(|| self.integrity(None, "header vanished"))
+    }
+
+    /// A new header and data key for a file that had no content.
+    fn create_header(&self) -> Result<Keyed, CryptError> {
+        let file_id: Id = crypto::random_array().map_err(|e| std::io::Error::other(e.to_string()))?;
+        let ctx = EncryptionContext::for_file(&self.vault.volume_id, &file_id);
+        let (key, wrapped) = self
+            .vault
+            .keys
+            .generate(&file_id, &ctx)
+            .map_err(|err| CryptError::Key { path: self.backing_path(), err })?;
+        let block_size = self.vault.layout.block_size() as u32;
+        let mut header = FileHeader::new(block_size, self.vault.volume_id, file_id, self.vault.provider, wrapped)
+            .map_err(|e: FormatError| std::io::Error::other(e.to_string()))?;
+        header.tag = crypto::header_tag(&key, &header);
+        let cipher = BlockCipher::new(key, self.vault.volume_id, file_id);
+        Ok(Keyed { header, cipher })
+    }
+
+    /// Re-seal the blocks a write of `data` at `offset` changes, growing the file from `size`
+    /// to `new_size`. Blocks before the old final block are never rewritten unless written to.
+    fn rewrite(
+        &self,
+        state: &mut Option<Keyed>,
+        size: u64,
+        new_size: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), CryptError> {
+        let layout = self.vault.layout;
+        let mut new_header = None;
+        if size == 0 {
+            let keyed = self.create_header()?;
+            new_header = Some(keyed.header.encode());
+            *state = Some(keyed);
+        }
+        let keyed = self.keyed(state)?;
+        let data_end = offset + data.len() as u64;
+        // The old final block changes whenever the file grows; written blocks change anyway.
+        let first = if new_size > size { layout.block_of(offset.min(size)) } else { layout.block_of(offset) };
+        let last = if new_size > size { layout.block_count(new_size) - 1 } else { layout.block_of(data_end - 1) };
+        let old_count = layout.block_count(size);
+        let mut index = first;
+        while index <= last {
+            let batch_end = last.min(index + BATCH_BLOCKS - 1);
+            let mut out = Vec::with_capacity(((batch_end - index + 1) * layout.stored_block_size()) as usize);
+            for i in index..=batch_end {
+                let blen = layout.block_len(i, new_size);
+                let bstart = layout.plain_offset(i);
+                let from = offset.max(bstart).min(bstart + blen as u64);
+                let to = data_end.min(bstart + blen as u64).max(from);
+                let fully_written = from == bstart && to == bstart + blen as u64;
+                let mut plain = if i < old_count && !fully_written {
+                    self.read_block(keyed, i, size)?
+                } else {
+                    Vec::new()
+                };
+                plain.resize(blen, 0);
+                if to > from {
+                    let src = &data[(from - offset) as usize..(to - offset) as usize];
+                    plain[(from - bstart) as usize..(to - bstart) as usize].copy_from_slice(src);
+                }
+                keyed.cipher.seal(i, &plain, &mut out).map_err(|e| std::io::Error::other(e.to_string()))?;
+                plain.fill(0);
+            }
+            let at = layout.backing_offset(index);
+            if let Some(h) = new_header.take() {
+                // The first write of a file puts header and blocks down in one call.
+                let mut both = Vec::with_capacity(h.len() + out.len());
+                both.extend_from_slice(&h);
+                both.extend_from_slice(&out);
+                self.file.write_all_at(&both, 0)?;
+            } else {
+                self.file.write_all_at(&out, at)?;
+            }
+            index = batch_end + 1;
+        }
+        Ok(())
+    }
+}
+
+/// pread until `buf` is full or end of file; returns the bytes read.
+fn read_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::local::LocalProvider;
+    use std::time::Duration;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        vault: Arc<Vault>,
+        path: PathBuf,
+    }
+
+    fn fixture(bs: u32) -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let provider = LocalProvider::create(&dir.path().join("key")).expect("key");
+        let keys = Arc::new(KeyCache::new(Arc::new(provider), Duration::from_secs(60), Duration::ZERO, 16));
+        let vault = Arc::new(Vault {
+            volume_id: [3; 16],
+            layout: Layout::new(HEADER_SIZE as u64, bs).expect("layout"),
+            provider: ProviderId::Local,
+            keys,
+        });
+        let path = dir.path().join("f");
+        File::create(&path).expect("create");
+        Fixture { _dir: dir, vault, path }
+    }
+
+    impl Fixture {
+        fn open(&self) -> CryptFile {
+            let f = std::fs::OpenOptions::new().read(true).write(true).open(&self.path).expect("open");
+            CryptFile::new(f, self.vault.clone())
+        }
+        fn backing(&self) -> Vec<u8> {
+            std::fs::read(&self.path).expect("read backing")
+        }
+        fn set_backing(&self, b: &[u8]) {
+            std::fs::write(&self.path, b).expect("write backing");
+        }
+    }
+
+    fn pattern(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    #[test]
+    fn round_trip_sizes_at_both_block_sizes() {
+        for bs in [4096u32, 65536] {
+            let b = bs as usize;
+            for n in [0, 1, b - 1, b, b + 1, 3 * b + 7] {
+                let fx = fixture(bs);
+                let f = fx.open();
+                let data = pattern(n, 1);
+                f.write(0, &data).expect("write");
+                assert_eq!(fx.backing().len() as u64, fx.vault.layout.backing_size(n as u64));
+                let g = fx.open();
+                assert_eq!(g.read(0, n + 10).expect("read"), data, "bs {bs} size {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn random_writes_match_a_model() {
+        let fx = fixture(4096);
+        let f = fx.open();
+        let mut model: Vec<u8> = Vec::new();
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        for round in 0..200 {
+            let op = next() % 10;
+            if op < 7 {
+                let off = next() % 40_000;
+                let len = (next() % 9000) as usize;
+                let data = pattern(len, round as u8);
+                f.write(off, &data).expect("write");
+                let end = off as usize + len;
+                if model.len() < end {
+                    model.resize(end, 0);
+                }
+                model[off as usize..end].copy_from_slice(&data);
+            } else if op < 9 {
+                let n = next() % 45_000;
+                f.truncate(n).expect("truncate");
+                model.resize(n as usize, 0);
+            } else {
+                let off = next() % 40_000;
+                let len = next() % 10_000;
+                f.zero_range(off, len).expect("zero");
+                let end = model.len().min((off + len) as usize);
+                if (off as usize) < end {
+                    model[off as usize..end].fill(0);
+                }
+            }
+            assert_eq!(f.size().expect("size"), model.len() as u64);
+            let off = (next() % 45_000) as usize;
+            let got = f.read(off as u64, 5000).expect("read");
+            let want = model.get(off..model.len().min(off + 5000)).unwrap_or(&[]);
+            assert_eq!(got, want, "round {round}");
+        }
+        assert_eq!(fx.open().read(0, 1 << 20).expect("reread"), model);
+    }
+
+    #[test]
+    fn empty_file_needs_no_key_until_first_byte() {
+        let fx = fixture(4096);
+        let f = fx.open();
+        assert_eq!(f.read(0, 100).expect("read"), Vec::<u8>::new());
+        f.truncate(0).expect("truncate");
+        assert_eq!(fx.vault.keys.stats().kms_generate, 0);
+        assert!(fx.backing().is_empty());
+    }
+
+    #[test]
+    fn append_never_changes_earlier_full_blocks() {
+        let fx = fixture(4096);
+        let f = fx.open();
+        f.write(0, &pattern(3 * 4096 + 100, 2)).expect("write");
+        let before = fx.backing();
+        let full_end = fx.vault.layout.backing_offset(3) as usize;
+        f.write(3 * 4096 + 100, &pattern(5000, 3)).expect("append");
+        assert_eq!(&fx.backing()[..full_end], &before[..full_end]);
+    }
+
+    fn expect_integrity(f: &CryptFile, what: &str) {
+        match f.read(0, 1 << 20) {
+            Err(CryptError::Integrity { .. }) => {}
+            other => panic!("{what}: expected integrity error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_changed_byte_is_rejected() {
+        let fx = fixture(512);
+        fx.open().write(0, &pattern(1200, 4)).expect("write");
+        let good = fx.backing();
+        // every byte of the blocks and of the header but the inactive slot (580..1024)
+        for at in (0..good.len()).filter(|&i| !(580..1024).contains(&i)) {
+            let mut bad = good.clone();
+            bad[at] ^= 0x01;
+            fx.set_backing(&bad);
+            fx.vault.keys.clear();
+            expect_integrity(&fx.open(), &format!("byte {at}"));
+        }
+    }
+
+    #[test]
+    fn moved_blocks_and_cuts_are_rejected() {
+        let fx = fixture(512);
+        fx.open().write(0, &pattern(2000, 5)).expect("write");
+        let good = fx.backing();
+        let l = fx.vault.layout;
+        let sb = l.stored_block_size() as usize;
+        let b0 = l.backing_offset(0) as usize;
+        // swap blocks 0 and 1
+        let mut swapped = good.clone();
+        swapped[b0..b0 + 2 * sb].rotate_left(sb);
+        fx.set_backing(&swapped);
+        expect_integrity(&fx.open(), "swapped blocks");
+        // truncation at every block boundary, and a header without blocks
+        for k in 0..l.block_count(2000) {
+            fx.set_backing(&good[..l.backing_offset(k) as usize]);
+            expect_integrity(&fx.open(), &format!("cut at block {k}"));
+        }
+        // a stray block appended
+        let mut longer = good.clone();
+        longer.extend_from_slice(&good[b0..b0 + sb]);
+        fx.set_backing(&longer);
+        expect_integrity(&fx.open(), "stray block");
+    }
+
+    #[test]
+    fn blocks_and_headers_from_another_file_are_rejected() {
+        let a = fixture(512);
+        a.open().write(0, &pattern(2000, 6)).expect("write a");
+        let b_path = a.path.with_file_name("g");
+        File::create(&b_path).expect("create g");
+        let open_b = || CryptFile::new(std::fs::OpenOptions::new().read(true).write(true).open(&b_path).expect("open g"), a.vault.clone());
+        open_b().write(0, &pattern(2000, 7)).expect("write b");
+        let fa = a.backing();
+        let fb = std::fs::read(&b_path).expect("read g");
+        let l = a.vault.layout;
+        let (b1, sb) = (l.backing_offset(1) as usize, l.stored_block_size() as usize);
+        // block 1 of b copied into a at the same index
+        let mut x = fa.clone();
+        x[b1..b1 + sb].copy_from_slice(&fb[b1..b1 + sb]);
+        a.set_backing(&x);
+        expect_integrity(&a.open(), "block from another file");
+        // the whole header of b on a's blocks
+        let mut y = fa.clone();
+        y[..HEADER_SIZE].copy_from_slice(&fb[..HEADER_SIZE]);
+        a.set_backing(&y);
+        expect_integrity(&a.open(), "header from another file");
+        // only b's wrapped key slot in a's header
+        let mut z = fa.clone();
+        z[128..HEADER_SIZE].copy_from_slice(&fb[128..HEADER_SIZE]);
+        a.set_backing(&z);
+        a.vault.keys.clear();
+        expect_integrity(&a.open(), "wrapped key from another file");
+    }
+
+    #[test]
+    fn foreign_files_are_integrity_errors() {
+        let fx = fixture(4096);
+        fx.set_backing(b"abc");
+        assert!(matches!(fx.open().size(), Err(CryptError::Integrity { .. })));
+        fx.set_backing(&[0u8; 5000]);
+        expect_integrity(&fx.open(), "zeros");
+    }
+}
