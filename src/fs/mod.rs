@@ -1,1 +1,757 @@
-//! fs
+//! The FUSE front end: a `fuser::Filesystem` over a backing directory.
+//!
+//! Tree shape, names (through `names`), ownership, modes, times, links and xattrs pass through
+//! to the backing directory; file content goes through `cryptfile`. This layer knows nothing
+//! of ciphers: it sees plain sizes and `CryptError`s.
+
+pub mod attr;
+pub mod errno;
+pub mod handles;
+pub mod inodes;
+pub mod sys;
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirEntryExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::cryptfile::{CryptFile, Vault};
+use crate::names::Names;
+use handles::{DirHandle, Handles};
+use inodes::{Inode, InodeTable};
+
+/// Options of the front end.
+#[derive(Debug, Clone)]
+pub struct FsOptions {
+    /// Refuse every change.
+    pub read_only: bool,
+    /// How long the kernel may cache attributes and entries. Safe for a single-writer mount:
+    /// every change goes through this daemon, which keeps the kernel informed.
+    pub attr_ttl: Duration,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions { read_only: false, attr_ttl: Duration::from_secs(1) }
+    }
+}
+
+/// The mounted filesystem.
+#[derive(Debug)]
+pub struct KmsFs {
+    vault: Arc<Vault>,
+    names: Names,
+    inodes: InodeTable,
+    handles: Handles,
+    opts: FsOptions,
+    is_root_user: bool,
+}
+
+type Result<T> = std::result::Result<T, Errno>;
+
+fn e_io(e: io::Error) -> Errno {
+    errno::io(&e)
+}
+
+impl KmsFs {
+    /// A filesystem over the backing directory `root`.
+    pub fn new(root: &Path, vault: Arc<Vault>, names: Names, opts: FsOptions) -> io::Result<Self> {
+        let dir = File::open(root)?;
+        let fd = sys::openat(dir.as_fd(), OsStr::new("."), libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let st = sys::stat_fd(fd.as_fd())?;
+        Ok(KmsFs {
+            vault,
+            names,
+            inodes: InodeTable::new(fd, &st),
+            handles: Handles::default(),
+            opts,
+            // SAFETY: geteuid has no preconditions.
+            is_root_user: unsafe { libc::geteuid() } == 0,
+        })
+    }
+
+    /// The vault the mount serves (key cache, layout).
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    /// Number of open file handles.
+    pub fn open_files(&self) -> usize {
+        self.handles.open_files()
+    }
+
+    fn inode(&self, ino: INodeNo) -> Result<Arc<Inode>> {
+        self.inodes.get(ino.0).ok_or(Errno::ESTALE)
+    }
+
+    fn attr_of(&self, ino: u64, fd: BorrowedFd<'_>) -> Result<FileAttr> {
+        let st = sys::stat_fd(fd).map_err(e_io)?;
+        Ok(attr::from_stat(ino, &st, &self.vault))
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.opts.read_only { Err(Errno::EROFS) } else { Ok(()) }
+    }
+
+    /// The backing name for a new entry `name` in `parent` (reserved names refused).
+    fn new_name(&self, parent: &Inode, name: &OsStr) -> Result<OsString> {
+        self.writable()?;
+        if self.names.is_reserved(parent.is_root, name) {
+            return Err(Errno::EPERM);
+        }
+        Ok(self.names.to_backing(name))
+    }
+
+    fn existing_name(&self, parent: &Inode, name: &OsStr) -> Result<OsString> {
+        if self.names.is_reserved(parent.is_root, name) {
+            return Err(Errno::ENOENT);
+        }
+        Ok(self.names.to_backing(name))
+    }
+
+    /// Look `bname` up in `parent` and count a kernel reference.
+    fn lookup_backing(&self, parent: &Inode, bname: &OsStr) -> Result<FileAttr> {
+        let fd = sys::openat(parent.fd(), bname, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(e_io)?;
+        let st = sys::stat_fd(fd.as_fd()).map_err(e_io)?;
+        let ino = self.inodes.remember(fd, &st);
+        Ok(attr::from_stat(ino, &st, &self.vault))
+    }
+
+    /// Give a new entry to the requesting user (a root daemon serving others), honouring a
+    /// set-group-id parent as a local filesystem does.
+    fn chown_new(&self, req: &Request, parent: &Inode, bname: &OsStr) -> Result<()> {
+        if !self.is_root_user || (req.uid() == 0 && req.gid() == 0) {
+            return Ok(());
+        }
+        let pst = sys::stat_fd(parent.fd()).map_err(e_io)?;
+        let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { req.gid() };
+        let c = sys::cstr(bname).map_err(e_io)?;
+        // SAFETY: valid dir fd and C string.
+        sys::cvt(unsafe { libc::fchownat(parent.fd().as_raw_fd(), c.as_ptr(), req.uid(), gid, libc::AT_SYMLINK_NOFOLLOW) })
+            .map_err(e_io)?;
+        Ok(())
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, r: Result<FileAttr>) {
+        match r {
+            Ok(attr) => reply.entry(&self.opts.attr_ttl, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// The open `CryptFile` of a regular file inode (shared by all its handles).
+    fn open_crypt(&self, ino: u64, inode: &Inode) -> Result<(u64, Arc<CryptFile>)> {
+        self.handles.open_file(ino, || {
+            let fd = sys::reopen(inode.fd(), libc::O_RDWR)
+                .or_else(|e| if e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EROFS) {
+                    sys::reopen(inode.fd(), libc::O_RDONLY)
+                } else {
+                    Err(e)
+                })
+                .map_err(e_io)?;
+            Ok(CryptFile::new(File::from(fd), self.vault.clone()))
+        })
+    }
+
+    fn do_setattr(
+        &self,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        fh: Option<FileHandle>,
+    ) -> Result<FileAttr> {
+        let inode = self.inode(ino)?;
+        let is_link = sys::stat_fd(inode.fd()).map_err(e_io)?.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        if mode.is_some() || uid.is_some() || gid.is_some() || size.is_some() || atime.is_some() || mtime.is_some() {
+            self.writable()?;
+        }
+        let path = sys::proc_path(inode.fd());
+        if let Some(mode) = mode {
+            if !is_link {
+                // SAFETY: valid C string.
+                sys::cvt(unsafe { libc::chmod(path.as_ptr(), mode & 0o7777) }).map_err(e_io)?;
+            }
+        }
+        if uid.is_some() || gid.is_some() {
+            let (u, g) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
+            // SAFETY: valid fd; empty path with AT_EMPTY_PATH names the fd itself.
+            sys::cvt(unsafe {
+                libc::fchownat(inode.fd().as_raw_fd(), c"".as_ptr(), u, g, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+            })
+            .map_err(e_io)?;
+        }
+        if let Some(size) = size {
+            let file = match fh.and_then(|fh| self.handles.file(fh.0)) {
+                Some(f) => f,
+                None => {
+                    let (fh, f) = self.open_crypt(ino.0, &inode)?;
+                    self.release(ino.0, fh);
+                    f
+                }
+            };
+            file.truncate(size).map_err(|e| errno::crypt(&e))?;
+        }
+        if atime.is_some() || mtime.is_some() {
+            let ts = |t: Option<TimeOrNow>| match t {
+                None => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+                Some(TimeOrNow::Now) => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+                Some(TimeOrNow::SpecificTime(t)) => {
+                    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+                    libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as libc::c_long }
+                }
+            };
+            let times = [ts(atime), ts(mtime)];
+            let rc = if is_link {
+                // SAFETY: valid fd, empty path names the symlink itself.
+                unsafe { libc::utimensat(inode.fd().as_raw_fd(), c"".as_ptr(), times.as_ptr(), libc::AT_EMPTY_PATH) }
+            } else {
+                // SAFETY: valid C string and times array.
+                unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) }
+            };
+            sys::cvt(rc).map_err(e_io)?;
+        }
+        self.attr_of(ino.0, inode.fd())
+    }
+
+    /// Close handle `fh` of inode `ino`; the last close of a file lets its key go (TTL 0).
+    fn release(&self, ino: u64, fh: u64) {
+        if let Some(file) = self.handles.release_file(ino, fh) {
+            if let Some(id) = file.file_id() {
+                self.vault.keys.release(&id);
+            }
+        }
+    }
+
+    fn read_dir(&self, inode: &Inode) -> Result<DirHandle> {
+        let dir = std::fs::read_dir(Path::new(OsStr::from_bytes(sys::proc_path(inode.fd()).as_bytes()))).map_err(e_io)?;
+        let mut entries = vec![
+            (1, FileType::Directory, OsString::from(".")),
+            (1, FileType::Directory, OsString::from("..")),
+        ];
+        for entry in dir {
+            let entry = entry.map_err(e_io)?;
+            let Some(name) = self.names.to_plain(inode.is_root, &entry.file_name()) else { continue };
+            let kind = entry
+                .file_type()
+                .ok()
+                .and_then(FileType::from_std)
+                .unwrap_or(FileType::RegularFile);
+            entries.push((entry.ino(), kind, name));
+        }
+        Ok(DirHandle { entries })
+    }
+
+    fn xattr_path(&self, ino: INodeNo) -> Result<(Arc<Inode>, std::ffi::CString)> {
+        let inode = self.inode(ino)?;
+        let st = sys::stat_fd(inode.fd()).map_err(e_io)?;
+        // The proc path follows links; user xattrs do not exist on symlinks anyway.
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Err(Errno::EPERM);
+        }
+        let path = sys::proc_path(inode.fd());
+        Ok((inode, path))
+    }
+}
+
+/// Reply with an xattr value or list: the size when asked for 0 bytes, ERANGE when too small.
+fn reply_xattr_buf(reply: ReplyXattr, size: u32, buf: &[u8]) {
+    if size == 0 {
+        reply.size(buf.len() as u32);
+    } else if buf.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(buf);
+    }
+}
+
+/// Call an xattr getter twice: once for the size, once for the bytes.
+fn xattr_bytes(get: impl Fn(*mut libc::c_void, usize) -> libc::ssize_t) -> Result<Vec<u8>> {
+    loop {
+        let n = get(std::ptr::null_mut(), 0);
+        if n < 0 {
+            return Err(e_io(io::Error::last_os_error()));
+        }
+        let mut buf = vec![0u8; n as usize];
+        let m = get(buf.as_mut_ptr().cast(), buf.len());
+        if m >= 0 {
+            buf.truncate(m as usize);
+            return Ok(buf);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ERANGE) {
+            return Err(e_io(err));
+        }
+    }
+}
+
+impl Filesystem for KmsFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.vault.keys.clear();
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let r = self.inode(parent).and_then(|p| {
+            let bname = self.existing_name(&p, name)?;
+            self.lookup_backing(&p, &bname)
+        });
+        match r {
+            Ok(attr) => reply.entry(&self.opts.attr_ttl, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.inode(ino).and_then(|i| self.attr_of(ino.0, i.fd())) {
+            Ok(attr) => reply.attr(&self.opts.attr_ttl, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        match self.do_setattr(ino, mode, uid, gid, size, atime, mtime, fh) {
+            Ok(attr) => reply.attr(&self.opts.attr_ttl, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let r = self.inode(ino).and_then(|i| {
+            let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+            // SAFETY: valid fd, empty path (the link itself), buffer of the given length.
+            let n = unsafe { libc::readlinkat(i.fd().as_raw_fd(), c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 {
+                return Err(e_io(io::Error::last_os_error()));
+            }
+            buf.truncate(n as usize);
+            Ok(buf)
+        });
+        match r {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let r = self.inode(parent).and_then(|p| {
+            let bname = self.new_name(&p, name)?;
+            let c = sys::cstr(&bname).map_err(e_io)?;
+            // SAFETY: valid dir fd and C string.
+            sys::cvt(unsafe { libc::mknodat(p.fd().as_raw_fd(), c.as_ptr(), mode & !umask, libc::dev_t::from(rdev)) })
+                .map_err(e_io)?;
+            self.chown_new(req, &p, &bname)?;
+            self.lookup_backing(&p, &bname)
+        });
+        self.reply_entry(reply, r);
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let r = self.inode(parent).and_then(|p| {
+            let bname = self.new_name(&p, name)?;
+            let c = sys::cstr(&bname).map_err(e_io)?;
+            // SAFETY: valid dir fd and C string.
+            sys::cvt(unsafe { libc::mkdirat(p.fd().as_raw_fd(), c.as_ptr(), mode & !umask) }).map_err(e_io)?;
+            self.chown_new(req, &p, &bname)?;
+            self.lookup_backing(&p, &bname)
+        });
+        self.reply_entry(reply, r);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self.inode(parent).and_then(|p| {
+            self.writable()?;
+            let bname = self.existing_name(&p, name)?;
+            let c = sys::cstr(&bname).map_err(e_io)?;
+            // SAFETY: valid dir fd and C string.
+            sys::cvt(unsafe { libc::unlinkat(p.fd().as_raw_fd(), c.as_ptr(), 0) }).map_err(e_io)
+        });
+        match r {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self.inode(parent).and_then(|p| {
+            self.writable()?;
+            let bname = self.existing_name(&p, name)?;
+            let c = sys::cstr(&bname).map_err(e_io)?;
+            // SAFETY: valid dir fd and C string.
+            sys::cvt(unsafe { libc::unlinkat(p.fd().as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) }).map_err(e_io)
+        });
+        match r {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let r = self.inode(parent).and_then(|p| {
+            let bname = self.new_name(&p, link_name)?;
+            let c = sys::cstr(&bname).map_err(e_io)?;
+            let t = sys::cstr(target.as_os_str()).map_err(e_io)?;
+            // SAFETY: valid C strings and dir fd.
+            sys::cvt(unsafe { libc::symlinkat(t.as_ptr(), p.fd().as_raw_fd(), c.as_ptr()) }).map_err(e_io)?;
+            self.chown_new(req, &p, &bname)?;
+            self.lookup_backing(&p, &bname)
+        });
+        self.reply_entry(reply, r);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let r = (|| {
+            let p = self.inode(parent)?;
+            let np = self.inode(newparent)?;
+            let from = self.existing_name(&p, name)?;
+            let to = self.new_name(&np, newname)?;
+            let (a, b) = (sys::cstr(&from).map_err(e_io)?, sys::cstr(&to).map_err(e_io)?);
+            // SAFETY: valid dir fds and C strings.
+            sys::cvt(unsafe {
+                libc::renameat2(p.fd().as_raw_fd(), a.as_ptr(), np.fd().as_raw_fd(), b.as_ptr(), flags.bits())
+            })
+            .map_err(e_io)
+        })();
+        match r {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let r = (|| {
+            let inode = self.inode(ino)?;
+            let np = self.inode(newparent)?;
+            let bname = self.new_name(&np, newname)?;
+            let c = sys::cstr(&bname).map_err(e_io)?;
+            let src = sys::proc_path(inode.fd());
+            // SAFETY: valid C strings and dir fd; the proc path is followed to the object.
+            sys::cvt(unsafe {
+                libc::linkat(libc::AT_FDCWD, src.as_ptr(), np.fd().as_raw_fd(), c.as_ptr(), libc::AT_SYMLINK_FOLLOW)
+            })
+            .map_err(e_io)?;
+            self.lookup_backing(&np, &bname)
+        })();
+        self.reply_entry(reply, r);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let r = (|| {
+            let inode = self.inode(ino)?;
+            let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+            if write || flags.0 & libc::O_TRUNC != 0 {
+                self.writable()?;
+            }
+            let (fh, file) = self.open_crypt(ino.0, &inode)?;
+            if flags.0 & libc::O_TRUNC != 0 {
+                if let Err(e) = file.truncate(0) {
+                    self.release(ino.0, fh);
+                    return Err(errno::crypt(&e));
+                }
+            }
+            Ok(fh)
+        })();
+        match r {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(file) = self.handles.file(fh.0) else { return reply.error(Errno::EBADF) };
+        match file.read(offset, size as usize) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno::crypt(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        let Some(file) = self.handles.file(fh.0) else { return reply.error(Errno::EBADF) };
+        match file.write(offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno::crypt(&e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Writes go straight to the backing file; nothing is buffered here.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.release(ino.0, fh.0);
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let Some(file) = self.handles.file(fh.0) else { return reply.error(Errno::EBADF) };
+        match file.sync(datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno::crypt(&e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.inode(ino).and_then(|i| self.read_dir(&i)) {
+            Ok(dir) => reply.opened(FileHandle(self.handles.open_dir(dir)), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let Some(dir) = self.handles.dir(fh.0) else { return reply.error(Errno::EBADF) };
+        for (i, (ino, kind, name)) in dir.entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), i as u64 + 1, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.handles.release_dir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let r = self.inode(ino).and_then(|i| {
+            let fd: OwnedFd = sys::reopen(i.fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(e_io)?;
+            File::from(fd).sync_all().map_err(e_io)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let r = self.inode(INodeNo(inodes::ROOT)).and_then(|root| {
+            // SAFETY: zeroed statvfs is a valid out buffer.
+            let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+            // SAFETY: valid fd and out pointer.
+            sys::cvt(unsafe { libc::fstatvfs(root.fd().as_raw_fd(), &mut s) }).map_err(e_io)?;
+            Ok(s)
+        });
+        match r {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.writable().and_then(|()| self.xattr_path(ino)).and_then(|(_i, path)| {
+            let n = sys::cstr(name).map_err(e_io)?;
+            // SAFETY: valid C strings and value buffer.
+            sys::cvt(unsafe { libc::setxattr(path.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags) })
+                .map_err(e_io)
+        });
+        match r {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let r = self.xattr_path(ino).and_then(|(_i, path)| {
+            let n = sys::cstr(name).map_err(e_io)?;
+            // SAFETY: valid C strings; buffer pointer and length come from xattr_bytes.
+            xattr_bytes(|buf, len| unsafe { libc::getxattr(path.as_ptr(), n.as_ptr(), buf, len) })
+        });
+        match r {
+            Ok(v) => reply_xattr_buf(reply, size, &v),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let r = match self.xattr_path(ino) {
+            // Symlinks have no user xattrs: list nothing rather than fail `ls -l`.
+            Err(Errno::EPERM) => Ok(Vec::new()),
+            Err(e) => Err(e),
+            // SAFETY: valid C string; buffer pointer and length come from xattr_bytes.
+            Ok((_i, path)) => xattr_bytes(|buf, len| unsafe { libc::listxattr(path.as_ptr(), buf.cast(), len) }),
+        };
+        match r {
+            Ok(v) => reply_xattr_buf(reply, size, &v),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self.writable().and_then(|()| self.xattr_path(ino)).and_then(|(_i, path)| {
+            let n = sys::cstr(name).map_err(e_io)?;
+            // SAFETY: valid C strings.
+            sys::cvt(unsafe { libc::removexattr(path.as_ptr(), n.as_ptr()) }).map_err(e_io)
+        });
+        match r {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // default_permissions makes the kernel check modes; here only existence matters.
+        match self.inode(ino) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = (|| {
+            let p = self.inode(parent)?;
+            let bname = self.new_name(&p, name)?;
+            let excl = flags & libc::O_EXCL;
+            let fd = sys::openat(p.fd(), &bname, libc::O_CREAT | libc::O_RDWR | libc::O_NOFOLLOW | excl, mode & !umask)
+                .map_err(e_io)?;
+            drop(fd);
+            self.chown_new(req, &p, &bname)?;
+            let attr = self.lookup_backing(&p, &bname)?;
+            let inode = self.inode(attr.ino)?;
+            let (fh, file) = self.open_crypt(attr.ino.0, &inode)?;
+            if flags & libc::O_TRUNC != 0 {
+                file.truncate(0).map_err(|e| errno::crypt(&e))?;
+            }
+            let attr = self.attr_of(attr.ino.0, inode.fd())?;
+            Ok((attr, fh))
+        })();
+        match r {
+            Ok((attr, fh)) => {
+                reply.created(&self.opts.attr_ttl, &attr, Generation(0), FileHandle(fh), FopenFlags::empty())
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fallocate(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        let r = (|| {
+            self.writable()?;
+            let file = self.handles.file(fh.0).or_else(|| self.handles.file_of_inode(ino.0)).ok_or(Errno::EBADF)?;
+            let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+            let end = offset.saturating_add(length);
+            let crypt = |e| errno::crypt(&e);
+            match mode & !libc::FALLOC_FL_KEEP_SIZE {
+                0 => {}
+                libc::FALLOC_FL_PUNCH_HOLE if keep_size => file.zero_range(offset, length).map_err(crypt)?,
+                libc::FALLOC_FL_ZERO_RANGE => file.zero_range(offset, length).map_err(crypt)?,
+                _ => return Err(Errno::EOPNOTSUPP),
+            }
+            if !keep_size && end > file.size().map_err(crypt)? {
+                file.truncate(end).map_err(crypt)?;
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! `kmsfs init VAULT`: a new volume id, the vault config, and this host's trust record.
+
+use std::path::Path;
+
+use super::{CliResult, InitArgs, provider};
+use crate::format::Layout;
+use crate::format::header::HEADER_SIZE;
+use crate::keys::KeyProvider;
+use crate::keys::local::LocalProvider;
+use crate::vault::{self, TrustedKey, VaultConfig};
+
+/// Run `kmsfs init`.
+pub fn run(args: &InitArgs) -> CliResult {
+    Layout::new(HEADER_SIZE as u64, args.block_size)
+        .map_err(|_| format!("--block-size {} must be a power of two from 512 to 1048576", args.block_size))?;
+    std::fs::create_dir_all(&args.vault).map_err(|e| format!("cannot create {}: {e}", args.vault.display()))?;
+    let vault_dir = args.vault.canonicalize().map_err(|e| format!("{}: {e}", args.vault.display()))?;
+    if VaultConfig::path(&vault_dir).exists() {
+        return Err(vault::VaultError::AlreadyInitialised(vault_dir.display().to_string()).to_string());
+    }
+    // The volume id comes first: the default key file is named after it.
+    let mut cfg = VaultConfig::new(args.block_size, crate::format::header::ProviderId::Local, "", true)
+        .map_err(|e| e.to_string())?;
+    let trusted = provider::from_args(&args.key).unwrap_or_else(|| TrustedKey::Local {
+        key_file: vault::default_key_file(&cfg.volume_id),
+    });
+    let key_provider: std::sync::Arc<dyn KeyProvider> = match &trusted {
+        TrustedKey::Local { key_file } => {
+            refuse_inside(key_file, &vault_dir)?;
+            if key_file.exists() {
+                // An existing key (of this or another vault) is reused, never overwritten.
+                std::sync::Arc::new(LocalProvider::open(key_file).map_err(|e| e.to_string())?)
+            } else {
+                std::sync::Arc::new(LocalProvider::create(key_file).map_err(|e| e.to_string())?)
+            }
+        }
+        TrustedKey::AwsKms { .. } => provider::open(&trusted)?,
+    };
+    cfg.provider = vault::provider_name(key_provider.provider_id()).to_string();
+    cfg.key_id = key_provider.key_id().to_string();
+    // Record the resolved key (the ARN for KMS) so later mounts trust exactly this key.
+    let trusted = match trusted {
+        TrustedKey::AwsKms { .. } => TrustedKey::AwsKms { kms_key_id: key_provider.key_id().to_string() },
+        local => local,
+    };
+    cfg.create(&vault_dir).map_err(|e| e.to_string())?;
+    vault::save_trusted_key(&cfg.volume_id, &trusted).map_err(|e| e.to_string())?;
+    println!("initialised kmsfs vault {} (volume {})", vault_dir.display(), cfg.volume_id);
+    match &trusted {
+        TrustedKey::Local { key_file } => println!(
+            "master key: {} -- back it up: without it the data is lost; keep it out of the vault",
+            key_file.display()
+        ),
+        TrustedKey::AwsKms { kms_key_id } => println!("data keys wrapped by KMS key {kms_key_id}"),
+    }
+    if !args.plaintext_names {
+        // Recorded truthfully in the vault config, so a later build never misreads the tree.
+        println!("note: this build stores file names in plain text (--plaintext-names); contents are encrypted");
+    }
+    println!("mount it with: kmsfs mount {} MOUNTPOINT", vault_dir.display());
+    Ok(())
+}
+
+/// A key file inside the vault would let whoever writes the vault read it.
+fn refuse_inside(key_file: &Path, vault_dir: &Path) -> CliResult {
+    let parent = key_file.parent().and_then(|p| p.canonicalize().ok());
+    if parent.is_some_and(|p| p.starts_with(vault_dir)) {
+        return Err(format!(
+            "the key file {} is inside the vault: keep it outside (e.g. under ~/.config/kmsfs)",
+            key_file.display()
+        ));
+    }
+    Ok(())
+}

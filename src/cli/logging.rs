@@ -1,0 +1,67 @@
+//! Logging: stderr in the foreground, a file with --log-file, else syslog when daemonized.
+//! Never a key, never plaintext: only paths, block numbers and error kinds are logged.
+
+use std::ffi::CString;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+
+use tracing_subscriber::EnvFilter;
+
+/// Where log lines go.
+pub enum Sink<'a> {
+    /// The terminal.
+    Stderr,
+    /// Appended to a file.
+    File(&'a Path),
+    /// The system log (daemon facility).
+    Syslog,
+}
+
+/// Install the global subscriber; `level` is used unless RUST_LOG is set.
+pub fn init(sink: Sink<'_>, level: &str) -> Result<(), String> {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .map_err(|e| format!("bad --log-level {level}: {e}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let result = match sink {
+        Sink::Stderr => builder.with_writer(std::io::stderr).try_init(),
+        Sink::File(p) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| format!("cannot open log file {}: {e}", p.display()))?;
+            builder.with_ansi(false).with_writer(Mutex::new(f)).try_init()
+        }
+        Sink::Syslog => {
+            // SAFETY: a static identity string; LOG_PID|LOG_DAEMON are plain flags.
+            unsafe { libc::openlog(c"kmsfs".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+            builder.with_ansi(false).without_time().with_writer(|| SyslogLine(Vec::new())).try_init()
+        }
+    };
+    result.map_err(|e| format!("cannot set up logging: {e}"))
+}
+
+/// One log record, sent to syslog when dropped.
+struct SyslogLine(Vec<u8>);
+
+impl Write for SyslogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for SyslogLine {
+    fn drop(&mut self) {
+        let text: Vec<u8> = self.0.iter().copied().filter(|&b| b != 0 && b != b'\n').collect();
+        if let Ok(c) = CString::new(text) {
+            // SAFETY: constant format string and a valid C string argument.
+            unsafe { libc::syslog(libc::LOG_NOTICE, c"%s".as_ptr(), c.as_ptr()) };
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! `kmsfs mount VAULT MOUNTPOINT`: check everything that can fail in the foreground, fork,
+//! start the key provider and FUSE session in the daemon, report ready, serve until unmounted.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+
+use super::daemon::{self, Ready};
+use super::{CliResult, MountArgs, logging, provider, runtime_dir};
+use crate::cryptfile::Vault;
+use crate::format::header::ProviderId;
+use crate::fs::{FsOptions, KmsFs};
+use crate::keys::{KeyCache, KeyProvider};
+use crate::names::Names;
+use crate::vault::{self, MountLock, TrustedKey, VaultConfig};
+
+/// Run `kmsfs mount`.
+pub fn run(args: MountArgs) -> CliResult {
+    let vault_dir = args
+        .vault
+        .canonicalize()
+        .map_err(|e| format!("vault {}: {e}", args.vault.display()))?;
+    let mnt = args.mountpoint.canonicalize().map_err(|e| {
+        format!("mount point {}: {e} (create it with mkdir first)", args.mountpoint.display())
+    })?;
+    if !mnt.is_dir() {
+        return Err(format!("mount point {} is not a directory", mnt.display()));
+    }
+    let cfg = VaultConfig::load(&vault_dir).map_err(|e| e.to_string())?;
+    if !cfg.plaintext_names {
+        return Err(format!(
+            "vault {} encrypts file names, which this kmsfs build cannot read: upgrade kmsfs",
+            vault_dir.display()
+        ));
+    }
+    let trusted = provider::trusted_key(&args.key, &cfg, &vault_dir)?;
+    // A local key is checked before forking, so a bad key file fails in the foreground.
+    let early = match &trusted {
+        TrustedKey::Local { .. } => {
+            let p = provider::open(&trusted)?;
+            provider::check_hint(&cfg, &vault_dir, p.as_ref())?;
+            Some(p)
+        }
+        TrustedKey::AwsKms { .. } => None,
+    };
+    let host_id = args.host_id.clone().unwrap_or_else(vault::default_host_id);
+    let lock = MountLock::acquire(&vault_dir, &host_id).map_err(|e| e.to_string())?;
+    let mut ready = if args.foreground {
+        Ready::none()
+    } else {
+        match daemon::daemonize() {
+            Ok(ready) => ready,
+            Err(code) => std::process::exit(code),
+        }
+    };
+    serve(&args, &vault_dir, &mnt, &cfg, &trusted, early, lock, &mut ready).inspect_err(|msg| ready.fail(msg))
+}
+
+/// The daemon's life: provider, session, ready, serve, clean up.
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    args: &MountArgs,
+    vault_dir: &Path,
+    mnt: &Path,
+    cfg: &VaultConfig,
+    trusted: &TrustedKey,
+    early: Option<Arc<dyn KeyProvider>>,
+    mut lock: MountLock,
+    ready: &mut Ready,
+) -> CliResult {
+    // Before any thread exists, so every thread inherits the blocked set.
+    let signals = daemon::block_signals();
+    let sink = match (&args.log_file, args.foreground) {
+        (Some(p), _) => logging::Sink::File(p),
+        (None, true) => logging::Sink::Stderr,
+        (None, false) => logging::Sink::Syslog,
+    };
+    logging::init(sink, &args.log_level)?;
+    lock.write_pid(std::process::id()).map_err(|e| e.to_string())?;
+    let key_provider = match early {
+        Some(p) => p,
+        None => {
+            let p = provider::open(trusted)?;
+            provider::check_hint(cfg, vault_dir, p.as_ref())?;
+            p
+        }
+    };
+    let ttl = Duration::from_secs(args.key_ttl);
+    let provider_id: ProviderId = key_provider.provider_id();
+    let keys = Arc::new(KeyCache::new(key_provider, ttl, ttl, args.key_cache_size));
+    let vault = Arc::new(Vault {
+        volume_id: cfg.volume_id_bytes().map_err(|e| e.to_string())?,
+        layout: cfg.layout().map_err(|e| e.to_string())?,
+        provider: provider_id,
+        keys: keys.clone(),
+    });
+    let fs = KmsFs::new(vault_dir, vault, Names::plaintext(), FsOptions { read_only: args.read_only, ..FsOptions::default() })
+        .map_err(|e| format!("cannot open vault {}: {e}", vault_dir.display()))?;
+    // Backing files get exactly the modes the kernel asks for (it applied the umask).
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0) };
+    let mut options = vec![
+        MountOption::FSName(vault_dir.display().to_string()),
+        MountOption::Subtype("kmsfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    if args.read_only {
+        options.push(MountOption::RO);
+    }
+    let mut config = Config::default();
+    config.mount_options = options;
+    config.acl = if args.allow_other { SessionACL::All } else { SessionACL::Owner };
+    config.n_threads = Some(args.threads.max(1));
+    config.clone_fd = true;
+    let mut session =
+        Session::new(fs, mnt, &config).map_err(|e| format!("cannot mount at {}: {e}", mnt.display()))?;
+    let mut unmounter = session.unmount_callable();
+    runtime_dir::record(mnt, std::process::id()).map_err(|e| format!("cannot record the mount: {e}"))?;
+    tracing::info!(vault = %vault_dir.display(), mountpoint = %mnt.display(), "mounted");
+    ready.ok();
+
+    std::thread::Builder::new()
+        .name("kmsfs-signals".into())
+        .spawn(move || {
+            let sig = daemon::wait_for_signal(&signals);
+            tracing::info!(signal = sig, "unmounting on signal");
+            if let Err(e) = unmounter.unmount() {
+                tracing::error!("unmount on signal failed: {e}");
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let purge_keys = keys.clone();
+    std::thread::Builder::new()
+        .name("kmsfs-key-expiry".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                purge_keys.purge_expired();
+            }
+        })
+        .map_err(|e| e.to_string())?;
+
+    let result = session.run();
+    keys.clear();
+    runtime_dir::remove(mnt);
+    tracing::info!(mountpoint = %mnt.display(), "unmounted; keys zeroized");
+    result.map_err(|e| format!("FUSE session ended with an error: {e}"))
+}
+

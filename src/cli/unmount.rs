@@ -1,0 +1,152 @@
+//! `kmsfs unmount MOUNTPOINT`: unmount, then wait until the daemon has exited (keys gone,
+//! vault lock released).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::{CliResult, UnmountArgs, provider, runtime_dir};
+
+const DAEMON_EXIT_WAIT: Duration = Duration::from_secs(30);
+/// How long an exited daemon may stay a zombie before we stop waiting for its reaping.
+const ZOMBIE_REAP_WAIT: Duration = Duration::from_secs(10);
+
+/// Run `kmsfs unmount`.
+pub fn run(args: &UnmountArgs) -> CliResult {
+    // Not canonicalize: a dead daemon's mount point cannot be stat'ed (ENOTCONN).
+    let mnt = normalize(&provider::absolute(&args.mountpoint));
+    let mnt = mnt.canonicalize().unwrap_or(mnt);
+    let mounted = mounted_at(&mnt);
+    let pid = runtime_dir::lookup(&mnt);
+    match &mounted {
+        None if pid.is_none() => return Err(format!("{} is not mounted", mnt.display())),
+        // fuser mounts with type "fuse" as root and "fuse.kmsfs" through fusermount3.
+        Some((fstype, source)) if !is_kmsfs(fstype, source, pid.is_some()) => {
+            return Err(format!("{} is a {fstype} mount, not kmsfs: use umount", mnt.display()));
+        }
+        _ => {}
+    }
+    if mounted.is_some() {
+        detach(&mnt)?;
+    }
+    if let Some(pid) = pid {
+        let start = Instant::now();
+        let mut zombie_since = None;
+        loop {
+            match state(pid) {
+                None => break,
+                // Exited; wait a little for init to reap it so the pid is really gone.
+                Some('Z' | 'X') => {
+                    let since = *zombie_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > ZOMBIE_REAP_WAIT {
+                        break;
+                    }
+                }
+                Some(_) if start.elapsed() > DAEMON_EXIT_WAIT => {
+                    return Err(format!("unmounted, but daemon {pid} has not exited after 30 s: check it with ps"));
+                }
+                Some(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    runtime_dir::remove(&mnt);
+    Ok(())
+}
+
+/// Unmount through fusermount3 (works unprivileged), else umount2 as root.
+fn detach(mnt: &Path) -> CliResult {
+    let fusermount = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(mnt)
+        .stderr(std::process::Stdio::piped())
+        .output();
+    if let Ok(out) = &fusermount {
+        if out.status.success() {
+            return Ok(());
+        }
+    }
+    let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EBUSY) {
+        return Err(format!("{} is busy: close the files and shells using it, then retry", mnt.display()));
+    }
+    let detail = fusermount
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| err.to_string());
+    Err(format!("cannot unmount {}: {detail}", mnt.display()))
+}
+
+/// Whether a mount of `fstype` from `source` is ours: a FUSE mount that this host recorded,
+/// or whose source is a kmsfs vault.
+fn is_kmsfs(fstype: &str, source: &str, recorded: bool) -> bool {
+    fstype == "fuse.kmsfs" || (fstype == "fuse" && (recorded || crate::vault::VaultConfig::path(Path::new(source)).exists()))
+}
+
+/// The (file system type, source) mounted at `mnt`, from /proc/self/mountinfo.
+fn mounted_at(mnt: &Path) -> Option<(String, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mnt.to_str()?;
+    info.lines().rev().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        let point = unescape(pre.split(' ').nth(4)?);
+        let mut fields = post.split(' ');
+        let fstype = fields.next()?.to_string();
+        let source = unescape(fields.next()?);
+        (point == want).then_some((fstype, source))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The state letter of process `pid` (R, S, Z, ...), or `None` when it is gone.
+fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next())
+}
+
+/// `a/./b/../c` → `a/c`, without touching the file system.
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape(r"/a\040b"), "/a b");
+        assert_eq!(unescape(r"/plain"), "/plain");
+    }
+}

@@ -1,0 +1,94 @@
+//! Open file and directory handles. Handles of one inode share one `CryptFile`, so they share
+//! its lock and loaded header.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use fuser::FileType;
+use parking_lot::Mutex;
+
+use crate::cryptfile::CryptFile;
+
+/// A snapshot of a directory's entries, taken at opendir.
+#[derive(Debug)]
+pub struct DirHandle {
+    /// (backing inode number, type, plain name), "." and ".." first.
+    pub entries: Vec<(u64, FileType, OsString)>,
+}
+
+/// All open handles.
+#[derive(Debug, Default)]
+pub struct Handles {
+    next: AtomicU64,
+    files: Mutex<HashMap<u64, Arc<CryptFile>>>,
+    by_inode: Mutex<HashMap<u64, Weak<CryptFile>>>,
+    dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
+}
+
+impl Handles {
+    fn next_fh(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The open `CryptFile` of inode `ino`, or one made by `make` (shared by later opens).
+    pub fn open_file<E>(&self, ino: u64, make: impl FnOnce() -> Result<CryptFile, E>) -> Result<(u64, Arc<CryptFile>), E> {
+        let mut by_inode = self.by_inode.lock();
+        let file = match by_inode.get(&ino).and_then(Weak::upgrade) {
+            Some(f) => f,
+            None => {
+                let f = Arc::new(make()?);
+                by_inode.insert(ino, Arc::downgrade(&f));
+                f
+            }
+        };
+        let fh = self.next_fh();
+        self.files.lock().insert(fh, file.clone());
+        Ok((fh, file))
+    }
+
+    /// The open file of inode `ino`, if any handle has it open.
+    pub fn file_of_inode(&self, ino: u64) -> Option<Arc<CryptFile>> {
+        self.by_inode.lock().get(&ino).and_then(Weak::upgrade)
+    }
+
+    /// The file behind handle `fh`.
+    pub fn file(&self, fh: u64) -> Option<Arc<CryptFile>> {
+        self.files.lock().get(&fh).cloned()
+    }
+
+    /// Close handle `fh`; returns the file if this was its last handle.
+    pub fn release_file(&self, ino: u64, fh: u64) -> Option<Arc<CryptFile>> {
+        let file = self.files.lock().remove(&fh)?;
+        let mut by_inode = self.by_inode.lock();
+        // Two references left: ours and the one in `by_inode`'s upgrade path is weak, so 1.
+        if Arc::strong_count(&file) == 1 {
+            by_inode.remove(&ino);
+            return Some(file);
+        }
+        None
+    }
+
+    /// Register a directory snapshot; returns its handle.
+    pub fn open_dir(&self, dir: DirHandle) -> u64 {
+        let fh = self.next_fh();
+        self.dirs.lock().insert(fh, Arc::new(dir));
+        fh
+    }
+
+    /// The directory snapshot of handle `fh`.
+    pub fn dir(&self, fh: u64) -> Option<Arc<DirHandle>> {
+        self.dirs.lock().get(&fh).cloned()
+    }
+
+    /// Close directory handle `fh`.
+    pub fn release_dir(&self, fh: u64) {
+        self.dirs.lock().remove(&fh);
+    }
+
+    /// Number of open file handles.
+    pub fn open_files(&self) -> usize {
+        self.files.lock().len()
+    }
+}

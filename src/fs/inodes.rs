@@ -1,0 +1,110 @@
+//! Inode numbers of the mount ↔ O_PATH fds of backing objects.
+//!
+//! Each known inode holds an O_PATH fd, so renames and hard links of the backing object never
+//! leave us with a stale path. Backing objects are keyed by (st_dev, st_ino): every hard link
+//! of a file is one inode of the mount.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+/// One inode of the mount.
+#[derive(Debug)]
+pub struct Inode {
+    fd: OwnedFd,
+    key: (u64, u64),
+    nlookup: Mutex<u64>,
+    /// Whether this is the mount's root (the vault directory).
+    pub is_root: bool,
+}
+
+impl Inode {
+    /// The O_PATH fd of the backing object.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    by_ino: HashMap<u64, Arc<Inode>>,
+    by_key: HashMap<(u64, u64), u64>,
+    next: u64,
+}
+
+/// All inodes the kernel currently knows.
+#[derive(Debug)]
+pub struct InodeTable {
+    tables: Mutex<Tables>,
+}
+
+/// The root's inode number (FUSE fixes it at 1).
+pub const ROOT: u64 = 1;
+
+impl InodeTable {
+    /// A table holding the root, backed by `root_fd`.
+    pub fn new(root_fd: OwnedFd, st: &libc::stat) -> Self {
+        let key = (st.st_dev, st.st_ino);
+        let root = Arc::new(Inode { fd: root_fd, key, nlookup: Mutex::new(1), is_root: true });
+        let mut t = Tables { next: ROOT + 1, ..Default::default() };
+        t.by_ino.insert(ROOT, root);
+        t.by_key.insert(key, ROOT);
+        InodeTable { tables: Mutex::new(t) }
+    }
+
+    /// The inode `ino`, if known.
+    pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
+        self.tables.lock().by_ino.get(&ino).cloned()
+    }
+
+    /// Count one more kernel reference to the object behind `fd` (with stat `st`), returning
+    /// its inode number; a known object keeps its number and the new fd is closed.
+    pub fn remember(&self, fd: OwnedFd, st: &libc::stat) -> u64 {
+        let key = (st.st_dev, st.st_ino);
+        let mut t = self.tables.lock();
+        if let Some(&ino) = t.by_key.get(&key) {
+            if let Some(inode) = t.by_ino.get(&ino) {
+                *inode.nlookup.lock() += 1;
+                return ino;
+            }
+        }
+        let ino = t.next;
+        t.next += 1;
+        t.by_ino.insert(ino, Arc::new(Inode { fd, key, nlookup: Mutex::new(1), is_root: false }));
+        t.by_key.insert(key, ino);
+        ino
+    }
+
+    /// The kernel dropped `n` references to `ino`; at zero the inode and its fd go.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let mut t = self.tables.lock();
+        let gone = match t.by_ino.get(&ino) {
+            Some(inode) => {
+                let mut count = inode.nlookup.lock();
+                *count = count.saturating_sub(n);
+                *count == 0
+            }
+            None => false,
+        };
+        if gone {
+            if let Some(inode) = t.by_ino.remove(&ino) {
+                t.by_key.remove(&inode.key);
+            }
+        }
+    }
+
+    /// Number of inodes known.
+    pub fn len(&self) -> usize {
+        self.tables.lock().by_ino.len()
+    }
+
+    /// Whether only the root is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() <= 1
+    }
+}

@@ -1,0 +1,54 @@
+//! Thin, safe wrappers over the *at() system calls the front end needs on O_PATH fds.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+/// A C string from an OS string (EINVAL on an interior NUL).
+pub fn cstr(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// `/proc/self/fd/N`: reopens or names the object behind an O_PATH fd.
+pub fn proc_path(fd: BorrowedFd<'_>) -> CString {
+    // A decimal number never holds a NUL.
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+/// Turn a -1 return into the thread's errno.
+pub fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc == -1 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+}
+
+/// openat(2) returning an owned fd.
+pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
+    let c = cstr(name)?;
+    // SAFETY: valid fd and C string; the returned fd is owned by us.
+    let fd = cvt(unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
+    // SAFETY: fd was just returned by openat and is not owned elsewhere.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reopen the object behind an O_PATH fd with real access flags.
+pub fn reopen(fd: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let p = proc_path(fd);
+    // SAFETY: valid C string; the returned fd is owned by us.
+    let fd = cvt(unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: fd was just returned by open.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// lstat of the object behind `fd` (fstatat with AT_EMPTY_PATH, not following symlinks).
+pub fn stat_fd(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    // SAFETY: zeroed stat is a valid out buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd, empty C string, valid out pointer.
+    cvt(unsafe { libc::fstatat(fd.as_raw_fd(), c"".as_ptr(), &mut st, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW) })?;
+    Ok(st)
+}
+
+/// Raw fd of a borrowed fd (for calls that take one).
+pub fn raw(fd: BorrowedFd<'_>) -> RawFd {
+    fd.as_raw_fd()
+}
