@@ -60,6 +60,17 @@ pub struct KmsFs {
 
 type Result<T> = std::result::Result<T, Errno>;
 
+/// The changes one `setattr` asks for (each `None` leaves that attribute alone).
+struct AttrChange {
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    size: Option<u64>,
+    atime: Option<TimeOrNow>,
+    mtime: Option<TimeOrNow>,
+    fh: Option<FileHandle>,
+}
+
 fn e_io(e: io::Error) -> Errno {
     errno::io(&e)
 }
@@ -164,17 +175,8 @@ impl KmsFs {
         })
     }
 
-    fn do_setattr(
-        &self,
-        ino: INodeNo,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        fh: Option<FileHandle>,
-    ) -> Result<FileAttr> {
+    fn do_setattr(&self, ino: INodeNo, change: AttrChange) -> Result<FileAttr> {
+        let AttrChange { mode, uid, gid, size, atime, mtime, fh } = change;
         let inode = self.inode(ino)?;
         let is_link = sys::stat_fd(inode.fd()).map_err(e_io)?.st_mode & libc::S_IFMT == libc::S_IFLNK;
         if mode.is_some() || uid.is_some() || gid.is_some() || size.is_some() || atime.is_some() || mtime.is_some() {
@@ -349,7 +351,7 @@ impl Filesystem for KmsFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.do_setattr(ino, mode, uid, gid, size, atime, mtime, fh) {
+        match self.do_setattr(ino, AttrChange { mode, uid, gid, size, atime, mtime, fh }) {
             Ok(attr) => reply.attr(&self.opts.attr_ttl, &attr),
             Err(e) => reply.error(e),
         }
@@ -491,11 +493,12 @@ impl Filesystem for KmsFs {
                 self.writable()?;
             }
             let (fh, file) = self.open_crypt(ino.0, &inode)?;
-            if flags.0 & libc::O_TRUNC != 0 {
-                if let Err(e) = file.truncate(0) {
-                    self.release(ino.0, fh);
-                    return Err(errno::crypt(&e));
-                }
+            // A backing size no kmsfs file can have (cut, extended, foreign) fails the open:
+            // the kernel would otherwise trust the size and read a damaged file as short.
+            let checked = if flags.0 & libc::O_TRUNC != 0 { file.truncate(0) } else { file.size().map(drop) };
+            if let Err(e) = checked {
+                self.release(ino.0, fh);
+                return Err(errno::crypt(&e));
             }
             Ok(fh)
         })();
