@@ -68,11 +68,11 @@ impl Vault {
     }
 }
 
-/// The decoded header and block cipher of a file that has content.
+/// The decoded, authenticated header of a file that has content. The data key is not kept
+/// here: every operation asks the key cache, so the TTL holds for open files too.
 #[derive(Debug)]
 struct Keyed {
     header: FileHeader,
-    cipher: BlockCipher,
 }
 
 /// One open encrypted file.
@@ -115,7 +115,22 @@ impl CryptFile {
         self.state.read().as_ref().map(|k| k.header.file_id)
     }
 
-    /// Read and authenticate the header, and get its data key (cache or KMS).
+    /// The block cipher of a loaded file, its key from the cache (or the KMS after expiry).
+    fn cipher(&self, keyed: &Keyed) -> Result<BlockCipher, CryptError> {
+        let key = self.key_for(&keyed.header)?;
+        Ok(BlockCipher::new(key, self.vault.volume_id, keyed.header.file_id))
+    }
+
+    fn key_for(&self, header: &FileHeader) -> Result<Arc<crypto::DataKey>, CryptError> {
+        let ctx = EncryptionContext::for_file(&self.vault.volume_id, &header.file_id);
+        self.vault.keys.get(&header.file_id, header.wrapped_key(), &ctx).map_err(|err| match err {
+            // A wrapped key that will not open is a damaged or misplaced header.
+            KeyError::BadWrappedKey(why) => self.integrity(None, why),
+            err => CryptError::Key { path: self.backing_path(), err },
+        })
+    }
+
+    /// Read and authenticate the header (getting its data key from the cache or KMS).
     fn load(&self) -> Result<Keyed, CryptError> {
         let mut buf = vec![0u8; HEADER_SIZE];
         let n = read_full(&self.file, &mut buf, 0)?;
@@ -126,21 +141,9 @@ impl CryptFile {
         if u64::from(header.block_size) != self.vault.layout.block_size() as u64 {
             return Err(self.integrity(None, "header block size differs from the vault's"));
         }
-        let ctx = EncryptionContext::for_file(&self.vault.volume_id, &header.file_id);
-        let key = self
-            .vault
-            .keys
-            .get(&header.file_id, header.wrapped_key(), &ctx)
-            .map_err(|err| match err {
-                // A wrapped key that its own provider will not open is a damaged header.
-                KeyError::Refused(why) if header.provider == self.vault.provider => {
-                    self.integrity(None, format!("wrapped key refused: {why}"))
-                }
-                err => CryptError::Key { path: self.backing_path(), err },
-            })?;
+        let key = self.key_for(&header)?;
         crypto::verify_header(&key, &header).map_err(|_| self.integrity(None, "header tag does not verify"))?;
-        let cipher = BlockCipher::new(key, self.vault.volume_id, header.file_id);
-        Ok(Keyed { header, cipher })
+        Ok(Keyed { header })
     }
 
     /// A file with content but no loaded header: load it (under the write lock).
@@ -165,6 +168,7 @@ impl CryptFile {
         self.ensure_loaded()?;
         let state = self.state.read();
         let keyed = state.as_ref().ok_or_else(|| self.integrity(None, "header vanished"))?;
+        let cipher = self.cipher(keyed)?;
         let layout = &self.vault.layout;
         let mut out = Vec::with_capacity((end - offset) as usize);
         let first = layout.block_of(offset);
@@ -179,8 +183,7 @@ impl CryptFile {
                 let blen = layout.block_len(i, size);
                 let slen = blen + BLOCK_OVERHEAD as usize;
                 let block = stored.get(at..at + slen).ok_or_else(|| self.integrity(Some(i), "block cut short"))?;
-                keyed
-                    .cipher
+                cipher
                     .open(i, block, &mut plain[..blen])
                     .map_err(|e| self.integrity(Some(i), e.to_string()))?;
                 let bstart = layout.plain_offset(i);
@@ -209,15 +212,14 @@ impl CryptFile {
     }
 
     /// Decrypt block `index` of a file of plain size `size` (empty if it does not exist).
-    fn read_block(&self, keyed: &Keyed, index: u64, size: u64) -> Result<Vec<u8>, CryptError> {
+    fn read_block(&self, cipher: &BlockCipher, index: u64, size: u64) -> Result<Vec<u8>, CryptError> {
         let layout = &self.vault.layout;
         if index >= layout.block_count(size) {
             return Ok(Vec::new());
         }
         let stored = self.read_stored(index, index, size)?;
         let mut plain = vec![0u8; layout.block_len(index, size)];
-        keyed
-            .cipher
+        cipher
             .open(index, &stored, &mut plain)
             .map_err(|e| self.integrity(Some(index), e.to_string()))?;
         Ok(plain)
@@ -252,12 +254,12 @@ impl CryptFile {
             return self.rewrite(&mut state, size, new_size, new_size, &[]);
         }
         let layout = self.vault.layout;
-        let keyed = self.keyed(&mut state)?;
+        let cipher = self.cipher(self.keyed(&mut state)?)?;
         let last = layout.block_of(new_size);
-        let mut plain = self.read_block(keyed, last, size)?;
+        let mut plain = self.read_block(&cipher, last, size)?;
         plain.truncate(layout.block_len(last, new_size));
         let mut out = Vec::with_capacity(plain.len() + BLOCK_OVERHEAD as usize);
-        keyed.cipher.seal(last, &plain, &mut out).map_err(|e| std::io::Error::other(e.to_string()))?;
+        cipher.seal(last, &plain, &mut out).map_err(|e| std::io::Error::other(e.to_string()))?;
         plain.fill(0);
         self.file.write_all_at(&out, layout.backing_offset(last))?;
         self.file.set_len(layout.backing_size(new_size))?;
@@ -293,21 +295,19 @@ impl CryptFile {
         state.as_ref().ok_or_else(|| self.integrity(None, "header vanished"))
     }
 
-    /// A new header and data key for a file that had no content.
-    fn create_header(&self) -> Result<Keyed, CryptError> {
-        let file_id: Id = crypto::random_array().map_err(|e| std::io::Error::other(e.to_string()))?;
-        let ctx = EncryptionContext::for_file(&self.vault.volume_id, &file_id);
-        let (key, wrapped) = self
+    /// A new header and data key (from the pool when it has one) for a file with no content.
+    fn create_header(&self) -> Result<(Keyed, BlockCipher), CryptError> {
+        let (file_id, key, wrapped) = self
             .vault
             .keys
-            .generate(&file_id, &ctx)
+            .new_file_key(&self.vault.volume_id)
             .map_err(|err| CryptError::Key { path: self.backing_path(), err })?;
         let block_size = self.vault.layout.block_size() as u32;
         let mut header = FileHeader::new(block_size, self.vault.volume_id, file_id, self.vault.provider, wrapped)
             .map_err(|e: FormatError| std::io::Error::other(e.to_string()))?;
         header.tag = crypto::header_tag(&key, &header);
         let cipher = BlockCipher::new(key, self.vault.volume_id, file_id);
-        Ok(Keyed { header, cipher })
+        Ok((Keyed { header }, cipher))
     }
 
     /// Re-seal the blocks a write of `data` at `offset` changes, growing the file from `size`
@@ -322,12 +322,14 @@ impl CryptFile {
     ) -> Result<(), CryptError> {
         let layout = self.vault.layout;
         let mut new_header = None;
-        if size == 0 {
-            let keyed = self.create_header()?;
+        let cipher = if size == 0 {
+            let (keyed, cipher) = self.create_header()?;
             new_header = Some(keyed.header.encode());
             *state = Some(keyed);
-        }
-        let keyed = self.keyed(state)?;
+            cipher
+        } else {
+            self.cipher(self.keyed(state)?)?
+        };
         let data_end = offset + data.len() as u64;
         // The old final block changes whenever the file grows; written blocks change anyway.
         let first = if new_size > size { layout.block_of(offset.min(size)) } else { layout.block_of(offset) };
@@ -344,7 +346,7 @@ impl CryptFile {
                 let to = data_end.min(bstart + blen as u64).max(from);
                 let fully_written = from == bstart && to == bstart + blen as u64;
                 let mut plain = if i < old_count && !fully_written {
-                    self.read_block(keyed, i, size)?
+                    self.read_block(&cipher, i, size)?
                 } else {
                     Vec::new()
                 };
@@ -353,7 +355,7 @@ impl CryptFile {
                     let src = &data[(from - offset) as usize..(to - offset) as usize];
                     plain[(from - bstart) as usize..(to - bstart) as usize].copy_from_slice(src);
                 }
-                keyed.cipher.seal(i, &plain, &mut out).map_err(|e| std::io::Error::other(e.to_string()))?;
+                cipher.seal(i, &plain, &mut out).map_err(|e| std::io::Error::other(e.to_string()))?;
                 plain.fill(0);
             }
             let at = layout.backing_offset(index);

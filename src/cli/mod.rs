@@ -87,6 +87,9 @@ struct MountArgs {
     /// Most data keys cached at once (least recently used go first, zeroized).
     #[arg(long, value_name = "N", default_value_t = crate::keys::cache::DEFAULT_CAPACITY)]
     key_cache_size: usize,
+    /// AWS KMS: fresh data keys kept ready for new files (0: generate on first write).
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    key_pool_size: usize,
     /// Mount read-only.
     #[arg(long)]
     read_only: bool,

@@ -12,7 +12,11 @@ use super::{CliResult, MountArgs, logging, provider, runtime_dir};
 use crate::cryptfile::Vault;
 use crate::format::header::ProviderId;
 use crate::fs::{FsOptions, KmsFs};
+use crate::keys::pool::KeyPool;
 use crate::keys::{KeyCache, KeyProvider};
+
+/// Threads refilling the data-key pool: enough to overlap KMS latency.
+const POOL_WORKERS: usize = 4;
 use crate::names::Names;
 use crate::vault::{self, MountLock, TrustedKey, VaultConfig};
 
@@ -89,9 +93,16 @@ fn serve(
     };
     let ttl = Duration::from_secs(args.key_ttl);
     let provider_id: ProviderId = key_provider.provider_id();
-    let keys = Arc::new(KeyCache::new(key_provider, ttl, ttl, args.key_cache_size));
+    let keys = Arc::new(KeyCache::new(key_provider.clone(), ttl, ttl, args.key_cache_size));
+    let volume_id = cfg.volume_id_bytes().map_err(|e| e.to_string())?;
+    // Local keys cost nothing to make; only a remote KMS is worth a pool of fresh keys.
+    if provider_id == ProviderId::AwsKms && args.key_pool_size > 0 {
+        let pool = KeyPool::start(key_provider.clone(), volume_id, args.key_pool_size, POOL_WORKERS)
+            .map_err(|e| format!("cannot start the data-key pool: {e}"))?;
+        keys.set_pool(pool);
+    }
     let vault = Arc::new(Vault {
-        volume_id: cfg.volume_id_bytes().map_err(|e| e.to_string())?,
+        volume_id,
         layout: cfg.layout().map_err(|e| e.to_string())?,
         provider: provider_id,
         keys: keys.clone(),
@@ -145,7 +156,7 @@ fn serve(
         .map_err(|e| e.to_string())?;
 
     let result = session.run();
-    keys.clear();
+    keys.shutdown();
     runtime_dir::remove(mnt);
     tracing::info!(mountpoint = %mnt.display(), "unmounted; keys zeroized");
     result.map_err(|e| format!("FUSE session ended with an error: {e}"))

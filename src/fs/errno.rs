@@ -22,6 +22,7 @@ pub fn crypt(e: &CryptError) -> Errno {
             tracing::error!("{e}");
             match err {
                 KeyError::Refused(_) => Errno::EACCES,
+                KeyError::BadWrappedKey(_) => Errno::EIO,
                 KeyError::Unreachable(_) | KeyError::Config(_) => Errno::EIO,
             }
         }

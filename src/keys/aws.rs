@@ -443,6 +443,8 @@ where
             }
             if is_transient(code, status) {
                 KeyError::Unreachable(msg)
+            } else if matches!(code, Some("InvalidCiphertextException" | "IncorrectKeyException")) {
+                KeyError::BadWrappedKey(msg)
             } else {
                 KeyError::Refused(msg)
             }

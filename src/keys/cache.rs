@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 use parking_lot::{Condvar, Mutex};
 
+use super::pool::KeyPool;
 use super::{EncryptionContext, KeyError, KeyProvider};
 use crate::crypto::DataKey;
 use crate::format::Id;
@@ -57,6 +58,10 @@ pub struct KeyStats {
     pub kms_errors: u64,
     /// Expired keys served because the KMS was unreachable.
     pub stale_served: u64,
+    /// New files whose key came from the pre-generated pool.
+    pub pool_hits: u64,
+    /// New files that had to wait for a GenerateDataKey (pool empty or off).
+    pub pool_misses: u64,
     /// Keys cached now.
     pub entries: u64,
     /// Most keys the cache holds.
@@ -71,6 +76,8 @@ struct Counters {
     kms_generate: AtomicU64,
     kms_errors: AtomicU64,
     stale_served: AtomicU64,
+    pool_hits: AtomicU64,
+    pool_misses: AtomicU64,
 }
 
 /// Unwrapped data keys, by file id.
@@ -81,6 +88,7 @@ pub struct KeyCache {
     capacity: usize,
     entries: Mutex<LruCache<Id, Entry>>,
     flights: Mutex<HashMap<Id, Arc<Flight>>>,
+    pool: Mutex<Option<Arc<KeyPool>>>,
     counters: Counters,
 }
 
@@ -106,6 +114,7 @@ impl KeyCache {
             capacity,
             entries: Mutex::new(LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN))),
             flights: Mutex::new(HashMap::new()),
+            pool: Mutex::new(None),
             counters: Counters::default(),
         }
     }
@@ -210,6 +219,27 @@ impl KeyCache {
         Ok((key, generated.wrapped))
     }
 
+    /// Serve new files' keys from `pool` (started by the mount, after daemonizing).
+    pub fn set_pool(&self, pool: Arc<KeyPool>) {
+        *self.pool.lock() = Some(pool);
+    }
+
+    /// A key for a new file of volume `volume_id`: from the pool when it has one, else a
+    /// GenerateDataKey now. Returns the file id the key is bound to, the key and its wrapped form.
+    pub fn new_file_key(&self, volume_id: &Id) -> Result<(Id, Arc<DataKey>, Vec<u8>), KeyError> {
+        let pooled = self.pool.lock().as_ref().and_then(|p| p.take());
+        if let Some(p) = pooled {
+            self.counters.pool_hits.fetch_add(1, Ordering::Relaxed);
+            let key = Arc::new(p.key);
+            self.insert(&p.file_id, key.clone());
+            return Ok((p.file_id, key, p.wrapped));
+        }
+        self.counters.pool_misses.fetch_add(1, Ordering::Relaxed);
+        let file_id: Id = crate::crypto::random_array().map_err(|e| KeyError::Config(e.to_string()))?;
+        let (key, wrapped) = self.generate(&file_id, &EncryptionContext::for_file(volume_id, &file_id))?;
+        Ok((file_id, key, wrapped))
+    }
+
     /// Cache `key` for `file_id`, its TTL starting now.
     pub fn insert(&self, file_id: &Id, key: Arc<DataKey>) {
         self.entries.lock().put(
@@ -247,6 +277,17 @@ impl KeyCache {
     /// zeroized when that operation ends.
     pub fn clear(&self) {
         self.entries.lock().clear();
+        if let Some(pool) = self.pool.lock().as_ref() {
+            pool.clear();
+        }
+    }
+
+    /// Stop the pool's workers and drop every key (unmount).
+    pub fn shutdown(&self) {
+        if let Some(pool) = self.pool.lock().take() {
+            pool.stop();
+        }
+        self.entries.lock().clear();
     }
 
     /// The counters and current size.
@@ -259,6 +300,8 @@ impl KeyCache {
             kms_generate: c.kms_generate.load(Ordering::Relaxed),
             kms_errors: c.kms_errors.load(Ordering::Relaxed),
             stale_served: c.stale_served.load(Ordering::Relaxed),
+            pool_hits: c.pool_hits.load(Ordering::Relaxed),
+            pool_misses: c.pool_misses.load(Ordering::Relaxed),
             entries: self.entries.lock().len() as u64,
             capacity: self.capacity as u64,
         }

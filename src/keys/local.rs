@@ -138,7 +138,7 @@ impl KeyProvider for LocalProvider {
 
     fn decrypt(&self, wrapped: &[u8], ctx: &EncryptionContext) -> Result<DataKey, KeyError> {
         let refused = || {
-            KeyError::Refused("wrapped key does not open under the local master key".into())
+            KeyError::BadWrappedKey("wrapped key does not open under the local master key".into())
         };
         if wrapped.len() != WRAPPED_LEN || wrapped[0] != WRAP_VERSION {
             return Err(refused());
@@ -183,7 +183,7 @@ mod tests {
         let k = again.decrypt(&g.wrapped, &ctx).expect("decrypt");
         assert_eq!(k.expose(), g.key.expose());
         let other = EncryptionContext::for_file(&[1; 16], &[3; 16]);
-        assert!(matches!(again.decrypt(&g.wrapped, &other), Err(KeyError::Refused(_))));
+        assert!(matches!(again.decrypt(&g.wrapped, &other), Err(KeyError::BadWrappedKey(_))));
     }
 
     #[test]

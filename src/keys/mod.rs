@@ -6,6 +6,7 @@
 pub mod aws;
 pub mod cache;
 pub mod local;
+pub mod pool;
 
 use std::collections::BTreeMap;
 
@@ -69,6 +70,10 @@ pub enum KeyError {
     /// id): drop the key at once.
     #[error("key service refused: {0}")]
     Refused(String),
+    /// The wrapped key does not open under the trusted key and its context (damaged, or
+    /// copied from another file): the header is bad, the key service is fine.
+    #[error("wrapped key rejected: {0}")]
+    BadWrappedKey(String),
     /// Local configuration is wrong (key file missing, unreadable or too open).
     #[error("{0}")]
     Config(String),
