@@ -100,7 +100,7 @@ struct MountArgs {
     #[arg(long, value_name = "ID")]
     host_id: Option<String>,
     /// FUSE worker threads.
-    #[arg(long, value_name = "N", default_value_t = 4)]
+    #[arg(long, value_name = "N", default_value_t = 8)]
     threads: usize,
     /// Log to this file (default: stderr with -f, else syslog).
     #[arg(long, value_name = "PATH")]

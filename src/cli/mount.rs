@@ -93,7 +93,9 @@ fn serve(
     };
     let ttl = Duration::from_secs(args.key_ttl);
     let provider_id: ProviderId = key_provider.provider_id();
-    let keys = Arc::new(KeyCache::new(key_provider.clone(), ttl, ttl, args.key_cache_size));
+    // Two FUSE workers always stay free of KMS waits, for cached files and metadata.
+    let max_waiters = args.threads.saturating_sub(2).max(1);
+    let keys = Arc::new(KeyCache::new(key_provider.clone(), ttl, ttl, args.key_cache_size).with_max_waiters(max_waiters));
     let volume_id = cfg.volume_id_bytes().map_err(|e| e.to_string())?;
     // Local keys cost nothing to make; only a remote KMS is worth a pool of fresh keys.
     if provider_id == ProviderId::AwsKms && args.key_pool_size > 0 {

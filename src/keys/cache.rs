@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
@@ -28,6 +28,8 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_CAPACITY: usize = 4096;
 /// How long to wait before asking an unreachable KMS again while serving a stale key.
 const RETRY_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a caller beyond the waiter bound may wait for an unwrap already in flight.
+const OVERFLOW_WAIT: Duration = Duration::from_secs(1);
 
 struct Entry {
     key: Arc<DataKey>,
@@ -89,7 +91,29 @@ pub struct KeyCache {
     entries: Mutex<LruCache<Id, Entry>>,
     flights: Mutex<HashMap<Id, Arc<Flight>>>,
     pool: Mutex<Option<Arc<KeyPool>>>,
+    max_waiters: usize,
+    waiters: AtomicUsize,
     counters: Counters,
+}
+
+/// One caller counted as waiting on the KMS, for as long as it lives.
+struct WaiterSlot<'a> {
+    count: &'a AtomicUsize,
+    /// How many were waiting, this caller included.
+    level: usize,
+}
+
+impl<'a> WaiterSlot<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        let level = count.fetch_add(1, Ordering::SeqCst) + 1;
+        WaiterSlot { count, level }
+    }
+}
+
+impl Drop for WaiterSlot<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl std::fmt::Debug for KeyCache {
@@ -115,8 +139,18 @@ impl KeyCache {
             entries: Mutex::new(LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN))),
             flights: Mutex::new(HashMap::new()),
             pool: Mutex::new(None),
+            max_waiters: usize::MAX,
+            waiters: AtomicUsize::new(0),
             counters: Counters::default(),
         }
+    }
+
+    /// Let at most `n` callers wait on the KMS at once; beyond that a caller only joins an
+    /// unwrap already in flight (briefly) or fails at once, so a hanging KMS cannot take every
+    /// FUSE worker.
+    pub fn with_max_waiters(mut self, n: usize) -> Self {
+        self.max_waiters = n.max(1);
+        self
     }
 
     /// The provider behind the cache.
@@ -146,7 +180,9 @@ impl KeyCache {
             }
         }
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
-        match self.unwrap_once(file_id, wrapped, ctx) {
+        let slot = WaiterSlot::enter(&self.waiters);
+        let may_lead = slot.level <= self.max_waiters;
+        match self.unwrap_once(file_id, wrapped, ctx, may_lead) {
             Ok(key) => Ok(key),
             Err(KeyError::Unreachable(msg)) => self.serve_stale(file_id, now).ok_or(KeyError::Unreachable(msg)),
             Err(e) => {
@@ -175,11 +211,21 @@ impl KeyCache {
     }
 
     /// One Decrypt per file id at a time; concurrent callers wait for the leader's result.
-    fn unwrap_once(&self, file_id: &Id, wrapped: &[u8], ctx: &EncryptionContext) -> Result<Arc<DataKey>, KeyError> {
+    /// A caller beyond the waiter bound (`!may_lead`) never starts a KMS call and waits for
+    /// one in flight at most `OVERFLOW_WAIT`.
+    fn unwrap_once(
+        &self,
+        file_id: &Id,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+        may_lead: bool,
+    ) -> Result<Arc<DataKey>, KeyError> {
+        let busy = || KeyError::Unreachable("too many operations are waiting on the KMS".into());
         let (flight, leader) = {
             let mut flights = self.flights.lock();
             match flights.get(file_id) {
                 Some(f) => (f.clone(), false),
+                None if !may_lead => return Err(busy()),
                 None => {
                     let f = Arc::new(Flight::default());
                     flights.insert(*file_id, f.clone());
@@ -188,11 +234,19 @@ impl KeyCache {
             }
         };
         if !leader {
+            let deadline = (!may_lead).then(|| Instant::now() + OVERFLOW_WAIT);
             let mut result = flight.result.lock();
             while result.is_none() {
-                flight.done.wait(&mut result);
+                match deadline {
+                    Some(d) => {
+                        if flight.done.wait_until(&mut result, d).timed_out() {
+                            return Err(busy());
+                        }
+                    }
+                    None => flight.done.wait(&mut result),
+                }
             }
-            return result.clone().unwrap_or_else(|| Err(KeyError::Unreachable("no result".into())));
+            return result.clone().unwrap_or_else(|| Err(busy()));
         }
         self.counters.kms_decrypt.fetch_add(1, Ordering::Relaxed);
         let result = self.provider.decrypt(wrapped, ctx).map(Arc::new);
@@ -235,6 +289,10 @@ impl KeyCache {
             return Ok((p.file_id, key, p.wrapped));
         }
         self.counters.pool_misses.fetch_add(1, Ordering::Relaxed);
+        let slot = WaiterSlot::enter(&self.waiters);
+        if slot.level > self.max_waiters {
+            return Err(KeyError::Unreachable("too many operations are waiting on the KMS".into()));
+        }
         let file_id: Id = crate::crypto::random_array().map_err(|e| KeyError::Config(e.to_string()))?;
         let (key, wrapped) = self.generate(&file_id, &EncryptionContext::for_file(volume_id, &file_id))?;
         Ok((file_id, key, wrapped))
@@ -416,6 +474,28 @@ mod tests {
         std::thread::sleep(Duration::from_millis(120));
         assert!(matches!(c.get(&[1; 16], &[3], &ctx()), Err(KeyError::Refused(_))));
         assert_eq!(c.stats().entries, 0, "refusal drops the key");
+    }
+
+    #[test]
+    fn waiters_beyond_the_bound_fail_fast_on_a_hung_kms() {
+        let (p, c) = setup(60_000, 0, 10);
+        *p.delay.lock() = Duration::from_millis(1500);
+        let c = Arc::new(c.with_max_waiters(1));
+        let hung = {
+            let c = c.clone();
+            std::thread::spawn(move || c.get(&[1; 16], &[3], &ctx()).is_ok())
+        };
+        while c.waiters.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        let start = Instant::now();
+        // another file: no flight to join, so no second worker is taken by the KMS
+        assert!(matches!(c.get(&[2; 16], &[4], &ctx()), Err(KeyError::Unreachable(_))));
+        assert!(start.elapsed() < Duration::from_millis(500));
+        // the same file: joins the flight for at most a second, then gives up
+        assert!(c.get(&[1; 16], &[3], &ctx()).is_err());
+        assert!(hung.join().expect("join"), "the leader still gets its key");
+        assert_eq!(p.decrypts.load(Ordering::SeqCst), 1);
     }
 
     #[test]
