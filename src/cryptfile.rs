@@ -48,9 +48,11 @@ pub enum CryptError {
     },
 }
 
-/// What every file of one vault shares: ids, geometry and the key cache.
+/// What every file of one vault shares: ids, geometry, the key cache and a damage counter.
 #[derive(Debug)]
 pub struct Vault {
+    /// Integrity errors seen (tampered, cut or foreign files), for `kmsfs status`.
+    pub tamper_events: std::sync::atomic::AtomicU64,
     /// The vault's volume id.
     pub volume_id: Id,
     /// Header and block sizes.
@@ -62,6 +64,11 @@ pub struct Vault {
 }
 
 impl Vault {
+    /// A vault's shared state.
+    pub fn new(volume_id: Id, layout: Layout, provider: ProviderId, keys: Arc<KeyCache>) -> Self {
+        Vault { tamper_events: Default::default(), volume_id, layout, provider, keys }
+    }
+
     /// Plain size of a backing file of `backing` bytes (lossy for damaged files: stat must work).
     pub fn plain_size(&self, backing: u64) -> u64 {
         self.layout.plain_size_lossy(backing)
@@ -97,6 +104,7 @@ impl CryptFile {
     }
 
     fn integrity(&self, block: Option<u64>, what: impl Into<String>) -> CryptError {
+        self.vault.tamper_events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         CryptError::Integrity { path: self.backing_path(), block, what: what.into() }
     }
 
@@ -404,12 +412,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let provider = LocalProvider::create(&dir.path().join("key")).expect("key");
         let keys = Arc::new(KeyCache::new(Arc::new(provider), Duration::from_secs(60), Duration::ZERO, 16));
-        let vault = Arc::new(Vault {
-            volume_id: [3; 16],
-            layout: Layout::new(HEADER_SIZE as u64, bs).expect("layout"),
-            provider: ProviderId::Local,
-            keys,
-        });
+        let layout = Layout::new(HEADER_SIZE as u64, bs).expect("layout");
+        let vault = Arc::new(Vault::new([3; 16], layout, ProviderId::Local, keys));
         let path = dir.path().join("f");
         File::create(&path).expect("create");
         Fixture { _dir: dir, vault, path }

@@ -37,10 +37,28 @@ pub enum CryptoError {
     Random,
 }
 
-/// A 256-bit key with its expanded AES key schedule; both are zeroized on drop.
+/// A 256-bit key with its expanded AES key schedule; both live on the heap in `mlock`ed
+/// pages (so moving a `DataKey` copies no key material and it is never swapped out) and are
+/// zeroized on drop.
 pub struct DataKey {
-    bytes: Zeroizing<[u8; KEY_LEN]>,
-    cipher: Aes256GcmSiv,
+    bytes: Box<Zeroizing<[u8; KEY_LEN]>>,
+    cipher: Box<Aes256GcmSiv>,
+}
+
+/// Lock the pages holding `value` into RAM; warns once when RLIMIT_MEMLOCK forbids it. Pages
+/// stay locked after the key is freed: other keys may share them, and locking is per page.
+fn lock_in_memory<T>(value: &T) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let ptr = (value as *const T).cast::<libc::c_void>();
+    // SAFETY: the range is a live object of ours; mlock only changes residency.
+    if unsafe { libc::mlock(ptr, std::mem::size_of::<T>()) } != 0
+        && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::warn!(
+            "cannot lock key memory ({}): keys may be swapped out; raise RLIMIT_MEMLOCK",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 impl std::fmt::Debug for DataKey {
@@ -63,8 +81,11 @@ impl DataKey {
     }
 
     fn from_array(array: &[u8; KEY_LEN]) -> Self {
-        let bytes = Zeroizing::new(*array);
-        let cipher = Aes256GcmSiv::new(&(*bytes).into());
+        let mut bytes = Box::new(Zeroizing::new([0u8; KEY_LEN]));
+        lock_in_memory(&*bytes);
+        bytes.copy_from_slice(array);
+        let cipher = Box::new(Aes256GcmSiv::new(&(**bytes).into()));
+        lock_in_memory(&*cipher);
         DataKey { bytes, cipher }
     }
 

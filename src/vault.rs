@@ -75,6 +75,10 @@ pub struct VaultConfig {
     pub key_id: String,
     /// Whether file names are stored in plain text.
     pub plaintext_names: bool,
+    /// The volume name key (encrypted names), hex, wrapped by the trusted key under the
+    /// encryption context {volume id, purpose "names"}. Absent in plaintext-names vaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrapped_name_key: Option<String>,
 }
 
 /// The key this host trusts for a vault.
@@ -124,6 +128,7 @@ impl VaultConfig {
             provider: provider_name(provider).to_string(),
             key_id: key_id.to_string(),
             plaintext_names,
+            wrapped_name_key: None,
         })
     }
 
@@ -152,6 +157,10 @@ impl VaultConfig {
         }
         cfg.volume_id_bytes().map_err(|_| bad("volume id is not 32 hex digits".into()))?;
         cfg.layout().map_err(|e| bad(e.to_string()))?;
+        let name_key_ok = cfg.wrapped_name_key.as_deref().is_some_and(|k| !k.is_empty() && hex::decode(k).is_ok());
+        if !cfg.plaintext_names && !name_key_ok {
+            return Err(bad("file names are encrypted but wrapped_name_key is missing or not hex".into()));
+        }
         Ok(cfg)
     }
 
@@ -313,12 +322,28 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let v = dir.path();
         assert!(matches!(VaultConfig::load(v), Err(VaultError::NotInitialised(_))));
-        let cfg = VaultConfig::new(4096, ProviderId::Local, "local:00", false).expect("new");
+        let mut cfg = VaultConfig::new(4096, ProviderId::Local, "local:00", false).expect("new");
+        cfg.wrapped_name_key = Some("00ff".into());
         cfg.create(v).expect("create");
         assert!(matches!(cfg.create(v), Err(VaultError::AlreadyInitialised(_))));
         assert_eq!(VaultConfig::load(v).expect("load"), cfg);
         let msg = VaultError::NotInitialised("/x".into()).to_string();
         assert!(msg.contains("run kmsfs init /x"), "{msg}");
+    }
+
+    #[test]
+    fn encrypted_names_need_a_wrapped_name_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = VaultConfig::new(4096, ProviderId::Local, "local:00", false).expect("new");
+        cfg.create(dir.path()).expect("create");
+        let err = VaultConfig::load(dir.path()).expect_err("no name key");
+        assert!(err.to_string().contains("wrapped_name_key"), "{err}");
+        let plain = tempfile::tempdir().expect("tempdir");
+        let cfg = VaultConfig::new(4096, ProviderId::Local, "local:00", true).expect("new");
+        cfg.create(plain.path()).expect("create");
+        let text = std::fs::read_to_string(VaultConfig::path(plain.path())).expect("read");
+        assert!(!text.contains("wrapped_name_key"), "absent in plaintext-names vaults: {text}");
+        assert_eq!(VaultConfig::load(plain.path()).expect("load"), cfg);
     }
 
     #[test]

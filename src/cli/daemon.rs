@@ -79,6 +79,20 @@ pub fn daemonize() -> Result<Ready, i32> {
     }
 }
 
+/// Keep keys out of core dumps and ptrace: not dumpable, no core files.
+pub fn harden() {
+    // SAFETY: plain prctl/setrlimit calls with valid arguments.
+    unsafe {
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
+            tracing::warn!("cannot mark the daemon non-dumpable: {}", std::io::Error::last_os_error());
+        }
+        let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::setrlimit(libc::RLIMIT_CORE, &zero) != 0 {
+            tracing::warn!("cannot disable core dumps: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
 /// Block the termination signals in this thread (and every thread spawned later), so one
 /// dedicated thread can wait for them with `wait_for_signal`.
 pub fn block_signals() -> libc::sigset_t {

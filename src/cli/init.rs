@@ -7,6 +7,7 @@ use crate::format::Layout;
 use crate::format::header::HEADER_SIZE;
 use crate::keys::KeyProvider;
 use crate::keys::local::LocalProvider;
+use crate::names::Names;
 use crate::vault::{self, TrustedKey, VaultConfig};
 
 /// Run `kmsfs init`.
@@ -19,7 +20,7 @@ pub fn run(args: &InitArgs) -> CliResult {
         return Err(vault::VaultError::AlreadyInitialised(vault_dir.display().to_string()).to_string());
     }
     // The volume id comes first: the default key file is named after it.
-    let mut cfg = VaultConfig::new(args.block_size, crate::format::header::ProviderId::Local, "", true)
+    let mut cfg = VaultConfig::new(args.block_size, crate::format::header::ProviderId::Local, "", args.plaintext_names)
         .map_err(|e| e.to_string())?;
     let trusted = provider::from_args(&args.key).unwrap_or_else(|| TrustedKey::Local {
         key_file: vault::default_key_file(&cfg.volume_id),
@@ -43,6 +44,7 @@ pub fn run(args: &InitArgs) -> CliResult {
         TrustedKey::AwsKms { .. } => TrustedKey::AwsKms { kms_key_id: key_provider.key_id().to_string() },
         local => local,
     };
+    Names::init_vault(&vault_dir, &mut cfg, key_provider.as_ref())?;
     cfg.create(&vault_dir).map_err(|e| e.to_string())?;
     vault::save_trusted_key(&cfg.volume_id, &trusted).map_err(|e| e.to_string())?;
     println!("initialised kmsfs vault {} (volume {})", vault_dir.display(), cfg.volume_id);
@@ -53,9 +55,10 @@ pub fn run(args: &InitArgs) -> CliResult {
         ),
         TrustedKey::AwsKms { kms_key_id } => println!("data keys wrapped by KMS key {kms_key_id}"),
     }
-    if !args.plaintext_names {
-        // Recorded truthfully in the vault config, so a later build never misreads the tree.
-        println!("note: this build stores file names in plain text (--plaintext-names); contents are encrypted");
+    if args.plaintext_names {
+        println!("file names, symlink targets and xattrs are stored in plain text (--plaintext-names); contents are encrypted");
+    } else {
+        println!("file names, symlink targets and xattrs are encrypted with the volume's name key");
     }
     println!("mount it with: kmsfs mount {} MOUNTPOINT", vault_dir.display());
     Ok(())

@@ -1,5 +1,6 @@
 //! Command line: `kmsfs init | mount | unmount`. Each subcommand lives in its own file.
 
+mod control;
 mod daemon;
 mod init;
 mod logging;
@@ -39,6 +40,10 @@ enum Command {
     Mount(MountArgs),
     /// Unmount a kmsfs mount: flush, zeroize every cached key, wait for the daemon to exit.
     Unmount(UnmountArgs),
+    /// Show a running mount's provider, key cache and KMS counters.
+    Status(StatusArgs),
+    /// Zeroize every cached key of a running mount (and its page cache) without unmounting.
+    Forget(UnmountArgs),
 }
 
 /// Which key protects a vault (at most one of the two).
@@ -111,18 +116,63 @@ struct MountArgs {
 }
 
 #[derive(Debug, Args)]
+struct StatusArgs {
+    /// The mount point of a kmsfs mount.
+    mountpoint: PathBuf,
+    /// Print JSON (fields: provider, key_id, ttl_s, cache_entries, cache_capacity, hits,
+    /// misses, kms_calls, kms_errors, tamper_events, open_files, uptime_s, pid, ...).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct UnmountArgs {
     /// The mount point of a kmsfs mount.
     mountpoint: PathBuf,
 }
 
+/// `kmsfs status MOUNTPOINT [--json]`.
+fn status(args: &StatusArgs) -> CliResult {
+    let mnt = args.mountpoint.canonicalize().map_err(|e| format!("{}: {e}", args.mountpoint.display()))?;
+    let v = control::request(&mnt, "status")?;
+    if args.json {
+        println!("{v}");
+        return Ok(());
+    }
+    let get = |k: &str| v.get(k).map(|x| x.to_string().trim_matches('"').to_string()).unwrap_or_default();
+    println!("mount      {} (pid {}, up {} s)", get("mountpoint"), get("pid"), get("uptime_s"));
+    println!("vault      {}", get("vault"));
+    println!("provider   {} key {}", get("provider"), get("key_id"));
+    println!("key cache  {}/{} entries, ttl {} s, {} hits, {} misses", get("cache_entries"), get("cache_capacity"), get("ttl_s"), get("hits"), get("misses"));
+    println!("KMS        calls {}, errors {}", get("kms_calls"), get("kms_errors"));
+    println!("files      {} open, {} integrity errors", get("open_files"), get("tamper_events"));
+    Ok(())
+}
+
+/// `kmsfs forget MOUNTPOINT`.
+fn forget(args: &UnmountArgs) -> CliResult {
+    let mnt = args.mountpoint.canonicalize().map_err(|e| format!("{}: {e}", args.mountpoint.display()))?;
+    let v = control::request(&mnt, "forget")?;
+    println!("forgot {} cached keys", v.get("keys_dropped").and_then(|x| x.as_u64()).unwrap_or(0));
+    Ok(())
+}
+
 /// Run the command line; returns the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match fstab_form(std::env::args_os().collect()) {
+        Ok(Some(argv)) => Cli::parse_from(argv),
+        Ok(None) => Cli::parse(),
+        Err(msg) => {
+            eprintln!("kmsfs: {msg}");
+            return 1;
+        }
+    };
     let result = match cli.command {
         Command::Init(a) => init::run(&a),
         Command::Mount(a) => mount::run(a),
         Command::Unmount(a) => unmount::run(&a),
+        Command::Status(a) => status(&a),
+        Command::Forget(a) => forget(&a),
     };
     match result {
         Ok(()) => 0,
@@ -135,3 +185,67 @@ pub fn main() -> i32 {
 
 /// An error for the user: one line that says what to do.
 pub type CliResult = Result<(), String>;
+
+/// `mount.fuse` (from `mount -t fuse.kmsfs` or /etc/fstab) runs `kmsfs VAULT MOUNTPOINT -o
+/// OPTS`: translate that into `kmsfs mount VAULT MOUNTPOINT --option...`.
+fn fstab_form(argv: Vec<std::ffi::OsString>) -> Result<Option<Vec<std::ffi::OsString>>, String> {
+    const SUBCOMMANDS: &[&str] = &["init", "mount", "unmount", "status", "forget", "rewrap", "fsck", "cat", "help"];
+    let Some(first) = argv.get(1).and_then(|a| a.to_str()) else { return Ok(None) };
+    if argv.len() < 3 || first.starts_with('-') || SUBCOMMANDS.contains(&first) {
+        return Ok(None);
+    }
+    let mut out: Vec<std::ffi::OsString> = vec!["kmsfs".into(), "mount".into(), argv[1].clone(), argv[2].clone()];
+    let mut rest = argv[3..].iter();
+    while let Some(arg) = rest.next() {
+        let opts = match arg.to_str() {
+            Some("-o") => rest.next().and_then(|o| o.to_str()).ok_or("-o needs a value")?.to_string(),
+            Some(o) if o.starts_with("-o") => o[2..].to_string(),
+            // mount.fuse adds these for its own bookkeeping.
+            Some("-n" | "-s" | "-v") => continue,
+            _ => return Err(format!("unexpected argument {arg:?}: use kmsfs mount VAULT MOUNTPOINT")),
+        };
+        for opt in opts.split(',').filter(|o| !o.is_empty()) {
+            let (name, value) = opt.split_once('=').map_or((opt, None), |(n, v)| (n, Some(v)));
+            let flag = |f: &str| -> Vec<std::ffi::OsString> { vec![f.into()] };
+            let with = |f: &str| -> Result<Vec<std::ffi::OsString>, String> {
+                let v = value.ok_or_else(|| format!("mount option {name} needs a value ({name}=...)"))?;
+                Ok(vec![f.into(), v.into()])
+            };
+            out.extend(match name {
+                "key_ttl" => with("--key-ttl")?,
+                "key_cache_size" => with("--key-cache-size")?,
+                "key_pool_size" => with("--key-pool-size")?,
+                "key_file" => with("--key-file")?,
+                "kms_key_id" => with("--kms-key-id")?,
+                "host_id" => with("--host-id")?,
+                "threads" => with("--threads")?,
+                "log_file" => with("--log-file")?,
+                "log_level" => with("--log-level")?,
+                "allow_other" => flag("--allow-other"),
+                "ro" | "read_only" => flag("--read-only"),
+                // Generic mount(8) options with nothing to do here.
+                "rw" | "defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "_netdev" | "nofail" | "dev"
+                | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime" | "noatime" | "relatime" => vec![],
+                other => return Err(format!("unknown mount option {other} (see man kmsfs)")),
+            });
+        }
+    }
+    Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<std::ffi::OsString> {
+        a.iter().map(Into::into).collect()
+    }
+
+    #[test]
+    fn fstab_form_maps_options() {
+        let got = fstab_form(args(&["kmsfs", "/v", "/m", "-o", "rw,key_ttl=5,allow_other,_netdev"])).expect("ok");
+        assert_eq!(got, Some(args(&["kmsfs", "mount", "/v", "/m", "--key-ttl", "5", "--allow-other"])));
+        assert_eq!(fstab_form(args(&["kmsfs", "mount", "/v", "/m"])).expect("ok"), None);
+        assert!(fstab_form(args(&["kmsfs", "/v", "/m", "-o", "bogus"])).is_err());
+    }
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use fuser::{Config, MountOption, Session, SessionACL};
 
 use super::daemon::{self, Ready};
-use super::{CliResult, MountArgs, logging, provider, runtime_dir};
+use super::{CliResult, MountArgs, control, logging, provider, runtime_dir};
 use crate::cryptfile::Vault;
 use crate::format::header::ProviderId;
 use crate::fs::{FsOptions, KmsFs};
@@ -33,12 +33,6 @@ pub fn run(args: MountArgs) -> CliResult {
         return Err(format!("mount point {} is not a directory", mnt.display()));
     }
     let cfg = VaultConfig::load(&vault_dir).map_err(|e| e.to_string())?;
-    if !cfg.plaintext_names {
-        return Err(format!(
-            "vault {} encrypts file names, which this kmsfs build cannot read: upgrade kmsfs",
-            vault_dir.display()
-        ));
-    }
     let trusted = provider::trusted_key(&args.key, &cfg, &vault_dir)?;
     // A local key is checked before forking, so a bad key file fails in the foreground.
     let early = match &trusted {
@@ -82,6 +76,7 @@ fn serve(
         (None, false) => logging::Sink::Syslog,
     };
     logging::init(sink, &args.log_level)?;
+    daemon::harden();
     lock.write_pid(std::process::id()).map_err(|e| e.to_string())?;
     let key_provider = match early {
         Some(p) => p,
@@ -103,13 +98,8 @@ fn serve(
             .map_err(|e| format!("cannot start the data-key pool: {e}"))?;
         keys.set_pool(pool);
     }
-    let vault = Arc::new(Vault {
-        volume_id,
-        layout: cfg.layout().map_err(|e| e.to_string())?,
-        provider: provider_id,
-        keys: keys.clone(),
-    });
-    let fs = KmsFs::new(vault_dir, vault, Names::plaintext(), FsOptions { read_only: args.read_only, ..FsOptions::default() })
+    let vault = Arc::new(Vault::new(volume_id, cfg.layout().map_err(|e| e.to_string())?, provider_id, keys.clone()));
+    let fs = KmsFs::new(vault_dir, vault, Names::for_vault(vault_dir, cfg, keys.provider().as_ref())?, FsOptions { read_only: args.read_only, ..FsOptions::default() })
         .map_err(|e| format!("cannot open vault {}: {e}", vault_dir.display()))?;
     // Backing files get exactly the modes the kernel asks for (it applied the umask).
     // SAFETY: umask has no preconditions.
@@ -129,9 +119,20 @@ fn serve(
     config.acl = if args.allow_other { SessionACL::All } else { SessionACL::Owner };
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
+    let (fs_vault, fs_handles) = (fs.vault().clone(), fs.handles());
     let mut session =
         Session::new(fs, mnt, &config).map_err(|e| format!("cannot mount at {}: {e}", mnt.display()))?;
     let mut unmounter = session.unmount_callable();
+    control::serve(control::Daemon {
+        vault: fs_vault,
+        handles: fs_handles,
+        notifier: session.notifier(),
+        vault_dir: vault_dir.to_path_buf(),
+        mountpoint: mnt.to_path_buf(),
+        ttl,
+        started: std::time::Instant::now(),
+    })
+    .map_err(|e| format!("cannot open the control socket: {e}"))?;
     runtime_dir::record(mnt, std::process::id()).map_err(|e| format!("cannot record the mount: {e}"))?;
     tracing::info!(vault = %vault_dir.display(), mountpoint = %mnt.display(), "mounted");
     ready.ok();

@@ -25,6 +25,11 @@ fn name_of(mountpoint: &Path) -> String {
     format!("mount-{h:016x}.pid")
 }
 
+/// The control socket of the mount at `mountpoint`.
+pub fn socket_path(mountpoint: &Path) -> PathBuf {
+    dir().join(name_of(mountpoint).replace(".pid", ".sock"))
+}
+
 /// Record that daemon `pid` serves `mountpoint`.
 pub fn record(mountpoint: &Path, pid: u32) -> std::io::Result<PathBuf> {
     let d = dir();
@@ -46,4 +51,5 @@ pub fn lookup(mountpoint: &Path) -> Option<u32> {
 /// Forget the record of `mountpoint`.
 pub fn remove(mountpoint: &Path) {
     let _ = std::fs::remove_file(dir().join(name_of(mountpoint)));
+    let _ = std::fs::remove_file(socket_path(mountpoint));
 }

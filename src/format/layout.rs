@@ -93,9 +93,9 @@ impl Layout {
     /// Plaintext bytes held by block `index` of a file of plain size `size`.
     pub fn block_len(&self, index: u64, size: u64) -> usize {
         let count = self.block_count(size);
-        if index + 1 < count {
+        if index.saturating_add(1) < count {
             self.block_size as usize
-        } else if index + 1 == count {
+        } else if index.saturating_add(1) == count {
             (size % self.block_size) as usize
         } else {
             0
@@ -123,7 +123,8 @@ impl Layout {
             .ok_or(FormatError::InvalidBackingSize(backing))?;
         let full = body / self.stored_block_size();
         let rest = body % self.stored_block_size();
-        if rest < BLOCK_OVERHEAD {
+        // A header with only an empty block 0 is no file's form: the empty file has no header.
+        if rest < BLOCK_OVERHEAD || (full == 0 && rest == BLOCK_OVERHEAD) {
             return Err(FormatError::InvalidBackingSize(backing));
         }
         Ok(full * self.block_size + (rest - BLOCK_OVERHEAD))
@@ -144,14 +145,14 @@ impl Layout {
     pub fn spans(&self, offset: u64, len: u64) -> impl Iterator<Item = BlockSpan> + '_ {
         let end = offset.saturating_add(len);
         let first = self.block_of(offset);
-        let last = if len == 0 { first } else { self.block_of(end - 1) + 1 };
+        let last = if len == 0 { first } else { self.block_of(end - 1).saturating_add(1) };
         let bs = self.block_size;
         (first..last).map(move |index| {
             let block_start = index * bs;
             BlockSpan {
                 index,
                 start: (offset.max(block_start) - block_start) as usize,
-                end: (end.min(block_start + bs) - block_start) as usize,
+                end: (end.min(block_start.saturating_add(bs)) - block_start) as usize,
             }
         })
     }
@@ -183,7 +184,7 @@ mod tests {
     fn invalid_backing_sizes() {
         let l = layout(4096);
         // header only, header plus partial overhead, ending on a full block
-        for bad in [1, 1023, 1024, 1024 + 27, 1024 + 4124, 1024 + 2 * 4124] {
+        for bad in [1, 1023, 1024, 1024 + 27, 1024 + 28, 1024 + 4124, 1024 + 2 * 4124] {
             assert!(l.plain_size(bad).is_err(), "{bad} accepted");
         }
     }

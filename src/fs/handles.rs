@@ -87,6 +87,12 @@ impl Handles {
         self.dirs.lock().remove(&fh);
     }
 
+    /// Inodes with at least one open file handle.
+    pub fn open_inodes(&self) -> Vec<u64> {
+        let by_inode = self.by_inode.lock();
+        by_inode.iter().filter(|(_, f)| f.strong_count() > 0).map(|(ino, _)| *ino).collect()
+    }
+
     /// Number of open file handles.
     pub fn open_files(&self) -> usize {
         self.files.lock().len()

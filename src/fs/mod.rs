@@ -1,8 +1,9 @@
 //! The FUSE front end: a `fuser::Filesystem` over a backing directory.
 //!
-//! Tree shape, names (through `names`), ownership, modes, times, links and xattrs pass through
-//! to the backing directory; file content goes through `cryptfile`. This layer knows nothing
-//! of ciphers: it sees plain sizes and `CryptError`s.
+//! Tree shape, ownership, modes, times and links pass through to the backing directory; names,
+//! symlink targets and xattrs go through `names` (encrypted or plain); file content goes
+//! through `cryptfile`. This layer knows nothing of ciphers: it sees plain sizes and
+//! `CryptError`s.
 
 pub mod attr;
 pub mod errno;
@@ -27,7 +28,7 @@ use fuser::{
 };
 
 use crate::cryptfile::{CryptFile, Vault};
-use crate::names::Names;
+use crate::names::{BackingName, Names};
 use handles::{DirHandle, Handles};
 use inodes::{Inode, InodeTable};
 
@@ -53,7 +54,7 @@ pub struct KmsFs {
     vault: Arc<Vault>,
     names: Names,
     inodes: InodeTable,
-    handles: Handles,
+    handles: Arc<Handles>,
     opts: FsOptions,
     is_root_user: bool,
 }
@@ -85,7 +86,7 @@ impl KmsFs {
             vault,
             names,
             inodes: InodeTable::new(fd, &st),
-            handles: Handles::default(),
+            handles: Arc::new(Handles::default()),
             opts,
             // SAFETY: geteuid has no preconditions.
             is_root_user: unsafe { libc::geteuid() } == 0,
@@ -95,6 +96,11 @@ impl KmsFs {
     /// The vault the mount serves (key cache, layout).
     pub fn vault(&self) -> &Arc<Vault> {
         &self.vault
+    }
+
+    /// The open-handle table, shared with the control socket (status, forget).
+    pub fn handles(&self) -> Arc<Handles> {
+        self.handles.clone()
     }
 
     /// Number of open file handles.
@@ -108,7 +114,16 @@ impl KmsFs {
 
     fn attr_of(&self, ino: u64, fd: BorrowedFd<'_>) -> Result<FileAttr> {
         let st = sys::stat_fd(fd).map_err(e_io)?;
-        Ok(attr::from_stat(ino, &st, &self.vault))
+        Ok(self.plain_attr(ino, &st))
+    }
+
+    /// The attributes the mount shows for a backing `st`: plain sizes of files and symlinks.
+    fn plain_attr(&self, ino: u64, st: &libc::stat) -> FileAttr {
+        let mut a = attr::from_stat(ino, st, &self.vault);
+        if a.kind == FileType::Symlink {
+            a.size = self.names.link_size(a.size);
+        }
+        a
     }
 
     fn writable(&self) -> Result<()> {
@@ -116,19 +131,19 @@ impl KmsFs {
     }
 
     /// The backing name for a new entry `name` in `parent` (reserved names refused).
-    fn new_name(&self, parent: &Inode, name: &OsStr) -> Result<OsString> {
+    fn new_name(&self, parent: &Inode, name: &OsStr) -> Result<BackingName> {
         self.writable()?;
         if self.names.is_reserved(parent.is_root, name) {
             return Err(Errno::EPERM);
         }
-        Ok(self.names.to_backing(name))
+        self.names.backing(parent.fd(), name).map_err(e_io)
     }
 
-    fn existing_name(&self, parent: &Inode, name: &OsStr) -> Result<OsString> {
+    fn existing_name(&self, parent: &Inode, name: &OsStr) -> Result<BackingName> {
         if self.names.is_reserved(parent.is_root, name) {
             return Err(Errno::ENOENT);
         }
-        Ok(self.names.to_backing(name))
+        self.names.backing(parent.fd(), name).map_err(e_io)
     }
 
     /// Look `bname` up in `parent` and count a kernel reference.
@@ -136,7 +151,7 @@ impl KmsFs {
         let fd = sys::openat(parent.fd(), bname, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(e_io)?;
         let st = sys::stat_fd(fd.as_fd()).map_err(e_io)?;
         let ino = self.inodes.remember(fd, &st);
-        Ok(attr::from_stat(ino, &st, &self.vault))
+        Ok(self.plain_attr(ino, &st))
     }
 
     /// Give a new entry to the requesting user (a root daemon serving others), honouring a
@@ -241,13 +256,14 @@ impl KmsFs {
 
     fn read_dir(&self, inode: &Inode) -> Result<DirHandle> {
         let dir = std::fs::read_dir(Path::new(OsStr::from_bytes(sys::proc_path(inode.fd()).as_bytes()))).map_err(e_io)?;
+        let lister = self.names.lister(inode.fd(), inode.is_root).map_err(e_io)?;
         let mut entries = vec![
             (1, FileType::Directory, OsString::from(".")),
             (1, FileType::Directory, OsString::from("..")),
         ];
         for entry in dir {
             let entry = entry.map_err(e_io)?;
-            let Some(name) = self.names.to_plain(inode.is_root, &entry.file_name()) else { continue };
+            let Some(name) = lister.plain(&entry.file_name()) else { continue };
             let kind = entry
                 .file_type()
                 .ok()
@@ -358,16 +374,7 @@ impl Filesystem for KmsFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let r = self.inode(ino).and_then(|i| {
-            let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-            // SAFETY: valid fd, empty path (the link itself), buffer of the given length.
-            let n = unsafe { libc::readlinkat(i.fd().as_raw_fd(), c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n < 0 {
-                return Err(e_io(io::Error::last_os_error()));
-            }
-            buf.truncate(n as usize);
-            Ok(buf)
-        });
+        let r = self.inode(ino).and_then(|i| self.names.read_link(i.fd()).map_err(e_io));
         match r {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(e),
@@ -377,9 +384,12 @@ impl Filesystem for KmsFs {
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
         let r = self.inode(parent).and_then(|p| {
             let bname = self.new_name(&p, name)?;
-            let c = sys::cstr(&bname).map_err(e_io)?;
-            // SAFETY: valid dir fd and C string.
-            sys::cvt(unsafe { libc::mknodat(p.fd().as_raw_fd(), c.as_ptr(), mode & !umask, libc::dev_t::from(rdev)) })
+            self.names
+                .create(p.fd(), &bname, |b| {
+                    let c = sys::cstr(b)?;
+                    // SAFETY: valid dir fd and C string.
+                    sys::cvt(unsafe { libc::mknodat(p.fd().as_raw_fd(), c.as_ptr(), mode & !umask, libc::dev_t::from(rdev)) })
+                })
                 .map_err(e_io)?;
             self.chown_new(req, &p, &bname)?;
             self.lookup_backing(&p, &bname)
@@ -390,9 +400,7 @@ impl Filesystem for KmsFs {
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let r = self.inode(parent).and_then(|p| {
             let bname = self.new_name(&p, name)?;
-            let c = sys::cstr(&bname).map_err(e_io)?;
-            // SAFETY: valid dir fd and C string.
-            sys::cvt(unsafe { libc::mkdirat(p.fd().as_raw_fd(), c.as_ptr(), mode & !umask) }).map_err(e_io)?;
+            self.names.mkdir(p.fd(), &bname, mode & !umask).map_err(e_io)?;
             self.chown_new(req, &p, &bname)?;
             self.lookup_backing(&p, &bname)
         });
@@ -403,9 +411,7 @@ impl Filesystem for KmsFs {
         let r = self.inode(parent).and_then(|p| {
             self.writable()?;
             let bname = self.existing_name(&p, name)?;
-            let c = sys::cstr(&bname).map_err(e_io)?;
-            // SAFETY: valid dir fd and C string.
-            sys::cvt(unsafe { libc::unlinkat(p.fd().as_raw_fd(), c.as_ptr(), 0) }).map_err(e_io)
+            self.names.unlink(p.fd(), &bname).map_err(e_io)
         });
         match r {
             Ok(_) => reply.ok(),
@@ -417,9 +423,7 @@ impl Filesystem for KmsFs {
         let r = self.inode(parent).and_then(|p| {
             self.writable()?;
             let bname = self.existing_name(&p, name)?;
-            let c = sys::cstr(&bname).map_err(e_io)?;
-            // SAFETY: valid dir fd and C string.
-            sys::cvt(unsafe { libc::unlinkat(p.fd().as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) }).map_err(e_io)
+            self.names.rmdir(p.fd(), &bname).map_err(e_io)
         });
         match r {
             Ok(_) => reply.ok(),
@@ -430,10 +434,14 @@ impl Filesystem for KmsFs {
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let r = self.inode(parent).and_then(|p| {
             let bname = self.new_name(&p, link_name)?;
-            let c = sys::cstr(&bname).map_err(e_io)?;
-            let t = sys::cstr(target.as_os_str()).map_err(e_io)?;
-            // SAFETY: valid C strings and dir fd.
-            sys::cvt(unsafe { libc::symlinkat(t.as_ptr(), p.fd().as_raw_fd(), c.as_ptr()) }).map_err(e_io)?;
+            let t = sys::cstr(&self.names.link_target(target.as_os_str()).map_err(e_io)?).map_err(e_io)?;
+            self.names
+                .create(p.fd(), &bname, |b| {
+                    let c = sys::cstr(b)?;
+                    // SAFETY: valid C strings and dir fd.
+                    sys::cvt(unsafe { libc::symlinkat(t.as_ptr(), p.fd().as_raw_fd(), c.as_ptr()) })
+                })
+                .map_err(e_io)?;
             self.chown_new(req, &p, &bname)?;
             self.lookup_backing(&p, &bname)
         });
@@ -455,12 +463,7 @@ impl Filesystem for KmsFs {
             let np = self.inode(newparent)?;
             let from = self.existing_name(&p, name)?;
             let to = self.new_name(&np, newname)?;
-            let (a, b) = (sys::cstr(&from).map_err(e_io)?, sys::cstr(&to).map_err(e_io)?);
-            // SAFETY: valid dir fds and C strings.
-            sys::cvt(unsafe {
-                libc::renameat2(p.fd().as_raw_fd(), a.as_ptr(), np.fd().as_raw_fd(), b.as_ptr(), flags.bits())
-            })
-            .map_err(e_io)
+            self.names.rename(p.fd(), &from, np.fd(), &to, flags.bits()).map_err(e_io)
         })();
         match r {
             Ok(_) => reply.ok(),
@@ -473,13 +476,16 @@ impl Filesystem for KmsFs {
             let inode = self.inode(ino)?;
             let np = self.inode(newparent)?;
             let bname = self.new_name(&np, newname)?;
-            let c = sys::cstr(&bname).map_err(e_io)?;
             let src = sys::proc_path(inode.fd());
-            // SAFETY: valid C strings and dir fd; the proc path is followed to the object.
-            sys::cvt(unsafe {
-                libc::linkat(libc::AT_FDCWD, src.as_ptr(), np.fd().as_raw_fd(), c.as_ptr(), libc::AT_SYMLINK_FOLLOW)
-            })
-            .map_err(e_io)?;
+            self.names
+                .create(np.fd(), &bname, |b| {
+                    let c = sys::cstr(b)?;
+                    // SAFETY: valid C strings and dir fd; the proc path is followed to the object.
+                    sys::cvt(unsafe {
+                        libc::linkat(libc::AT_FDCWD, src.as_ptr(), np.fd().as_raw_fd(), c.as_ptr(), libc::AT_SYMLINK_FOLLOW)
+                    })
+                })
+                .map_err(e_io)?;
             self.lookup_backing(&np, &bname)
         })();
         self.reply_entry(reply, r);
@@ -642,7 +648,8 @@ impl Filesystem for KmsFs {
         reply: ReplyEmpty,
     ) {
         let r = self.writable().and_then(|()| self.xattr_path(ino)).and_then(|(_i, path)| {
-            let n = sys::cstr(name).map_err(e_io)?;
+            let n = self.names.xattr_name(name).map_err(e_io)?;
+            let value = self.names.seal_xattr(&n, value).map_err(e_io)?;
             // SAFETY: valid C strings and value buffer.
             sys::cvt(unsafe { libc::setxattr(path.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags) })
                 .map_err(e_io)
@@ -655,9 +662,10 @@ impl Filesystem for KmsFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let r = self.xattr_path(ino).and_then(|(_i, path)| {
-            let n = sys::cstr(name).map_err(e_io)?;
+            let n = self.names.xattr_name(name).map_err(e_io)?;
             // SAFETY: valid C strings; buffer pointer and length come from xattr_bytes.
-            xattr_bytes(|buf, len| unsafe { libc::getxattr(path.as_ptr(), n.as_ptr(), buf, len) })
+            let stored = xattr_bytes(|buf, len| unsafe { libc::getxattr(path.as_ptr(), n.as_ptr(), buf, len) })?;
+            self.names.open_xattr(&n, stored).map_err(e_io)
         });
         match r {
             Ok(v) => reply_xattr_buf(reply, size, &v),
@@ -671,7 +679,8 @@ impl Filesystem for KmsFs {
             Err(Errno::EPERM) => Ok(Vec::new()),
             Err(e) => Err(e),
             // SAFETY: valid C string; buffer pointer and length come from xattr_bytes.
-            Ok((_i, path)) => xattr_bytes(|buf, len| unsafe { libc::listxattr(path.as_ptr(), buf.cast(), len) }),
+            Ok((_i, path)) => xattr_bytes(|buf, len| unsafe { libc::listxattr(path.as_ptr(), buf.cast(), len) })
+                .map(|list| self.names.plain_xattr_list(list)),
         };
         match r {
             Ok(v) => reply_xattr_buf(reply, size, &v),
@@ -681,7 +690,7 @@ impl Filesystem for KmsFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let r = self.writable().and_then(|()| self.xattr_path(ino)).and_then(|(_i, path)| {
-            let n = sys::cstr(name).map_err(e_io)?;
+            let n = self.names.xattr_name(name).map_err(e_io)?;
             // SAFETY: valid C strings.
             sys::cvt(unsafe { libc::removexattr(path.as_ptr(), n.as_ptr()) }).map_err(e_io)
         });
@@ -713,9 +722,11 @@ impl Filesystem for KmsFs {
             let p = self.inode(parent)?;
             let bname = self.new_name(&p, name)?;
             let excl = flags & libc::O_EXCL;
-            let fd = sys::openat(p.fd(), &bname, libc::O_CREAT | libc::O_RDWR | libc::O_NOFOLLOW | excl, mode & !umask)
+            self.names
+                .create(p.fd(), &bname, |b| {
+                    sys::openat(p.fd(), b, libc::O_CREAT | libc::O_RDWR | libc::O_NOFOLLOW | excl, mode & !umask).map(drop)
+                })
                 .map_err(e_io)?;
-            drop(fd);
             self.chown_new(req, &p, &bname)?;
             let attr = self.lookup_backing(&p, &bname)?;
             let inode = self.inode(attr.ino)?;

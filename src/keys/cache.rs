@@ -60,6 +60,8 @@ pub struct KeyStats {
     pub kms_errors: u64,
     /// Expired keys served because the KMS was unreachable.
     pub stale_served: u64,
+    /// GenerateDataKey calls made by the pool's refill workers.
+    pub pool_generated: u64,
     /// New files whose key came from the pre-generated pool.
     pub pool_hits: u64,
     /// New files that had to wait for a GenerateDataKey (pool empty or off).
@@ -358,6 +360,7 @@ impl KeyCache {
             kms_generate: c.kms_generate.load(Ordering::Relaxed),
             kms_errors: c.kms_errors.load(Ordering::Relaxed),
             stale_served: c.stale_served.load(Ordering::Relaxed),
+            pool_generated: self.pool.lock().as_ref().map_or(0, |p| p.counts().0),
             pool_hits: c.pool_hits.load(Ordering::Relaxed),
             pool_misses: c.pool_misses.load(Ordering::Relaxed),
             entries: self.entries.lock().len() as u64,

@@ -1,0 +1,145 @@
+//! The control socket of a running mount: `kmsfs status` and `kmsfs forget` talk to the daemon
+//! over a Unix socket that only the mount's owner can use (0600, in the runtime directory).
+//!
+//! Protocol, version 1: the client sends one JSON line `{"version":1,"command":"status"}` (or
+//! `"forget"`), the daemon answers one JSON line `{"version":1,"ok":true,...}` or
+//! `{"version":1,"ok":false,"error":"..."}`, then closes the connection.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::runtime_dir;
+use crate::cryptfile::Vault;
+use crate::fs::handles::Handles;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u64 = 1;
+
+/// What the daemon reports and acts on.
+pub struct Daemon {
+    /// The vault's shared state (key cache, counters).
+    pub vault: Arc<Vault>,
+    /// Open handles (for open_files and page-cache invalidation).
+    pub handles: Arc<Handles>,
+    /// Tells the kernel to drop cached pages.
+    pub notifier: fuser::Notifier,
+    /// The vault directory.
+    pub vault_dir: PathBuf,
+    /// The mount point.
+    pub mountpoint: PathBuf,
+    /// Key TTL.
+    pub ttl: Duration,
+    /// When the mount started.
+    pub started: Instant,
+}
+
+impl Daemon {
+    fn status(&self) -> Value {
+        let keys = &self.vault.keys;
+        let s = keys.stats();
+        let provider = keys.provider();
+        json!({
+            "version": PROTOCOL_VERSION,
+            "ok": true,
+            "vault": self.vault_dir.display().to_string(),
+            "mountpoint": self.mountpoint.display().to_string(),
+            "provider": crate::vault::provider_name(provider.provider_id()),
+            "key_id": provider.key_id(),
+            "ttl_s": self.ttl.as_secs(),
+            "cache_entries": s.entries,
+            "cache_capacity": s.capacity,
+            "hits": s.hits,
+            "misses": s.misses,
+            "kms_calls": { "Decrypt": s.kms_decrypt, "GenerateDataKey": s.kms_generate + s.pool_generated },
+            "kms_errors": s.kms_errors,
+            "stale_served": s.stale_served,
+            "pool_hits": s.pool_hits,
+            "pool_misses": s.pool_misses,
+            "tamper_events": self.vault.tamper_events.load(Ordering::Relaxed),
+            "open_files": self.handles.open_files(),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "pid": std::process::id(),
+        })
+    }
+
+    /// Drop every cached and pooled key, and the kernel's cached pages of open files, so
+    /// nothing decrypted outlives the keys; open files unwrap again on next use.
+    fn forget(&self) -> Value {
+        let dropped = self.vault.keys.stats().entries;
+        self.vault.keys.clear();
+        for ino in self.handles.open_inodes() {
+            if let Err(e) = self.notifier.inval_inode(fuser::INodeNo(ino), 0, 0) {
+                tracing::debug!("page cache invalidation of inode {ino}: {e}");
+            }
+        }
+        tracing::info!(keys = dropped, "forget: every cached key zeroized");
+        json!({ "version": PROTOCOL_VERSION, "ok": true, "keys_dropped": dropped })
+    }
+
+    fn answer(&self, line: &str) -> Value {
+        let req: Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(e) => return error(&format!("bad request: {e}")),
+        };
+        if req.get("version").and_then(Value::as_u64) != Some(PROTOCOL_VERSION) {
+            return error("unsupported protocol version");
+        }
+        match req.get("command").and_then(Value::as_str) {
+            Some("status") => self.status(),
+            Some("forget") => self.forget(),
+            _ => error("unknown command"),
+        }
+    }
+}
+
+fn error(msg: &str) -> Value {
+    json!({ "version": PROTOCOL_VERSION, "ok": false, "error": msg })
+}
+
+/// Bind the socket (0600) and serve requests on a thread of its own.
+pub fn serve(daemon: Daemon) -> std::io::Result<()> {
+    let path = runtime_dir::socket_path(&daemon.mountpoint);
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    std::thread::Builder::new().name("kmsfs-control".into()).spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut line = String::new();
+            if BufReader::new(&stream).take(64 * 1024).read_line(&mut line).is_err() {
+                continue;
+            }
+            let reply = daemon.answer(line.trim());
+            let _ = writeln!(stream, "{reply}");
+        }
+    })?;
+    Ok(())
+}
+
+/// Send `command` to the daemon serving `mountpoint`; returns its JSON answer.
+pub fn request(mountpoint: &Path, command: &str) -> Result<Value, String> {
+    let path = runtime_dir::socket_path(mountpoint);
+    let mut stream = UnixStream::connect(&path).map_err(|e| {
+        format!("no kmsfs daemon answers for {} ({}: {e}): is it mounted by this user?", mountpoint.display(), path.display())
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    writeln!(stream, "{}", json!({ "version": PROTOCOL_VERSION, "command": command })).map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line).map_err(|e| format!("reading the daemon's answer: {e}"))?;
+    let v: Value = serde_json::from_str(&line).map_err(|e| format!("bad answer from the daemon: {e}"))?;
+    if v.get("ok").and_then(Value::as_bool) != Some(true) {
+        let why = v.get("error").and_then(Value::as_str).unwrap_or("unknown error");
+        return Err(format!("the daemon refused {command}: {why}"));
+    }
+    Ok(v)
+}
+
+use std::io::Read as _;

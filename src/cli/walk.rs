@@ -1,0 +1,349 @@
+//! What the offline commands (`cat`, `fsck`, `rewrap`) share: open a vault without mounting
+//! it, walk its backing tree (decoding names where it can), run per-file work on a few
+//! threads, and draw a progress line on a terminal.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::io::IsTerminal;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{KeyArgs, provider};
+use crate::cryptfile::Vault;
+use crate::format::header::{FORMAT_VERSION, FileHeader, HEADER_SIZE};
+use crate::keys::{KeyCache, KeyProvider};
+use crate::names::{DIRIV_NAME, Names, cipher};
+use crate::vault::{self, META_DIR, VaultConfig, VaultError};
+
+/// Keys the offline commands keep unwrapped at once (each file's key is dropped after use).
+const KEY_CACHE: usize = 64;
+
+/// A vault opened for offline work.
+pub struct Offline {
+    /// The vault's backing directory (canonical).
+    pub dir: PathBuf,
+    /// Its config (rebuilt from a file header when `.kmsfs/config.json` is missing).
+    pub cfg: VaultConfig,
+    /// Whether `.kmsfs/config.json` was missing.
+    pub config_missing: bool,
+    /// What every file shares: ids, geometry, keys (a cache that keeps nothing past its use).
+    pub vault: Arc<Vault>,
+    /// The name translation; `None` when names are encrypted but the name key is lost with
+    /// the config (contents can still be checked, plain paths not shown).
+    pub names: Option<Names>,
+}
+
+impl Offline {
+    /// Whether file names are encrypted in this vault.
+    pub fn encrypted_names(&self) -> bool {
+        !self.cfg.plaintext_names
+    }
+
+    /// The key provider.
+    pub fn provider(&self) -> &Arc<dyn KeyProvider> {
+        self.vault.keys.provider()
+    }
+}
+
+/// Open the vault in `dir` with the key from `key` (else this host's trust record), refusing a
+/// vault whose config names another key. A vault without `.kmsfs/config.json` is opened from
+/// the first file header found (with a warning) when `allow_missing_config`.
+pub fn open(dir: &Path, key: &KeyArgs, allow_missing_config: bool) -> Result<Offline, String> {
+    let dir = dir.canonicalize().map_err(|e| format!("vault {}: {e}", dir.display()))?;
+    let (cfg, config_missing) = match VaultConfig::load(&dir) {
+        Ok(cfg) => (cfg, false),
+        Err(VaultError::NotInitialised(_)) if allow_missing_config && dir.is_dir() => {
+            eprintln!(
+                "kmsfs: warning: {}/{META_DIR}/ is missing: restore it from a backup (it holds the wrapped file-name key); \
+                 checking contents with the volume id and block size of the first file header",
+                dir.display()
+            );
+            (config_from_headers(&dir)?, true)
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let trusted = match provider::from_args(key) {
+        Some(k) => k,
+        None => vault::load_trusted_key(&cfg.volume_id)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| VaultError::NoTrustedKey(dir.display().to_string()).to_string())?,
+    };
+    let p = provider::open(&trusted)?;
+    if !config_missing {
+        provider::check_hint(&cfg, &dir, p.as_ref())?;
+    }
+    let names = if config_missing && !cfg.plaintext_names {
+        None
+    } else {
+        Some(Names::for_vault(&dir, &cfg, p.as_ref())?)
+    };
+    let vault = Arc::new(Vault {
+        volume_id: cfg.volume_id_bytes().map_err(|e| e.to_string())?,
+        layout: cfg.layout().map_err(|e| e.to_string())?,
+        provider: p.provider_id(),
+        // TTL 0: a key lives until its file is done (`KeyCache::release`).
+        keys: Arc::new(KeyCache::new(p, Duration::ZERO, Duration::ZERO, KEY_CACHE)),
+    });
+    Ok(Offline { dir, cfg, config_missing, vault, names })
+}
+
+/// A config for a vault whose `.kmsfs/` is lost: volume id and block size from the first file
+/// with a valid header; names taken as encrypted when the root holds a `.kmsfs.diriv`.
+fn config_from_headers(dir: &Path) -> Result<VaultConfig, String> {
+    let encrypted = dir.join(DIRIV_NAME).exists();
+    let tree = walk(dir, encrypted, None);
+    for f in &tree.files {
+        let mut buf = vec![0u8; HEADER_SIZE];
+        let Ok(file) = File::open(&f.backing) else { continue };
+        if std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, 0).is_err() {
+            continue;
+        }
+        if let Ok(h) = FileHeader::decode(&buf) {
+            return Ok(VaultConfig {
+                format_version: FORMAT_VERSION,
+                volume_id: hex::encode(h.volume_id),
+                block_size: h.block_size,
+                header_size: HEADER_SIZE as u32,
+                provider: vault::provider_name(h.provider).to_string(),
+                key_id: String::new(),
+                plaintext_names: !encrypted,
+                wrapped_name_key: None,
+            });
+        }
+    }
+    Err(format!(
+        "{} has no {META_DIR}/config.json and no kmsfs file header to learn the volume id from: it is not a kmsfs vault",
+        dir.display()
+    ))
+}
+
+/// The vault holding backing path `path`: the nearest ancestor with `.kmsfs/config.json`.
+pub fn find_vault(path: &Path) -> Option<PathBuf> {
+    path.ancestors().skip(1).find(|d| VaultConfig::path(d).is_file()).map(Path::to_path_buf)
+}
+
+/// A regular file found in the backing tree.
+#[derive(Debug, Clone)]
+pub struct FileItem {
+    /// Its backing path.
+    pub backing: PathBuf,
+    /// Its plain path relative to the vault root, when every name on the way decodes.
+    pub plain: Option<PathBuf>,
+}
+
+/// Damage found while walking: a name, IV file or symlink target that does not decode.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// The backing path concerned.
+    pub backing: PathBuf,
+    /// Its plain path, when known.
+    pub plain: Option<PathBuf>,
+    /// What is wrong.
+    pub what: String,
+}
+
+/// The result of walking a backing tree.
+#[derive(Debug, Default)]
+pub struct Tree {
+    /// Regular files, one per inode (hard links are visited once).
+    pub files: Vec<FileItem>,
+    /// Name-level damage.
+    pub problems: Vec<Problem>,
+    /// Directories visited (the root included).
+    pub dirs: u64,
+    /// Symbolic links seen.
+    pub links: u64,
+}
+
+/// Walk the backing tree under `root`. `encrypted`: names are encrypted (kmsfs's own
+/// `.kmsfs.diriv` and long-name sidecars are skipped); `names`: decode plain paths and check
+/// names and symlink targets with it (`None`: backing paths only).
+pub fn walk(root: &Path, encrypted: bool, names: Option<&Names>) -> Tree {
+    let mut tree = Tree::default();
+    let mut seen = HashSet::new();
+    let mut todo = vec![(root.to_path_buf(), Some(PathBuf::new()))];
+    while let Some((dir, plain_dir)) = todo.pop() {
+        tree.dirs += 1;
+        let in_root = dir == root;
+        let problem = |what: String| Problem { backing: dir.clone(), plain: plain_dir.clone(), what };
+        let fd = match File::open(&dir) {
+            Ok(f) => f,
+            Err(e) => {
+                tree.problems.push(problem(format!("cannot open directory: {e}")));
+                continue;
+            }
+        };
+        let lister = match names {
+            Some(n) if encrypted => match n.lister(fd.as_fd(), in_root) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tree.problems.push(problem(format!(
+                        "{DIRIV_NAME} is missing or damaged ({e}): the names in this directory cannot be decrypted"
+                    )));
+                    None
+                }
+            },
+            _ => None,
+        };
+        let mut entries: Vec<_> = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd.filter_map(Result::ok).collect(),
+            Err(e) => {
+                tree.problems.push(problem(format!("cannot list directory: {e}")));
+                continue;
+            }
+        };
+        entries.sort_by_key(|e| e.file_name());
+        // Pushed in reverse so directories are visited in name order.
+        let mut subdirs = Vec::new();
+        for e in entries {
+            let name = e.file_name();
+            if in_root && name == OsStr::new(META_DIR) {
+                continue;
+            }
+            if encrypted && (name == OsStr::new(DIRIV_NAME) || cipher::is_sidecar(name.as_bytes())) {
+                continue;
+            }
+            let backing = e.path();
+            let plain = match (&plain_dir, encrypted, &lister) {
+                (Some(p), false, _) => Some(p.join(&name)),
+                (Some(p), true, Some(l)) => match l.plain(&name) {
+                    Some(n) => Some(p.join(n)),
+                    None => {
+                        tree.problems.push(Problem {
+                            backing: backing.clone(),
+                            plain: None,
+                            what: "the name does not decrypt (tampered, moved from another directory, or a long name without its sidecar)"
+                                .into(),
+                        });
+                        None
+                    }
+                },
+                _ => None,
+            };
+            let Ok(meta) = std::fs::symlink_metadata(&backing) else { continue };
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                subdirs.push((backing, plain));
+            } else if ft.is_file() {
+                if meta.nlink() > 1 && !seen.insert((meta.dev(), meta.ino())) {
+                    continue;
+                }
+                tree.files.push(FileItem { backing, plain });
+            } else if ft.is_symlink() {
+                tree.links += 1;
+                if let (true, Some(n)) = (encrypted, names) {
+                    let target = OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+                        .open(&backing)
+                        .and_then(|f| n.read_link(f.as_fd()));
+                    if let Err(e) = target {
+                        tree.problems.push(Problem {
+                            backing,
+                            plain,
+                            what: format!("the symbolic link's target does not decrypt ({e})"),
+                        });
+                    }
+                }
+            }
+        }
+        todo.extend(subdirs.into_iter().rev());
+    }
+    tree
+}
+
+/// "PLAIN (backing BACKING)" or just the backing path, for report lines.
+pub fn describe(plain: Option<&Path>, backing: &Path) -> String {
+    match plain {
+        Some(p) => format!("{} (backing {})", p.display(), backing.display()),
+        None => format!("? (backing {})", backing.display()),
+    }
+}
+
+/// Run `work` on every item on `jobs` threads, in any order; results in item order. Items not
+/// started once `stop` is set get `None`.
+pub fn parallel<T, R, F>(items: &[T], jobs: usize, stop: &AtomicBool, progress: &Progress, work: F) -> Vec<Option<R>>
+where
+    T: Sync,
+    R: Send,
+    F: Fn(&T) -> R + Sync,
+{
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, items.len().max(1)) {
+            s.spawn(|| {
+                loop {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let r = work(item);
+                    results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+                    progress.tick();
+                }
+            });
+        }
+    });
+    results.into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A one-line progress display on stderr (only when stderr is a terminal): done/total, rate
+/// and time left.
+pub struct Progress {
+    label: &'static str,
+    total: u64,
+    done: AtomicU64,
+    start: Instant,
+    last_draw: Mutex<Instant>,
+    enabled: bool,
+}
+
+impl Progress {
+    /// Progress over `total` items, shown as "LABEL: done/total files ...".
+    pub fn new(label: &'static str, total: u64) -> Self {
+        let now = Instant::now();
+        Progress {
+            label,
+            total,
+            done: AtomicU64::new(0),
+            start: now,
+            last_draw: Mutex::new(now),
+            enabled: std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// One more item done.
+    pub fn tick(&self) {
+        let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+        if !self.enabled {
+            return;
+        }
+        let mut last = self.last_draw.lock().unwrap_or_else(|p| p.into_inner());
+        if last.elapsed() < Duration::from_millis(100) && done < self.total {
+            return;
+        }
+        *last = Instant::now();
+        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
+        let rate = done as f64 / secs;
+        let left = if rate > 0.0 { (self.total.saturating_sub(done)) as f64 / rate } else { 0.0 };
+        eprint!(
+            "\r{}: {done}/{} files, {rate:.0}/s, {:.0} s left\x1b[K",
+            self.label, self.total, left
+        );
+    }
+
+    /// Clear the line.
+    pub fn finish(&self) {
+        if self.enabled {
+            eprint!("\r\x1b[K");
+        }
+    }
+}

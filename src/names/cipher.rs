@@ -1,0 +1,474 @@
+//! The name cipher: plain names, symlink targets and extended attributes ↔ their backing forms.
+//! Pure: no I/O, no state but the volume's name key. Every byte is specified in
+//! docs/FORMAT.md, section "File names", whose test vectors `tests` below checks.
+//!
+//! All of it is AES-256-GCM-SIV under the volume name key (unwrapped once per mount):
+//!
+//! ```text
+//! file name    nonce = diriv[0..12], AAD = "KMSFS-N1" ‖ diriv (16 bytes)     deterministic per dir
+//!              backing name = base64url-nopad(tag (16) ‖ ciphertext (len(name)))
+//!              encoded longer than LONG_NAME_THRESHOLD → "kmsfs.longname." ‖ base64url-nopad(
+//!              SHA-256(encoded)), the encoded name kept in the sidecar "<that>.name"
+//! link target  random nonce (12), AAD = "KMSFS-L1"
+//!              backing target = base64url-nopad(nonce ‖ ciphertext ‖ tag)
+//! xattr name   nonce = 12 zero bytes, AAD = "KMSFS-X1", plaintext = the full plain name ("user.…")
+//!              backing name = "user.kmsfs." ‖ base64url-nopad(tag ‖ ciphertext)
+//! xattr value  random nonce (12), AAD = "KMSFS-V1" ‖ backing xattr name (bytes)
+//!              backing value = nonce ‖ ciphertext ‖ tag (binary)
+//! ```
+//!
+//! base64url-nopad is RFC 4648 §5 without `=` padding; decoding accepts only the canonical
+//! encoding (no trailing bits), so every backing name has exactly one plain name and back.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use sha2::{Digest, Sha256};
+
+use crate::crypto::{CryptoError, DataKey, random_nonce};
+use crate::format::layout::{NONCE_LEN, TAG_LEN};
+
+/// Length of a directory IV.
+pub const DIRIV_LEN: usize = 16;
+/// A directory's random IV, stored in its `.kmsfs.diriv` file.
+pub type DirIv = [u8; DIRIV_LEN];
+/// The file inside every backing directory that holds its IV (mode 0444, exactly 16 bytes).
+pub const DIRIV_NAME: &str = ".kmsfs.diriv";
+/// Domain separator in front of a file name's AAD (followed by the directory IV).
+pub const NAME_AAD_PREFIX: &[u8; 8] = b"KMSFS-N1";
+/// AAD of a symlink target.
+pub const LINK_AAD: &[u8; 8] = b"KMSFS-L1";
+/// AAD of an extended attribute's name.
+pub const XATTR_NAME_AAD: &[u8; 8] = b"KMSFS-X1";
+/// Domain separator in front of an extended attribute value's AAD (followed by the backing name).
+pub const XATTR_VALUE_AAD_PREFIX: &[u8; 8] = b"KMSFS-V1";
+/// Longest plain file name (bytes), as on Linux filesystems.
+pub const NAME_MAX: usize = 255;
+/// Encoded names longer than this many bytes are stored as long names. 175 rather than the
+/// usual 255 leaves room for backing filesystems with shorter limits (eCryptfs, some network
+/// filesystems); it keeps plain names of up to 115 bytes in one directory entry.
+pub const LONG_NAME_THRESHOLD: usize = 175;
+/// Longest plain name stored directly (without a sidecar).
+pub const SHORT_NAME_MAX: usize = LONG_NAME_THRESHOLD * 3 / 4 - TAG_LEN;
+/// Prefix of a long name's backing entry and of its sidecar.
+pub const LONG_NAME_PREFIX: &str = "kmsfs.longname.";
+/// Suffix of a long name's sidecar (which holds the full encoded name).
+pub const SIDECAR_SUFFIX: &str = ".name";
+/// Prefix of every backing extended attribute name in encrypted mode.
+pub const XATTR_PREFIX: &str = "user.kmsfs.";
+/// The only namespace of plain extended attributes an encrypted-names vault stores.
+pub const XATTR_PLAIN_PREFIX: &str = "user.";
+/// Longest backing xattr name the kernel accepts (XATTR_NAME_MAX).
+const XATTR_NAME_MAX: usize = 255;
+/// Longest plain xattr name (bytes, "user." included) whose backing name fits XATTR_NAME_MAX.
+pub const XATTR_PLAIN_NAME_MAX: usize = (XATTR_NAME_MAX - XATTR_PREFIX.len()) * 3 / 4 - TAG_LEN;
+/// Longest backing symlink target (PATH_MAX without its NUL).
+pub const LINK_MAX: usize = 4095;
+/// Bytes an encrypted symlink target or xattr value adds to the plain one (nonce and tag).
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+
+/// Encrypts and decrypts names under one volume's name key (zeroized on drop).
+#[derive(Debug, Clone)]
+pub struct NameCipher {
+    key: DataKey,
+}
+
+/// The AAD of a file name in the directory with IV `iv`.
+pub fn name_aad(iv: &DirIv) -> [u8; 8 + DIRIV_LEN] {
+    let mut aad = [0u8; 8 + DIRIV_LEN];
+    aad[..8].copy_from_slice(NAME_AAD_PREFIX);
+    aad[8..].copy_from_slice(iv);
+    aad
+}
+
+fn name_nonce(iv: &DirIv) -> [u8; NONCE_LEN] {
+    let mut n = [0u8; NONCE_LEN];
+    n.copy_from_slice(&iv[..NONCE_LEN]);
+    n
+}
+
+/// The backing entry of a long name whose encoded form is `encoded`:
+/// `kmsfs.longname.` ‖ base64url-nopad(SHA-256(encoded)).
+pub fn long_name(encoded: &str) -> String {
+    format!(
+        "{LONG_NAME_PREFIX}{}",
+        B64.encode(Sha256::digest(encoded.as_bytes()))
+    )
+}
+
+/// The sidecar file name of long-name entry `entry`.
+pub fn sidecar_name(entry: &str) -> String {
+    format!("{entry}{SIDECAR_SUFFIX}")
+}
+
+/// Whether backing name `b` is a long-name entry (not its sidecar).
+pub fn is_long_name(b: &[u8]) -> bool {
+    b.starts_with(LONG_NAME_PREFIX.as_bytes()) && !b.ends_with(SIDECAR_SUFFIX.as_bytes())
+}
+
+/// Whether backing name `b` is a long name's sidecar.
+pub fn is_sidecar(b: &[u8]) -> bool {
+    b.starts_with(LONG_NAME_PREFIX.as_bytes()) && b.ends_with(SIDECAR_SUFFIX.as_bytes())
+}
+
+/// Whether `encoded` needs a long name.
+pub fn needs_long_name(encoded: &str) -> bool {
+    encoded.len() > LONG_NAME_THRESHOLD
+}
+
+/// Whether `plain` is a name a directory may hold: 1 to 255 bytes, no `/` or NUL, not `.`/`..`.
+pub fn is_valid_name(plain: &[u8]) -> bool {
+    !plain.is_empty()
+        && plain.len() <= NAME_MAX
+        && plain != b"."
+        && plain != b".."
+        && !plain.iter().any(|&c| c == b'/' || c == 0)
+}
+
+/// The plain length of an encrypted symlink target whose backing target is `backing_len` bytes.
+pub fn link_plain_len(backing_len: u64) -> u64 {
+    let raw = backing_len / 4 * 3 + [0, 0, 1, 2][(backing_len % 4) as usize];
+    raw.saturating_sub(SEAL_OVERHEAD as u64)
+}
+
+/// tag ‖ ciphertext of a deterministic seal (the seal appends ciphertext ‖ tag).
+fn tag_first(mut sealed: Vec<u8>) -> Vec<u8> {
+    sealed.rotate_right(TAG_LEN);
+    sealed
+}
+
+impl NameCipher {
+    /// A cipher under the volume name key `key`.
+    pub fn new(key: DataKey) -> Self {
+        NameCipher { key }
+    }
+
+    fn seal_det(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], plain: &[u8]) -> String {
+        let mut sealed = Vec::with_capacity(plain.len() + TAG_LEN);
+        self.key.seal_detached(nonce, aad, plain, &mut sealed);
+        B64.encode(tag_first(sealed))
+    }
+
+    fn open_det(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        encoded: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let mut raw = B64.decode(encoded).map_err(|_| CryptoError::Malformed)?;
+        if raw.len() <= TAG_LEN {
+            return Err(CryptoError::Malformed);
+        }
+        raw.rotate_left(TAG_LEN);
+        let mut out = vec![0u8; raw.len() - TAG_LEN];
+        self.key.open_detached(nonce, aad, &raw, &mut out)?;
+        Ok(out)
+    }
+
+    fn seal_rand(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], plain: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(SEAL_OVERHEAD + plain.len());
+        out.extend_from_slice(nonce);
+        self.key.seal_detached(nonce, aad, plain, &mut out);
+        out
+    }
+
+    fn open_rand(&self, aad: &[u8], stored: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if stored.len() < SEAL_OVERHEAD {
+            return Err(CryptoError::Malformed);
+        }
+        let (nonce, sealed) = stored.split_at(NONCE_LEN);
+        let nonce: &[u8; NONCE_LEN] = nonce.try_into().map_err(|_| CryptoError::Malformed)?;
+        let mut out = vec![0u8; sealed.len() - TAG_LEN];
+        self.key.open_detached(nonce, aad, sealed, &mut out)?;
+        Ok(out)
+    }
+
+    /// The encoded (base64url) form of plain name `plain` in the directory with IV `iv`.
+    /// Deterministic: the same name in the same directory always encodes the same way.
+    pub fn encrypt_name(&self, iv: &DirIv, plain: &[u8]) -> String {
+        self.seal_det(&name_nonce(iv), &name_aad(iv), plain)
+    }
+
+    /// The plain name of encoded name `encoded` in the directory with IV `iv`.
+    pub fn decrypt_name(&self, iv: &DirIv, encoded: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.open_det(&name_nonce(iv), &name_aad(iv), encoded)
+    }
+
+    /// The backing target of symlink target `plain`, under a fresh random nonce.
+    pub fn encrypt_link(&self, plain: &[u8]) -> Result<String, CryptoError> {
+        Ok(self.encrypt_link_with_nonce(&random_nonce()?, plain))
+    }
+
+    /// `encrypt_link` with a given nonce (test vectors only; never reuse a nonce).
+    pub fn encrypt_link_with_nonce(&self, nonce: &[u8; NONCE_LEN], plain: &[u8]) -> String {
+        B64.encode(self.seal_rand(nonce, LINK_AAD, plain))
+    }
+
+    /// The plain target of backing symlink target `backing`.
+    pub fn decrypt_link(&self, backing: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let raw = B64.decode(backing).map_err(|_| CryptoError::Malformed)?;
+        self.open_rand(LINK_AAD, &raw)
+    }
+
+    /// The backing name of plain xattr name `plain` (deterministic across the volume).
+    pub fn encrypt_xattr_name(&self, plain: &[u8]) -> String {
+        format!(
+            "{XATTR_PREFIX}{}",
+            self.seal_det(&[0; NONCE_LEN], XATTR_NAME_AAD, plain)
+        )
+    }
+
+    /// The plain name of backing xattr name `backing`; `None` for names kmsfs did not make.
+    pub fn decrypt_xattr_name(&self, backing: &[u8]) -> Option<Result<Vec<u8>, CryptoError>> {
+        let encoded = backing.strip_prefix(XATTR_PREFIX.as_bytes())?;
+        Some(self.open_det(&[0; NONCE_LEN], XATTR_NAME_AAD, encoded))
+    }
+
+    fn xattr_value_aad(backing_name: &[u8]) -> Vec<u8> {
+        [XATTR_VALUE_AAD_PREFIX.as_slice(), backing_name].concat()
+    }
+
+    /// The stored form of value `plain` of the xattr whose backing name is `backing_name`.
+    pub fn seal_xattr_value(
+        &self,
+        backing_name: &[u8],
+        plain: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        Ok(self.seal_xattr_value_with_nonce(&random_nonce()?, backing_name, plain))
+    }
+
+    /// `seal_xattr_value` with a given nonce (test vectors only).
+    pub fn seal_xattr_value_with_nonce(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        backing_name: &[u8],
+        plain: &[u8],
+    ) -> Vec<u8> {
+        self.seal_rand(nonce, &Self::xattr_value_aad(backing_name), plain)
+    }
+
+    /// The plain value of stored xattr value `stored` of backing xattr `backing_name`.
+    pub fn open_xattr_value(
+        &self,
+        backing_name: &[u8],
+        stored: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        self.open_rand(&Self::xattr_value_aad(backing_name), stored)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vector key (bytes 00..1f) and directory IV (bytes a0..af) of docs/FORMAT.md.
+    fn vector_cipher() -> (NameCipher, DirIv) {
+        let key: Vec<u8> = (0u8..32).collect();
+        let iv: Vec<u8> = (0xa0u8..0xb0).collect();
+        (
+            NameCipher::new(DataKey::from_slice(&key).expect("key")),
+            iv.try_into().expect("iv"),
+        )
+    }
+
+    fn cipher() -> NameCipher {
+        NameCipher::new(DataKey::generate().expect("key"))
+    }
+
+    #[test]
+    fn names_round_trip_for_every_length_and_byte() {
+        let c = cipher();
+        let iv = [7u8; DIRIV_LEN];
+        for len in 1..=NAME_MAX {
+            let name: Vec<u8> = (0..len)
+                .map(|i| (i % 255) as u8 + 1)
+                .map(|b| if b == b'/' { b'x' } else { b })
+                .collect();
+            let enc = c.encrypt_name(&iv, &name);
+            assert!(
+                enc.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "{enc}"
+            );
+            assert_eq!(
+                needs_long_name(&enc),
+                len > SHORT_NAME_MAX,
+                "len {len}: {}",
+                enc.len()
+            );
+            assert_eq!(c.decrypt_name(&iv, enc.as_bytes()).expect("decrypt"), name);
+        }
+    }
+
+    #[test]
+    fn names_are_deterministic_per_directory_and_differ_between_directories() {
+        let c = cipher();
+        let (a, b) = ([1u8; DIRIV_LEN], [2u8; DIRIV_LEN]);
+        assert_eq!(
+            c.encrypt_name(&a, b"report.txt"),
+            c.encrypt_name(&a, b"report.txt")
+        );
+        assert_ne!(
+            c.encrypt_name(&a, b"report.txt"),
+            c.encrypt_name(&b, b"report.txt")
+        );
+        assert_ne!(
+            c.encrypt_name(&a, b"report.txt"),
+            c.encrypt_name(&a, b"report.txu")
+        );
+        // A name moved to another directory does not decrypt there.
+        let enc = c.encrypt_name(&a, b"report.txt");
+        assert!(c.decrypt_name(&b, enc.as_bytes()).is_err());
+        // Another key does not decrypt it either.
+        assert!(cipher().decrypt_name(&a, enc.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn tampered_or_foreign_names_fail() {
+        let c = cipher();
+        let iv = [3u8; DIRIV_LEN];
+        let enc = c.encrypt_name(&iv, b"secret");
+        for i in 0..enc.len() {
+            let mut bad = enc.clone().into_bytes();
+            bad[i] = if bad[i] == b'A' { b'B' } else { b'A' };
+            assert!(c.decrypt_name(&iv, &bad).is_err(), "flipped char {i}");
+        }
+        for foreign in [
+            &b"hello.txt"[..],
+            b"",
+            b"AAAA",
+            b"not base64!",
+            &enc.as_bytes()[..enc.len() - 1],
+        ] {
+            assert!(c.decrypt_name(&iv, foreign).is_err(), "{foreign:?}");
+        }
+    }
+
+    #[test]
+    fn long_names_hash_the_encoded_name() {
+        let enc = "A".repeat(300);
+        let long = long_name(&enc);
+        assert!(long.starts_with(LONG_NAME_PREFIX));
+        assert_eq!(long.len(), LONG_NAME_PREFIX.len() + 43);
+        assert_eq!(long, long_name(&enc), "deterministic");
+        assert_ne!(long, long_name(&"A".repeat(301)));
+        assert!(is_long_name(long.as_bytes()) && !is_sidecar(long.as_bytes()));
+        let side = sidecar_name(&long);
+        assert!(is_sidecar(side.as_bytes()) && !is_long_name(side.as_bytes()));
+        assert!(side.len() <= LONG_NAME_THRESHOLD);
+        assert!(!is_long_name(b"kmsfs") && !is_sidecar(b"x.name"));
+        assert_eq!(SHORT_NAME_MAX, 115);
+    }
+
+    #[test]
+    fn link_targets_round_trip_and_sizes_follow_from_the_backing_length() {
+        let c = cipher();
+        for len in [1usize, 2, 3, 4, 100, 3000] {
+            let t = vec![b'x'; len];
+            let enc = c.encrypt_link(&t).expect("seal");
+            assert_ne!(enc, c.encrypt_link(&t).expect("seal"), "random nonce");
+            assert_eq!(link_plain_len(enc.len() as u64), len as u64);
+            assert_eq!(c.decrypt_link(enc.as_bytes()).expect("open"), t);
+        }
+        assert!(c.decrypt_link(b"../plain/target").is_err());
+    }
+
+    #[test]
+    fn xattrs_round_trip_and_bind_the_value_to_its_name() {
+        let c = cipher();
+        let a = c.encrypt_xattr_name(b"user.a");
+        assert_eq!(a, c.encrypt_xattr_name(b"user.a"));
+        assert_eq!(
+            c.decrypt_xattr_name(a.as_bytes())
+                .expect("ours")
+                .expect("opens"),
+            b"user.a"
+        );
+        assert!(c.decrypt_xattr_name(b"user.other").is_none());
+        let v = c.seal_xattr_value(a.as_bytes(), b"value").expect("seal");
+        assert_eq!(
+            c.open_xattr_value(a.as_bytes(), &v).expect("open"),
+            b"value"
+        );
+        let b = c.encrypt_xattr_name(b"user.b");
+        assert!(
+            c.open_xattr_value(b.as_bytes(), &v).is_err(),
+            "value moved to another name"
+        );
+        let empty = c.seal_xattr_value(a.as_bytes(), b"").expect("seal");
+        assert_eq!(c.open_xattr_value(a.as_bytes(), &empty).expect("open"), b"");
+        let longest = vec![b'n'; XATTR_PLAIN_NAME_MAX];
+        assert!(c.encrypt_xattr_name(&longest).len() <= XATTR_NAME_MAX);
+        assert!(c.encrypt_xattr_name(&[longest, vec![b'n']].concat()).len() > XATTR_NAME_MAX);
+    }
+
+    /// The test vectors of docs/FORMAT.md, "File names" (cross-checked there against an
+    /// independent AES-GCM-SIV implementation).
+    #[test]
+    fn format_vectors_match() {
+        let (c, iv) = vector_cipher();
+        let want = [
+            "t6C9TyAA-hxy5l-N6n8G-go",
+            "qmOxPgz7qts44JET5f64447Zl1uzKf6V2A",
+            "4KpSAFyY8FMdwS3IjQco9RMkhln1R-RHrrxTKCEm",
+            "XSfHYJcsstAvqDtylI3qENlI75AKVyhKFlEzDYqEJ9ptOdSGNyBArbeH7gaVdyq3hsA4bkNKAwWxim4HoUVE4P66P72Jbyh0\
+             Frv_0aPW4t1MkeVE9Mzc9i8CWzQBlBxTqJHqtBqEazVpZHxGYN06Ka7ZANzPULjHytgUrRJ2VrEu-TExni3OlQ",
+        ];
+        for (name, want) in vector_names().iter().zip(want) {
+            let enc = c.encrypt_name(&iv, name.as_bytes());
+            assert_eq!(enc, want, "{name:?}");
+            assert_eq!(
+                c.decrypt_name(&iv, enc.as_bytes()).expect("decrypt"),
+                name.as_bytes()
+            );
+            assert_eq!(needs_long_name(&enc), name.len() == 120);
+        }
+        assert_eq!(
+            long_name(want[3]),
+            "kmsfs.longname.weZMkOnihmn021zjETTrqKTKAMcBpbRslGK1xLG8O6I"
+        );
+        let link = c.encrypt_link_with_nonce(&VECTOR_NONCE, b"../docs/report.txt");
+        assert_eq!(
+            link,
+            "wMHCw8TFxsfIycrLoEmm_4BMtPbI1TIHhfQBkaXEMGFT1lMxcyFxEbWWZNZfDg"
+        );
+        assert_eq!(link_plain_len(link.len() as u64), 18);
+        let x = c.encrypt_xattr_name(b"user.comment");
+        assert_eq!(x, "user.kmsfs.COKhNkxcSqOyglee3le5rHAePUphPNcF4Riqlw");
+        let v = c.seal_xattr_value_with_nonce(&VECTOR_NONCE, x.as_bytes(), b"hello");
+        assert_eq!(
+            hex::encode(&v),
+            "c0c1c2c3c4c5c6c7c8c9cacbc9ead22bd4ddc54d6dc81334ff1158f5e2e61fc970"
+        );
+        assert_eq!(
+            c.open_xattr_value(x.as_bytes(), &v).expect("open"),
+            b"hello"
+        );
+
+        // docs/FORMAT.md, section "File names", lists the same vectors.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/FORMAT.md");
+        let doc = std::fs::read_to_string(path).expect("read docs/FORMAT.md");
+        let at = doc.find("File names").expect("a \"File names\" section");
+        let all = want[..3].iter().map(|s| s.to_string());
+        let all = all.chain([long_name(want[3]), link, x, hex::encode(&v)]);
+        for vector in all {
+            assert!(
+                doc[at..].contains(&vector),
+                "docs/FORMAT.md lacks the vector {vector}"
+            );
+        }
+    }
+
+    /// "a", "hello.txt", "Zürich-日本" and 120 × "N" (a long name).
+    fn vector_names() -> Vec<String> {
+        vec![
+            "a".into(),
+            "hello.txt".into(),
+            "Zürich-日本".into(),
+            "N".repeat(120),
+        ]
+    }
+
+    const VECTOR_NONCE: [u8; NONCE_LEN] = [
+        0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7, 0xc8, 0xc9, 0xca, 0xcb,
+    ];
+}

@@ -1,0 +1,936 @@
+//! Plain names ↔ backing names, symlink targets and extended attributes (DESIGN.md §2).
+//!
+//! Two modes, chosen at `init` and recorded in the vault config (`plaintext_names`):
+//!
+//! - **Encrypted** (the default). A volume name key, wrapped by the vault's trusted key under
+//!   the encryption context {volume id, purpose "names"}, is unwrapped once at mount and held
+//!   here until unmount (zeroized on drop). Every backing directory holds `.kmsfs.diriv`, a
+//!   random 16-byte IV (mode 0444), made with the directory and removed by `rmdir`; names in it
+//!   are encrypted deterministically under that IV (so a lookup needs no directory scan), and
+//!   identical names in different directories differ. Encoded names longer than
+//!   [`cipher::LONG_NAME_THRESHOLD`] become a hash-named entry plus a sidecar file holding the
+//!   full encoded name. Symlink targets and `user.*` extended attributes (names and values)
+//!   are encrypted too. Backing entries that do not decrypt are hidden, with one log line each.
+//! - **Plaintext** (`init --plaintext-names`): names, link targets and xattrs pass through.
+//!
+//! In both modes `.kmsfs` in the vault root is reserved for the vault's config and hidden.
+//! The byte formats are in [`cipher`] and docs/FORMAT.md ("File names"). `fs` calls only the
+//! methods here and never sees a cipher; these methods do the name-related system calls on the
+//! backing directory (through O_PATH directory fds) so that sidecars and IV files stay in step.
+
+pub mod cipher;
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::num::NonZeroUsize;
+use std::ops::Deref;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+
+use lru::LruCache;
+use parking_lot::Mutex;
+
+use crate::crypto::DataKey;
+use crate::keys::{EncryptionContext, KeyProvider};
+use crate::vault::{META_DIR, VaultConfig};
+pub use cipher::{DIRIV_NAME, DirIv, NameCipher};
+
+/// Purpose of the volume name key in its KMS encryption context.
+pub const NAME_KEY_PURPOSE: &str = "names";
+/// How many directory IVs are cached (keyed by the backing directory's device and inode).
+const DIRIV_CACHE: usize = 4096;
+
+type DirKey = (u64, u64);
+
+/// Translates names between the mount and the backing directory.
+pub struct Names {
+    enc: Option<Encrypted>,
+}
+
+struct Encrypted {
+    cipher: NameCipher,
+    dirivs: Mutex<LruCache<DirKey, DirIv>>,
+}
+
+impl std::fmt::Debug for Names {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Names")
+            .field("encrypted", &self.is_encrypted())
+            .finish()
+    }
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Names::plaintext()
+    }
+}
+
+/// The backing name of one plain name in one directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackingName {
+    name: OsString,
+    /// For a long name: the full encoded name, kept in the sidecar.
+    long: Option<String>,
+}
+
+impl Deref for BackingName {
+    type Target = OsStr;
+    fn deref(&self) -> &OsStr {
+        &self.name
+    }
+}
+
+impl BackingName {
+    /// Whether this is a long name (hash-named entry plus sidecar).
+    pub fn is_long(&self) -> bool {
+        self.long.is_some()
+    }
+
+    fn sidecar(&self) -> Option<OsString> {
+        self.long.as_ref()?;
+        let mut s = self.name.clone();
+        s.push(cipher::SIDECAR_SUFFIX);
+        Some(s)
+    }
+}
+
+impl Names {
+    /// Names of a plaintext-names vault: everything passes through.
+    pub fn plaintext() -> Self {
+        Names { enc: None }
+    }
+
+    /// Encrypted names under the volume name key `key`.
+    pub fn encrypted(key: DataKey) -> Self {
+        let cap = NonZeroUsize::new(DIRIV_CACHE).unwrap_or(NonZeroUsize::MIN);
+        Names {
+            enc: Some(Encrypted {
+                cipher: NameCipher::new(key),
+                dirivs: Mutex::new(LruCache::new(cap)),
+            }),
+        }
+    }
+
+    /// The names of the vault in `vault_dir` with config `cfg`: plaintext, or encrypted with
+    /// the name key unwrapped by `provider` (one Decrypt), after checking the root's IV file.
+    pub fn for_vault(
+        vault_dir: &Path,
+        cfg: &VaultConfig,
+        provider: &dyn KeyProvider,
+    ) -> Result<Self, String> {
+        if cfg.plaintext_names {
+            return Ok(Names::plaintext());
+        }
+        let wrapped = cfg
+            .wrapped_name_key
+            .as_deref()
+            .and_then(|h| hex::decode(h).ok())
+            .ok_or_else(|| {
+                format!(
+                    "vault {}: the config has no valid wrapped_name_key",
+                    vault_dir.display()
+                )
+            })?;
+        let volume_id = cfg.volume_id_bytes().map_err(|e| e.to_string())?;
+        let key = provider
+            .decrypt(
+                &wrapped,
+                &EncryptionContext::for_volume(&volume_id, NAME_KEY_PURPOSE),
+            )
+            .map_err(|e| {
+                format!(
+                    "cannot unwrap the file-name key of vault {}: {e}",
+                    vault_dir.display()
+                )
+            })?;
+        let root = File::open(vault_dir).map_err(|e| format!("{}: {e}", vault_dir.display()))?;
+        read_diriv(root.as_fd()).map_err(|e| {
+            format!(
+                "vault {}: {DIRIV_NAME} is unreadable ({e}): without it no name in the vault root can be read; restore it from a backup",
+                vault_dir.display()
+            )
+        })?;
+        Ok(Names::encrypted(key))
+    }
+
+    /// At `init`: for an encrypted-names vault, a new name key wrapped by `provider` (recorded
+    /// in `cfg`) and the root directory's IV file. Nothing for a plaintext-names vault.
+    pub fn init_vault(
+        vault_dir: &Path,
+        cfg: &mut VaultConfig,
+        provider: &dyn KeyProvider,
+    ) -> Result<(), String> {
+        if cfg.plaintext_names {
+            return Ok(());
+        }
+        let volume_id = cfg.volume_id_bytes().map_err(|e| e.to_string())?;
+        let generated = provider
+            .generate_data_key(&EncryptionContext::for_volume(&volume_id, NAME_KEY_PURPOSE))
+            .map_err(|e| format!("cannot make the file-name key: {e}"))?;
+        cfg.wrapped_name_key = Some(hex::encode(&generated.wrapped));
+        let root = File::open(vault_dir).map_err(|e| format!("{}: {e}", vault_dir.display()))?;
+        let made = match read_diriv(root.as_fd()) {
+            Ok(_) => Ok(()), // left by an interrupted init: keep it
+            Err(_) => {
+                random_iv().and_then(|iv| write_new(root.as_fd(), OsStr::new(DIRIV_NAME), &iv))
+            }
+        };
+        made.map_err(|e| format!("cannot write {}/{DIRIV_NAME}: {e}", vault_dir.display()))
+    }
+
+    /// Whether names are encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.enc.is_some()
+    }
+
+    /// Whether `plain` in the root directory is reserved for the vault itself.
+    pub fn is_reserved(&self, in_root: bool, plain: &OsStr) -> bool {
+        in_root && plain == OsStr::new(META_DIR)
+    }
+
+    /// The backing name of plain name `plain` in the backing directory `dir`.
+    /// ENAMETOOLONG over 255 bytes; EIO (logged) when the directory's IV is missing or damaged.
+    pub fn backing(&self, dir: BorrowedFd<'_>, plain: &OsStr) -> io::Result<BackingName> {
+        if plain.len() > cipher::NAME_MAX {
+            return Err(errno(libc::ENAMETOOLONG));
+        }
+        let Some(enc) = &self.enc else {
+            return Ok(BackingName {
+                name: plain.to_os_string(),
+                long: None,
+            });
+        };
+        let iv = enc.diriv(dir)?;
+        let encoded = enc.cipher.encrypt_name(&iv, plain.as_bytes());
+        if cipher::needs_long_name(&encoded) {
+            Ok(BackingName {
+                name: cipher::long_name(&encoded).into(),
+                long: Some(encoded),
+            })
+        } else {
+            Ok(BackingName {
+                name: encoded.into(),
+                long: None,
+            })
+        }
+    }
+
+    /// Make entry `name` in `dir` with `make` (given the backing name): a long name's sidecar is
+    /// written first and removed again if `make` fails.
+    pub fn create<T>(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &BackingName,
+        make: impl FnOnce(&OsStr) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let wrote = write_sidecar(dir, name)?;
+        make(&name.name).inspect_err(|_| {
+            if wrote && !exists(dir, &name.name) {
+                remove_sidecar(dir, name);
+            }
+        })
+    }
+
+    /// mkdir `name` in `dir` with `mode`, and (encrypted) its IV file. The directory is made
+    /// owner-writable until the IV is in, then gets exactly `mode`.
+    pub fn mkdir(&self, dir: BorrowedFd<'_>, name: &BackingName, mode: u32) -> io::Result<()> {
+        let Some(enc) = &self.enc else {
+            return mkdirat(dir, &name.name, mode);
+        };
+        self.create(dir, name, |b| {
+            mkdirat(dir, b, mode | 0o700)?;
+            enc.init_dir(dir, b, mode).inspect_err(|_| {
+                if let Ok(d) = openat(dir, b, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW) {
+                    let _ = unlinkat(d.as_fd(), OsStr::new(DIRIV_NAME), 0);
+                }
+                let _ = unlinkat(dir, b, libc::AT_REMOVEDIR);
+            })
+        })
+    }
+
+    /// unlink `name` in `dir` (and its sidecar).
+    pub fn unlink(&self, dir: BorrowedFd<'_>, name: &BackingName) -> io::Result<()> {
+        unlinkat(dir, &name.name, 0)?;
+        remove_sidecar(dir, name);
+        Ok(())
+    }
+
+    /// rmdir `name` in `dir`: (encrypted) its IV file goes first and comes back if the rmdir
+    /// fails; a directory holding anything else is ENOTEMPTY.
+    pub fn rmdir(&self, dir: BorrowedFd<'_>, name: &BackingName) -> io::Result<()> {
+        let Some(enc) = &self.enc else {
+            return unlinkat(dir, &name.name, libc::AT_REMOVEDIR);
+        };
+        let victim = openat(
+            dir,
+            &name.name,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        )?;
+        if holds_more_than_diriv(victim.as_fd())? {
+            return Err(errno(libc::ENOTEMPTY));
+        }
+        let key = dir_key(victim.as_fd())?;
+        let iv = read_diriv(victim.as_fd()).ok();
+        let div = OsStr::new(DIRIV_NAME);
+        let mut old_mode = None;
+        let removed = match unlinkat(victim.as_fd(), div, 0) {
+            Ok(()) => true,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => false,
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                // A read-only directory: rmdir needs only the parent writable, so let us in.
+                let mode = stat(victim.as_fd())?.st_mode & 0o7777;
+                chmod(victim.as_fd(), mode | 0o300)?;
+                old_mode = Some(mode);
+                if let Err(e) = unlinkat(victim.as_fd(), div, 0) {
+                    let _ = chmod(victim.as_fd(), mode);
+                    return Err(e);
+                }
+                true
+            }
+            Err(e) => return Err(e),
+        };
+        match unlinkat(dir, &name.name, libc::AT_REMOVEDIR) {
+            Ok(()) => {
+                enc.dirivs.lock().pop(&key);
+                remove_sidecar(dir, name);
+                Ok(())
+            }
+            Err(e) => {
+                if let (true, Some(iv)) = (removed, iv) {
+                    if let Err(w) = write_new(victim.as_fd(), div, &iv) {
+                        tracing::error!(dir = %describe(victim.as_fd()), "cannot restore {DIRIV_NAME} after a failed rmdir: {w}");
+                    }
+                }
+                if let Some(mode) = old_mode {
+                    let _ = chmod(victim.as_fd(), mode);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// renameat2 `from` in `from_dir` to `to` in `to_dir` with `flags`, keeping sidecars in
+    /// step. (Encrypted) an empty target directory (holding only its IV) is replaced as POSIX
+    /// allows.
+    pub fn rename(
+        &self,
+        from_dir: BorrowedFd<'_>,
+        from: &BackingName,
+        to_dir: BorrowedFd<'_>,
+        to: &BackingName,
+        flags: u32,
+    ) -> io::Result<()> {
+        let wrote = write_sidecar(to_dir, to)?;
+        let mut r = renameat2(from_dir, &from.name, to_dir, &to.name, flags);
+        let plain_replace = flags & (libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) == 0;
+        if self.enc.is_some()
+            && plain_replace
+            && matches!(
+                r.as_ref().map_err(io::Error::raw_os_error),
+                Err(Some(libc::ENOTEMPTY | libc::EEXIST))
+            )
+            && self.rmdir(to_dir, to).is_ok()
+        {
+            write_sidecar(to_dir, to)?;
+            r = renameat2(from_dir, &from.name, to_dir, &to.name, flags);
+        }
+        match r {
+            Err(e) => {
+                if wrote && !exists(to_dir, &to.name) {
+                    remove_sidecar(to_dir, to);
+                }
+                Err(e)
+            }
+            // Renaming onto itself or onto another link of the same file leaves `from` in place.
+            Ok(()) => {
+                if from.is_long() && !exists(from_dir, &from.name) {
+                    remove_sidecar(from_dir, from);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A decoder for the entries of backing directory `dir` (the vault root if `in_root`).
+    pub fn lister<'a>(&'a self, dir: BorrowedFd<'a>, in_root: bool) -> io::Result<Lister<'a>> {
+        let iv = match &self.enc {
+            Some(enc) => Some((&enc.cipher, enc.diriv(dir)?)),
+            None => None,
+        };
+        Ok(Lister { dir, in_root, iv })
+    }
+
+    /// The backing target of a new symlink to `target` (ENAMETOOLONG when it would not fit).
+    pub fn link_target(&self, target: &OsStr) -> io::Result<OsString> {
+        let Some(enc) = &self.enc else {
+            return Ok(target.to_os_string());
+        };
+        let t = enc
+            .cipher
+            .encrypt_link(target.as_bytes())
+            .map_err(|_| errno(libc::EIO))?;
+        if t.len() > cipher::LINK_MAX {
+            return Err(errno(libc::ENAMETOOLONG));
+        }
+        Ok(t.into())
+    }
+
+    /// The plain target of the symlink behind O_PATH fd `link` (EIO, logged, when it does not
+    /// decrypt).
+    pub fn read_link(&self, link: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+        // SAFETY: valid fd, empty path (the link itself), buffer of the given length.
+        let n = unsafe {
+            libc::readlinkat(
+                link.as_raw_fd(),
+                c"".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        buf.truncate(n as usize);
+        let Some(enc) = &self.enc else { return Ok(buf) };
+        enc.cipher.decrypt_link(&buf).map_err(|_| {
+            tracing::warn!(link = %describe(link), "symlink target does not decrypt (tampered or foreign)");
+            errno(libc::EIO)
+        })
+    }
+
+    /// The plain size of a symlink whose backing target is `backing_size` bytes.
+    pub fn link_size(&self, backing_size: u64) -> u64 {
+        if self.enc.is_some() {
+            cipher::link_plain_len(backing_size)
+        } else {
+            backing_size
+        }
+    }
+
+    /// The backing name of xattr `plain`. Encrypted: only `user.*` names (else EOPNOTSUPP) of
+    /// at most [`cipher::XATTR_PLAIN_NAME_MAX`] bytes (else ERANGE).
+    pub fn xattr_name(&self, plain: &OsStr) -> io::Result<CString> {
+        let b = match &self.enc {
+            None => plain.as_bytes().to_vec(),
+            Some(enc) => {
+                if !plain
+                    .as_bytes()
+                    .starts_with(cipher::XATTR_PLAIN_PREFIX.as_bytes())
+                {
+                    return Err(errno(libc::EOPNOTSUPP));
+                }
+                if plain.len() > cipher::XATTR_PLAIN_NAME_MAX {
+                    return Err(errno(libc::ERANGE));
+                }
+                enc.cipher.encrypt_xattr_name(plain.as_bytes()).into_bytes()
+            }
+        };
+        CString::new(b).map_err(|_| errno(libc::EINVAL))
+    }
+
+    /// The stored form of value `value` of backing xattr `backing`.
+    pub fn seal_xattr(&self, backing: &CString, value: &[u8]) -> io::Result<Vec<u8>> {
+        match &self.enc {
+            None => Ok(value.to_vec()),
+            Some(enc) => enc
+                .cipher
+                .seal_xattr_value(backing.as_bytes(), value)
+                .map_err(|_| errno(libc::EIO)),
+        }
+    }
+
+    /// The plain value of backing xattr `backing` stored as `stored` (EIO, logged, when it does
+    /// not decrypt).
+    pub fn open_xattr(&self, backing: &CString, stored: Vec<u8>) -> io::Result<Vec<u8>> {
+        let Some(enc) = &self.enc else {
+            return Ok(stored);
+        };
+        enc.cipher.open_xattr_value(backing.as_bytes(), &stored).map_err(|_| {
+            tracing::warn!(xattr = %backing.to_string_lossy(), "xattr value does not decrypt (tampered or moved)");
+            errno(libc::EIO)
+        })
+    }
+
+    /// The plain xattr list (NUL-terminated names) of backing list `list`. Encrypted: names
+    /// kmsfs did not make are left out; names that do not decrypt too, with a log line.
+    pub fn plain_xattr_list(&self, list: Vec<u8>) -> Vec<u8> {
+        let Some(enc) = &self.enc else { return list };
+        let mut out = Vec::new();
+        for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            match enc.cipher.decrypt_xattr_name(name) {
+                None => {}
+                Some(Ok(plain)) if !plain.contains(&0) => {
+                    out.extend_from_slice(&plain);
+                    out.push(0);
+                }
+                Some(_) => {
+                    tracing::warn!(xattr = %String::from_utf8_lossy(name), "xattr name does not decrypt (tampered or foreign); hidden");
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Encrypted {
+    /// The IV of backing directory `dir` (cached).
+    fn diriv(&self, dir: BorrowedFd<'_>) -> io::Result<DirIv> {
+        let key = dir_key(dir)?;
+        if let Some(iv) = self.dirivs.lock().get(&key) {
+            return Ok(*iv);
+        }
+        let iv = read_diriv(dir).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EACCES) {
+                return e;
+            }
+            tracing::error!(dir = %describe(dir), "{DIRIV_NAME} is missing or damaged ({e}): names in this directory cannot be read");
+            errno(libc::EIO)
+        })?;
+        self.dirivs.lock().put(key, iv);
+        Ok(iv)
+    }
+
+    /// Give the new directory `name` in `parent` its IV, then its mode `mode`.
+    fn init_dir(&self, parent: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
+        let d = openat(
+            parent,
+            name,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        )?;
+        let iv = random_iv()?;
+        write_new(d.as_fd(), OsStr::new(DIRIV_NAME), &iv)?;
+        if mode & 0o700 != 0o700 {
+            let now = stat(d.as_fd())?.st_mode & 0o7777;
+            chmod(d.as_fd(), (now & !0o700) | (mode & 0o700))?;
+        }
+        self.dirivs.lock().put(dir_key(d.as_fd())?, iv);
+        Ok(())
+    }
+}
+
+/// Decodes the entries of one backing directory.
+pub struct Lister<'a> {
+    dir: BorrowedFd<'a>,
+    in_root: bool,
+    iv: Option<(&'a NameCipher, DirIv)>,
+}
+
+impl Lister<'_> {
+    /// The plain name of backing entry `backing`; `None` hides it (kmsfs's own files, and
+    /// entries that do not decrypt, which are logged).
+    pub fn plain(&self, backing: &OsStr) -> Option<OsString> {
+        let b = backing.as_bytes();
+        if self.in_root && backing == OsStr::new(META_DIR) {
+            return None;
+        }
+        let Some((cipher, iv)) = &self.iv else {
+            return Some(backing.to_os_string());
+        };
+        if backing == OsStr::new(DIRIV_NAME) || cipher::is_sidecar(b) {
+            return None;
+        }
+        let plain = if cipher::is_long_name(b) {
+            self.long_encoded(backing)
+                .and_then(|enc| cipher.decrypt_name(iv, enc.as_bytes()).ok())
+        } else {
+            cipher.decrypt_name(iv, b).ok()
+        };
+        match plain {
+            Some(p) if cipher::is_valid_name(&p) && !(self.in_root && p == META_DIR.as_bytes()) => {
+                Some(OsString::from_vec(p))
+            }
+            _ => {
+                tracing::warn!(
+                    dir = %describe(self.dir),
+                    entry = %backing.to_string_lossy(),
+                    "backing entry is not a kmsfs name of this directory (tampered or foreign); hidden"
+                );
+                None
+            }
+        }
+    }
+
+    /// The encoded name in the sidecar of long-name entry `entry`, if it matches the entry.
+    fn long_encoded(&self, entry: &OsStr) -> Option<String> {
+        let mut side = entry.to_os_string();
+        side.push(cipher::SIDECAR_SUFFIX);
+        let bytes = read_small(self.dir, &side, 4 * cipher::NAME_MAX).ok()?;
+        let enc = String::from_utf8(bytes).ok()?;
+        (cipher::long_name(&enc).as_bytes() == entry.as_bytes()).then_some(enc)
+    }
+}
+
+// ---- backing-directory helpers (the *at calls on O_PATH directory fds) ----
+
+fn errno(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
+fn cstr(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| errno(libc::EINVAL))
+}
+
+fn cvt(rc: libc::c_int) -> io::Result<()> {
+    if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    openat_mode(dir, name, flags, 0)
+}
+
+fn openat_mode(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    flags: libc::c_int,
+    mode: u32,
+) -> io::Result<OwnedFd> {
+    let c = cstr(name)?;
+    // SAFETY: valid fd and C string.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by openat and is owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn unlinkat(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid fd and C string.
+    cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) })
+}
+
+fn mkdirat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid fd and C string.
+    cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode) })
+}
+
+fn renameat2(
+    a: BorrowedFd<'_>,
+    an: &OsStr,
+    b: BorrowedFd<'_>,
+    bn: &OsStr,
+    flags: u32,
+) -> io::Result<()> {
+    let (ac, bc) = (cstr(an)?, cstr(bn)?);
+    // SAFETY: valid fds and C strings.
+    cvt(unsafe {
+        libc::renameat2(
+            a.as_raw_fd(),
+            ac.as_ptr(),
+            b.as_raw_fd(),
+            bc.as_ptr(),
+            flags,
+        )
+    })
+}
+
+fn proc_path(fd: BorrowedFd<'_>) -> CString {
+    // A decimal number never holds a NUL.
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+fn stat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    // SAFETY: zeroed stat is a valid out buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd, empty C string, valid out pointer.
+    cvt(unsafe {
+        libc::fstatat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            &mut st,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(st)
+}
+
+fn chmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    let p = proc_path(fd);
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::chmod(p.as_ptr(), mode) })
+}
+
+fn dir_key(dir: BorrowedFd<'_>) -> io::Result<DirKey> {
+    let st = stat(dir)?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// Whether `name` exists in `dir` (without following a symlink).
+fn exists(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
+    let Ok(c) = cstr(name) else { return false };
+    // SAFETY: zeroed stat is a valid out buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd, C string and out pointer.
+    unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        ) == 0
+    }
+}
+
+/// The backing path behind `fd`, for log lines.
+fn describe(fd: BorrowedFd<'_>) -> String {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| format!("fd {}", fd.as_raw_fd()))
+}
+
+fn random_iv() -> io::Result<DirIv> {
+    crate::crypto::random_array().map_err(io::Error::other)
+}
+
+/// Read file `name` in `dir`, refusing more than `max` bytes.
+fn read_small(dir: BorrowedFd<'_>, name: &OsStr, max: usize) -> io::Result<Vec<u8>> {
+    let f = File::from(openat(dir, name, libc::O_RDONLY | libc::O_NOFOLLOW)?);
+    let mut buf = Vec::new();
+    f.take(max as u64 + 1).read_to_end(&mut buf)?;
+    if buf.len() > max {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "file too long"));
+    }
+    Ok(buf)
+}
+
+/// The IV of directory `dir`: its `.kmsfs.diriv`, exactly 16 bytes.
+fn read_diriv(dir: BorrowedFd<'_>) -> io::Result<DirIv> {
+    let b = read_small(dir, OsStr::new(DIRIV_NAME), cipher::DIRIV_LEN)?;
+    b.try_into()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "shorter than 16 bytes"))
+}
+
+/// Create `name` in `dir` (mode 0444, must not exist) holding `data`, on disk before returning:
+/// a lost IV or sidecar would lose names.
+fn write_new(dir: BorrowedFd<'_>, name: &OsStr, data: &[u8]) -> io::Result<()> {
+    let fd = openat_mode(
+        dir,
+        name,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+        0o444,
+    )?;
+    let mut f = File::from(fd);
+    let r = f.write_all(data).and_then(|()| f.sync_data());
+    if r.is_err() {
+        let _ = unlinkat(dir, name, 0);
+    }
+    r
+}
+
+/// Write the sidecar of long name `name` in `dir`; whether a new file was written.
+fn write_sidecar(dir: BorrowedFd<'_>, name: &BackingName) -> io::Result<bool> {
+    let (Some(side), Some(enc)) = (name.sidecar(), &name.long) else {
+        return Ok(false);
+    };
+    match write_new(dir, &side, enc.as_bytes()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            if read_small(dir, &side, enc.len()).is_ok_and(|b| b == enc.as_bytes()) {
+                return Ok(false);
+            }
+            // Damaged or stale: replace it.
+            unlinkat(dir, &side, 0)?;
+            write_new(dir, &side, enc.as_bytes()).map(|()| true)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Remove the sidecar of `name` in `dir`, if it is a long name (logged when that fails).
+fn remove_sidecar(dir: BorrowedFd<'_>, name: &BackingName) {
+    let Some(side) = name.sidecar() else { return };
+    match unlinkat(dir, &side, 0) {
+        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+            tracing::warn!(dir = %describe(dir), sidecar = %side.to_string_lossy(), "cannot remove long-name sidecar: {e}");
+        }
+        _ => {}
+    }
+}
+
+/// Whether directory `dir` holds an entry other than its IV file. A directory the daemon
+/// cannot read is taken as empty: the rmdir itself then decides.
+fn holds_more_than_diriv(dir: BorrowedFd<'_>) -> io::Result<bool> {
+    let path = proc_path(dir);
+    let entries = match std::fs::read_dir(Path::new(OsStr::from_bytes(path.as_bytes()))) {
+        Ok(e) => e,
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        if e?.file_name() != OsStr::new(DIRIV_NAME) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Names {
+        Names::encrypted(DataKey::generate().expect("key"))
+    }
+
+    fn dir_with_iv(iv: &DirIv) -> (tempfile::TempDir, File) {
+        let t = tempfile::tempdir().expect("tempdir");
+        std::fs::write(t.path().join(DIRIV_NAME), iv).expect("diriv");
+        let f = File::open(t.path()).expect("open");
+        (t, f)
+    }
+
+    #[test]
+    fn plaintext_mode_passes_names_through_and_hides_only_the_config_dir() {
+        let n = Names::plaintext();
+        let t = tempfile::tempdir().expect("tempdir");
+        let d = File::open(t.path()).expect("open");
+        let b = n.backing(d.as_fd(), OsStr::new("a.txt")).expect("backing");
+        assert_eq!(&*b, OsStr::new("a.txt"));
+        let l = n.lister(d.as_fd(), true).expect("lister");
+        assert_eq!(l.plain(OsStr::new(".kmsfs")), None);
+        assert_eq!(l.plain(OsStr::new(DIRIV_NAME)), Some(DIRIV_NAME.into()));
+        assert_eq!(n.link_size(10), 10);
+        assert!(
+            n.is_reserved(true, OsStr::new(".kmsfs"))
+                && !n.is_reserved(false, OsStr::new(".kmsfs"))
+        );
+    }
+
+    #[test]
+    fn encrypted_names_round_trip_through_a_directory() {
+        let n = names();
+        let (_t, d) = dir_with_iv(&[9; 16]);
+        for len in [1usize, 115, 116, 255] {
+            let plain = OsString::from("é".repeat(len / 2) + &"x".repeat(len % 2));
+            let b = n.backing(d.as_fd(), &plain).expect("backing");
+            assert_eq!(b.is_long(), len > cipher::SHORT_NAME_MAX, "len {len}");
+            n.create(d.as_fd(), &b, |bn| {
+                std::fs::write(
+                    Path::new(&format!("/proc/self/fd/{}", d.as_raw_fd())).join(bn),
+                    b"",
+                )
+            })
+            .expect("create");
+            let l = n.lister(d.as_fd(), false).expect("lister");
+            assert_eq!(l.plain(&b), Some(plain.clone()));
+            n.unlink(d.as_fd(), &b).expect("unlink");
+        }
+        let left: Vec<_> = std::fs::read_dir(_t.path())
+            .expect("ls")
+            .map(|e| e.expect("e").file_name())
+            .collect();
+        assert_eq!(left, vec![OsString::from(DIRIV_NAME)], "sidecars removed");
+        assert!(
+            n.backing(d.as_fd(), &OsString::from("x".repeat(256)))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn same_name_differs_between_directories_and_is_stable_within_one() {
+        let n = names();
+        let (_a, da) = dir_with_iv(&[1; 16]);
+        let (_b, db) = dir_with_iv(&[2; 16]);
+        let name = OsStr::new("salaries-2026.xlsx");
+        let a1 = n.backing(da.as_fd(), name).expect("a");
+        assert_eq!(a1, n.backing(da.as_fd(), name).expect("a again"));
+        assert_ne!(a1, n.backing(db.as_fd(), name).expect("b"));
+        // Foreign or moved entries are hidden, kmsfs's own files silently.
+        let lb = n.lister(db.as_fd(), false).expect("lister");
+        assert_eq!(lb.plain(&a1), None);
+        assert_eq!(lb.plain(OsStr::new("plain-name")), None);
+        assert_eq!(lb.plain(OsStr::new(DIRIV_NAME)), None);
+    }
+
+    #[test]
+    fn missing_diriv_is_eio() {
+        let n = names();
+        let t = tempfile::tempdir().expect("tempdir");
+        let d = File::open(t.path()).expect("open");
+        let e = n.backing(d.as_fd(), OsStr::new("x")).expect_err("no diriv");
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    }
+
+    #[test]
+    fn mkdir_rmdir_and_rename_keep_ivs_and_sidecars_in_step() {
+        let n = names();
+        let (t, d) = dir_with_iv(&[5; 16]);
+        let sub = n.backing(d.as_fd(), OsStr::new("sub")).expect("sub");
+        n.mkdir(d.as_fd(), &sub, 0o500).expect("mkdir");
+        let st = std::fs::metadata(t.path().join(&*sub)).expect("stat");
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&st.permissions()) & 0o777,
+            0o500
+        );
+        assert_eq!(
+            std::fs::read(t.path().join(&*sub).join(DIRIV_NAME))
+                .expect("iv")
+                .len(),
+            16
+        );
+        // A long name moves into the sub directory (made writable for the test).
+        std::fs::set_permissions(
+            t.path().join(&*sub),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .expect("chmod");
+        let sd = File::open(t.path().join(&*sub)).expect("open sub");
+        let long = OsString::from("L".repeat(200));
+        let from = n.backing(d.as_fd(), &long).expect("from");
+        n.create(d.as_fd(), &from, |b| {
+            openat_mode(d.as_fd(), b, libc::O_CREAT | libc::O_WRONLY, 0o644).map(drop)
+        })
+        .expect("create");
+        let to = n.backing(sd.as_fd(), &long).expect("to");
+        n.rename(d.as_fd(), &from, sd.as_fd(), &to, 0)
+            .expect("rename");
+        assert!(!exists(d.as_fd(), &from.sidecar().expect("long")));
+        assert_eq!(
+            n.lister(sd.as_fd(), false).expect("l").plain(&to),
+            Some(long.clone())
+        );
+        // Not empty: ENOTEMPTY, and the IV stays.
+        let e = n.rmdir(d.as_fd(), &sub).expect_err("not empty");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY));
+        n.unlink(sd.as_fd(), &to).expect("unlink");
+        // A directory renamed onto an empty one replaces it.
+        let other = n.backing(d.as_fd(), OsStr::new("other")).expect("other");
+        n.mkdir(d.as_fd(), &other, 0o755).expect("mkdir other");
+        n.rename(d.as_fd(), &sub, d.as_fd(), &other, 0)
+            .expect("rename onto empty dir");
+        n.rmdir(d.as_fd(), &other).expect("rmdir");
+        let left: Vec<_> = std::fs::read_dir(t.path())
+            .expect("ls")
+            .map(|e| e.expect("e").file_name())
+            .collect();
+        assert_eq!(left, vec![OsString::from(DIRIV_NAME)]);
+    }
+
+    #[test]
+    fn xattrs_are_user_only_and_round_trip() {
+        let n = names();
+        assert_eq!(
+            n.xattr_name(OsStr::new("security.selinux"))
+                .expect_err("")
+                .raw_os_error(),
+            Some(libc::EOPNOTSUPP)
+        );
+        let b = n.xattr_name(OsStr::new("user.x")).expect("name");
+        assert!(b.as_bytes().starts_with(b"user.kmsfs."));
+        let v = n.seal_xattr(&b, b"v").expect("seal");
+        assert_eq!(n.open_xattr(&b, v).expect("open"), b"v");
+        let mut list = b.as_bytes_with_nul().to_vec();
+        list.extend_from_slice(b"user.foreign\0user.kmsfs.garbage\0");
+        assert_eq!(n.plain_xattr_list(list), b"user.x\0");
+    }
+}
