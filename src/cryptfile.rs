@@ -167,17 +167,28 @@ impl CryptFile {
     }
 
     /// Read up to `len` plaintext bytes at `offset` (short at end of file).
+    ///
+    /// A file whose backing size is invalid (cut, torn by a crash, extended, foreign) still
+    /// reads up to its last whole block; any read reaching its end fails, naming that block.
     pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, CryptError> {
-        let size = self.size()?;
-        if offset >= size || len == 0 {
+        let backing = self.backing_len()?;
+        let layout = &self.vault.layout;
+        let (size, damaged_end) = match layout.plain_size(backing) {
+            Ok(size) => (size, false),
+            Err(_) => (layout.plain_size_lossy(backing), true),
+        };
+        if len == 0 || (offset >= size && !damaged_end) {
             return Ok(Vec::new());
         }
         let end = size.min(offset.saturating_add(len as u64));
+        if damaged_end && (offset >= size || layout.block_of(end - 1) >= layout.block_of(size - 1)) {
+            let what = format!("backing size {backing} is not a valid kmsfs size: the end of the file is missing or damaged");
+            return Err(self.integrity(Some(layout.block_of(size - 1)), what));
+        }
         self.ensure_loaded()?;
         let state = self.state.read();
         let keyed = state.as_ref().ok_or_else(|| self.integrity(None, "header vanished"))?;
         let cipher = self.cipher(keyed)?;
-        let layout = &self.vault.layout;
         let mut out = Vec::with_capacity((end - offset) as usize);
         let first = layout.block_of(offset);
         let last = layout.block_of(end - 1);
@@ -248,14 +259,15 @@ impl CryptFile {
     /// Set the plain size: cut (re-sealing the new final block) or extend with zeros.
     pub fn truncate(&self, new_size: u64) -> Result<(), CryptError> {
         let mut state = self.state.write();
-        let size = self.size()?;
-        if new_size == size {
-            return Ok(());
-        }
         if new_size == 0 {
-            // An empty file has no header; its next write makes a new file id and key.
+            // An empty file has no header; its next write makes a new file id and key. This
+            // also works on a damaged file: O_TRUNC replaces it.
             self.file.set_len(0)?;
             *state = None;
+            return Ok(());
+        }
+        let size = self.size()?;
+        if new_size == size {
             return Ok(());
         }
         if new_size > size {
@@ -599,7 +611,24 @@ mod tests {
         let fx = fixture(4096);
         fx.set_backing(b"abc");
         assert!(matches!(fx.open().size(), Err(CryptError::Integrity { .. })));
+        expect_integrity(&fx.open(), "three bytes");
         fx.set_backing(&[0u8; 5000]);
         expect_integrity(&fx.open(), "zeros");
+    }
+
+    #[test]
+    fn a_torn_tail_keeps_the_intact_prefix_readable() {
+        let fx = fixture(4096);
+        let data = pattern(5 * 4096 + 10, 8);
+        fx.open().write(0, &data).expect("write");
+        let good = fx.backing();
+        // a crash mid-append: the backing file ends inside block 4
+        fx.set_backing(&good[..fx.vault.layout.backing_offset(4) as usize + 100]);
+        let f = fx.open();
+        assert_eq!(f.read(0, 3 * 4096).expect("intact prefix"), &data[..3 * 4096]);
+        match f.read(0, 10 * 4096) {
+            Err(CryptError::Integrity { block: Some(4), .. }) => {}
+            other => panic!("torn end not reported as block 4: {other:?}"),
+        }
     }
 }

@@ -131,13 +131,14 @@ impl Layout {
     }
 
     /// Plain size to report for a backing size, even an invalid one: the largest size whose
-    /// blocks fit. `stat` must not fail on a damaged file; reading it reports the damage.
+    /// blocks fit, and at least 1 so that readers try and learn of the damage. `stat` must not
+    /// fail on a damaged file; reading its damaged end reports it.
     pub fn plain_size_lossy(&self, backing: u64) -> u64 {
         self.plain_size(backing).unwrap_or_else(|_| {
             let body = backing.saturating_sub(self.header_size);
             let full = body / self.stored_block_size();
             let rest = (body % self.stored_block_size()).saturating_sub(BLOCK_OVERHEAD);
-            full * self.block_size + rest
+            (full * self.block_size + rest).max(1)
         })
     }
 

@@ -499,12 +499,12 @@ impl Filesystem for KmsFs {
                 self.writable()?;
             }
             let (fh, file) = self.open_crypt(ino.0, &inode)?;
-            // A backing size no kmsfs file can have (cut, extended, foreign) fails the open:
-            // the kernel would otherwise trust the size and read a damaged file as short.
-            let checked = if flags.0 & libc::O_TRUNC != 0 { file.truncate(0) } else { file.size().map(drop) };
-            if let Err(e) = checked {
-                self.release(ino.0, fh);
-                return Err(errno::crypt(&e));
+            // A damaged file still opens: its intact blocks read, its damaged end gives EIO.
+            if flags.0 & libc::O_TRUNC != 0 {
+                if let Err(e) = file.truncate(0) {
+                    self.release(ino.0, fh);
+                    return Err(errno::crypt(&e));
+                }
             }
             Ok(fh)
         })();

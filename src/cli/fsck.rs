@@ -1,0 +1,229 @@
+//! `kmsfs fsck VAULT [--repair-headerless]`: authenticate every header and block of every
+//! file, and every name, directory IV and symlink target, without mounting. Reports each damaged
+//! file with its plain path (when its name decodes), its backing path and the first bad block.
+//!
+//! Repair is deliberately narrow. `--repair-headerless` empties (truncates to 0 bytes) files
+//! that hold a kmsfs header of this vault but not one complete block: such a file held no data
+//! that could ever be read back (a crash during its first write, or a cut), and as a 0-byte
+//! file it reads as an empty file again. Nothing else is changed.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::walk::{self, Offline, Progress};
+use super::{CliResult, FsckArgs};
+use crate::cryptfile::{CryptError, CryptFile};
+use crate::format::header::{FileHeader, HEADER_SIZE, MAGIC};
+use crate::format::layout::BLOCK_OVERHEAD;
+use crate::keys::KeyError;
+use crate::vault::{self, MountLock};
+
+/// Plain bytes authenticated per read.
+const CHUNK: usize = 1 << 20;
+
+/// What one file turned out to be.
+enum Outcome {
+    /// Every block authenticates; `bytes` plain bytes.
+    Clean { bytes: u64 },
+    /// A 0-byte file (an empty plain file: nothing to check).
+    Empty,
+    /// Damaged: what, and the first bad block when one block is at fault.
+    Damaged { what: String, block: Option<u64>, headerless: bool },
+    /// A header without blocks, emptied by `--repair-headerless`.
+    Repaired,
+    /// The key could not be had for a reason other than damage (refused, misconfigured).
+    KeyFailure(String),
+    /// The key service is unreachable: fsck stops.
+    Unreachable(String),
+}
+
+/// Run `kmsfs fsck`.
+pub fn run(args: &FsckArgs) -> CliResult {
+    let off = walk::open(&args.vault, &args.key, true)?;
+    let host_id = args.host_id.clone().unwrap_or_else(vault::default_host_id);
+    // Repairs write: keep a mount (on this host) away meanwhile. Checking only reads.
+    let _lock = if args.repair_headerless && !off.config_missing {
+        let mut lock = MountLock::acquire(&off.dir, &host_id).map_err(|e| e.to_string())?;
+        lock.write_pid(std::process::id()).map_err(|e| e.to_string())?;
+        Some(lock)
+    } else {
+        if let Some(pid) = MountLock::holder(&off.dir, &host_id) {
+            eprintln!(
+                "kmsfs: warning: {} is mounted on this host (pid {pid}): files being written now may be reported as damaged",
+                off.dir.display()
+            );
+        }
+        None
+    };
+    let tree = walk::walk(&off.dir, off.encrypted_names(), off.names.as_ref());
+    let progress = Progress::new("fsck", tree.files.len() as u64);
+    let stop = AtomicBool::new(false);
+    let outcomes = walk::parallel(&tree.files, args.jobs, &stop, &progress, |f| {
+        let o = check(&off, &f.backing, args.repair_headerless);
+        if matches!(o, Outcome::Unreachable(_)) {
+            stop.store(true, Ordering::Relaxed);
+        }
+        o
+    });
+    progress.finish();
+
+    let (mut clean, mut empty, mut damaged, mut repaired, mut bytes) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut key_failures = 0u64;
+    let mut unreachable = None;
+    for p in &tree.problems {
+        damaged += 1;
+        println!("DAMAGED {}: {}", walk::describe(p.plain.as_deref(), &p.backing), p.what);
+    }
+    for (f, o) in tree.files.iter().zip(outcomes) {
+        let who = walk::describe(f.plain.as_deref(), &f.backing);
+        match o {
+            Some(Outcome::Clean { bytes: b }) => {
+                clean += 1;
+                bytes += b;
+            }
+            Some(Outcome::Empty) => empty += 1,
+            Some(Outcome::Damaged { what, block, headerless }) => {
+                damaged += 1;
+                let at = block.map(|b| format!("block {b}: ")).unwrap_or_default();
+                let hint = if headerless { " (holds no data: --repair-headerless empties it)" } else { "" };
+                println!("DAMAGED {who}: {at}{what}{hint}");
+            }
+            Some(Outcome::Repaired) => {
+                repaired += 1;
+                println!("REPAIRED {who}: a header without blocks, emptied to 0 bytes (it held no data)");
+            }
+            Some(Outcome::KeyFailure(why)) => {
+                key_failures += 1;
+                println!("UNREADABLE {who}: {why}");
+            }
+            Some(Outcome::Unreachable(why)) => unreachable = Some(why),
+            None => {}
+        }
+    }
+    let checked = clean + empty + damaged + repaired + key_failures;
+    let names = if off.encrypted_names() { "encrypted names" } else { "plaintext names" };
+    println!(
+        "fsck {}: {} files ({} with data, {} bytes; {} empty), {} directories, {} symlinks, {names}: {} damaged, {} unreadable, {} repaired",
+        off.dir.display(),
+        tree.files.len(),
+        clean,
+        bytes,
+        empty,
+        tree.dirs,
+        tree.links,
+        damaged,
+        key_failures,
+        repaired,
+    );
+    if off.config_missing {
+        eprintln!(
+            "kmsfs: warning: {}/.kmsfs/ is missing: contents were checked, file names were not; restore .kmsfs/ from a backup",
+            off.dir.display()
+        );
+    }
+    if let Some(why) = unreachable {
+        return Err(format!(
+            "fsck stopped after {checked} of {} files: the key service is unreachable ({why}); run fsck again when it is back",
+            tree.files.len()
+        ));
+    }
+    if damaged + key_failures > 0 {
+        return Err(format!(
+            "{} damaged and {key_failures} unreadable entries in {} (listed above)",
+            damaged,
+            off.dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Check one backing file (and repair it if it is headerless and `repair`).
+fn check(off: &Offline, path: &Path, repair: bool) -> Outcome {
+    let damaged = |what: String| Outcome::Damaged { what, block: None, headerless: false };
+    let file = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
+        Ok(f) => f,
+        Err(e) => return damaged(format!("cannot open: {e}")),
+    };
+    let len = match file.metadata() {
+        Ok(m) => m.len(),
+        Err(e) => return damaged(format!("cannot stat: {e}")),
+    };
+    if len == 0 {
+        return Outcome::Empty;
+    }
+    let layout = off.vault.layout;
+    if len < layout.header_size() + BLOCK_OVERHEAD {
+        return headerless(off, &file, path, len, repair);
+    }
+    let cf = CryptFile::new(file, off.vault.clone());
+    let outcome = read_all(&cf);
+    if let Some(id) = cf.file_id() {
+        off.vault.keys.release(&id);
+    }
+    outcome
+}
+
+/// Authenticate every block of `cf`.
+fn read_all(cf: &CryptFile) -> Outcome {
+    let size = match cf.size() {
+        Ok(s) => s,
+        Err(e) => return crypt_outcome(e),
+    };
+    let mut at = 0u64;
+    while at < size {
+        match cf.read(at, CHUNK) {
+            Ok(d) if d.is_empty() => break,
+            Ok(d) => at += d.len() as u64,
+            Err(e) => return crypt_outcome(e),
+        }
+    }
+    if at < size {
+        return Outcome::Damaged { what: "shorter than its size (changed while checking?)".into(), block: None, headerless: false };
+    }
+    Outcome::Clean { bytes: size }
+}
+
+fn crypt_outcome(e: CryptError) -> Outcome {
+    match e {
+        CryptError::Integrity { block, what, .. } => Outcome::Damaged { what, block, headerless: false },
+        CryptError::Io(e) => Outcome::Damaged { what: format!("read error: {e}"), block: None, headerless: false },
+        CryptError::Key { err: KeyError::Unreachable(why), .. } => Outcome::Unreachable(why),
+        CryptError::Key { err, .. } => Outcome::KeyFailure(err.to_string()),
+    }
+}
+
+/// A file too short to hold one block: a header (or part of one) without data.
+fn headerless(off: &Offline, file: &File, path: &Path, len: u64, repair: bool) -> Outcome {
+    let mut buf = vec![0u8; (len as usize).min(HEADER_SIZE)];
+    if let Err(e) = file.read_exact_at(&mut buf, 0) {
+        return Outcome::Damaged { what: format!("read error: {e}"), block: None, headerless: false };
+    }
+    let ours = buf.len() >= 32 && buf[..MAGIC.len()] == MAGIC && buf[16..32] == off.vault.volume_id;
+    let decodes = buf.len() < HEADER_SIZE || FileHeader::decode(&buf).is_ok_and(|h| h.volume_id == off.vault.volume_id);
+    if !(ours && decodes) {
+        return Outcome::Damaged {
+            what: format!("{len} bytes: not a kmsfs file of this vault (too short for a header and a block)"),
+            block: None,
+            headerless: false,
+        };
+    }
+    let what = if len < HEADER_SIZE as u64 {
+        format!("a header cut to {len} bytes, no blocks")
+    } else {
+        "a header without blocks".to_string()
+    };
+    if !repair {
+        return Outcome::Damaged { what, block: Some(0), headerless: true };
+    }
+    let emptied = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .and_then(|f| f.set_len(0).and_then(|()| f.sync_all()));
+    match emptied {
+        Ok(()) => Outcome::Repaired,
+        Err(e) => Outcome::Damaged { what: format!("{what}; cannot empty it: {e}"), block: Some(0), headerless: true },
+    }
+}
