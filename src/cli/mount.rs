@@ -99,7 +99,11 @@ fn serve(
         keys.set_pool(pool);
     }
     let vault = Arc::new(Vault::new(volume_id, cfg.layout().map_err(|e| e.to_string())?, provider_id, keys.clone()));
-    let fs = KmsFs::new(vault_dir, vault, Names::for_vault(vault_dir, cfg, keys.provider().as_ref())?, FsOptions { read_only: args.read_only, ..FsOptions::default() })
+    let names = Names::for_vault(vault_dir, cfg, keys.provider().as_ref())?;
+    if let Some(handle) = names.key_handle() {
+        spawn_name_key_refresh(handle, keys.provider().clone(), cfg, volume_id, ttl)?;
+    }
+    let fs = KmsFs::new(vault_dir, vault, names, FsOptions { read_only: args.read_only, ..FsOptions::default() })
         .map_err(|e| format!("cannot open vault {}: {e}", vault_dir.display()))?;
     // Backing files get exactly the modes the kernel asks for (it applied the umask).
     // SAFETY: umask has no preconditions.
@@ -165,3 +169,28 @@ fn serve(
     result.map_err(|e| format!("FUSE session ended with an error: {e}"))
 }
 
+
+/// Re-unwrap the file-name key once per TTL in the background (lookups keep using the current
+/// key meanwhile), so a KMS refusal of the vault's key reaches file names too.
+fn spawn_name_key_refresh(
+    handle: crate::names::NameKeyHandle,
+    provider: Arc<dyn KeyProvider>,
+    cfg: &VaultConfig,
+    volume_id: crate::format::Id,
+    ttl: Duration,
+) -> CliResult {
+    let wrapped = cfg.wrapped_name_key.as_deref().and_then(|h| hex::decode(h).ok()).unwrap_or_default();
+    let ctx = crate::keys::EncryptionContext::for_volume(&volume_id, crate::names::NAME_KEY_PURPOSE);
+    // TTL 0 means "no caching across opens"; names have no opens, so refresh every minute.
+    let every = if ttl.is_zero() { Duration::from_secs(60) } else { ttl };
+    std::thread::Builder::new()
+        .name("kmsfs-name-key".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                handle.rekey(provider.decrypt(&wrapped, &ctx));
+            }
+        })
+        .map(drop)
+        .map_err(|e| e.to_string())
+}

@@ -20,6 +20,7 @@
 
 pub mod cipher;
 
+use std::sync::Arc;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -50,8 +51,36 @@ pub struct Names {
 }
 
 struct Encrypted {
-    cipher: NameCipher,
+    cipher: NameKeyHandle,
     dirivs: Mutex<LruCache<DirKey, DirIv>>,
+}
+
+impl Encrypted {
+    /// The name cipher, or EACCES once the KMS has refused the name key.
+    fn cipher(&self) -> io::Result<Arc<NameCipher>> {
+        self.cipher.0.read().clone().ok_or_else(|| errno(libc::EACCES))
+    }
+}
+
+/// The slot holding the unwrapped name key, shared with the mount's background re-unwrap.
+#[derive(Clone)]
+pub struct NameKeyHandle(Arc<parking_lot::RwLock<Option<Arc<NameCipher>>>>);
+
+impl NameKeyHandle {
+    /// Apply the result of re-unwrapping the name key after its TTL: a key replaces the old
+    /// one; a refusal drops it at once (name operations then fail with EACCES); an unreachable
+    /// KMS keeps the old key, so lookups never wait on the KMS.
+    pub fn rekey(&self, result: Result<DataKey, crate::keys::KeyError>) {
+        use crate::keys::KeyError;
+        match result {
+            Ok(key) => *self.0.write() = Some(Arc::new(NameCipher::new(key))),
+            Err(e @ (KeyError::Refused(_) | KeyError::BadWrappedKey(_))) => {
+                tracing::error!("the KMS refused the file-name key; names are unreadable until it is allowed again: {e}");
+                *self.0.write() = None;
+            }
+            Err(e) => tracing::warn!("cannot re-unwrap the file-name key, keeping the current one: {e}"),
+        }
+    }
 }
 
 impl std::fmt::Debug for Names {
@@ -108,7 +137,7 @@ impl Names {
         let cap = NonZeroUsize::new(DIRIV_CACHE).unwrap_or(NonZeroUsize::MIN);
         Names {
             enc: Some(Encrypted {
-                cipher: NameCipher::new(key),
+                cipher: NameKeyHandle(Arc::new(parking_lot::RwLock::new(Some(Arc::new(NameCipher::new(key)))))),
                 dirivs: Mutex::new(LruCache::new(cap)),
             }),
         }
@@ -181,6 +210,11 @@ impl Names {
         made.map_err(|e| format!("cannot write {}/{DIRIV_NAME}: {e}", vault_dir.display()))
     }
 
+    /// The name key's slot, for the background re-unwrap (None for plaintext names).
+    pub fn key_handle(&self) -> Option<NameKeyHandle> {
+        self.enc.as_ref().map(|e| e.cipher.clone())
+    }
+
     /// Whether names are encrypted.
     pub fn is_encrypted(&self) -> bool {
         self.enc.is_some()
@@ -204,7 +238,7 @@ impl Names {
             });
         };
         let iv = enc.diriv(dir)?;
-        let encoded = enc.cipher.encrypt_name(&iv, plain.as_bytes());
+        let encoded = enc.cipher()?.encrypt_name(&iv, plain.as_bytes());
         if cipher::needs_long_name(&encoded) {
             Ok(BackingName {
                 name: cipher::long_name(&encoded).into(),
@@ -357,7 +391,7 @@ impl Names {
     /// A decoder for the entries of backing directory `dir` (the vault root if `in_root`).
     pub fn lister<'a>(&'a self, dir: BorrowedFd<'a>, in_root: bool) -> io::Result<Lister<'a>> {
         let iv = match &self.enc {
-            Some(enc) => Some((&enc.cipher, enc.diriv(dir)?)),
+            Some(enc) => Some((enc.cipher()?, enc.diriv(dir)?)),
             None => None,
         };
         Ok(Lister { dir, in_root, iv })
@@ -369,7 +403,7 @@ impl Names {
             return Ok(target.to_os_string());
         };
         let t = enc
-            .cipher
+            .cipher()?
             .encrypt_link(target.as_bytes())
             .map_err(|_| errno(libc::EIO))?;
         if t.len() > cipher::LINK_MAX {
@@ -396,7 +430,7 @@ impl Names {
         }
         buf.truncate(n as usize);
         let Some(enc) = &self.enc else { return Ok(buf) };
-        enc.cipher.decrypt_link(&buf).map_err(|_| {
+        enc.cipher()?.decrypt_link(&buf).map_err(|_| {
             tracing::warn!(link = %describe(link), "symlink target does not decrypt (tampered or foreign)");
             errno(libc::EIO)
         })
@@ -426,7 +460,7 @@ impl Names {
                 if plain.len() > cipher::XATTR_PLAIN_NAME_MAX {
                     return Err(errno(libc::ERANGE));
                 }
-                enc.cipher.encrypt_xattr_name(plain.as_bytes()).into_bytes()
+                enc.cipher()?.encrypt_xattr_name(plain.as_bytes()).into_bytes()
             }
         };
         CString::new(b).map_err(|_| errno(libc::EINVAL))
@@ -437,7 +471,7 @@ impl Names {
         match &self.enc {
             None => Ok(value.to_vec()),
             Some(enc) => enc
-                .cipher
+                .cipher()?
                 .seal_xattr_value(backing.as_bytes(), value)
                 .map_err(|_| errno(libc::EIO)),
         }
@@ -449,7 +483,7 @@ impl Names {
         let Some(enc) = &self.enc else {
             return Ok(stored);
         };
-        enc.cipher.open_xattr_value(backing.as_bytes(), &stored).map_err(|_| {
+        enc.cipher()?.open_xattr_value(backing.as_bytes(), &stored).map_err(|_| {
             tracing::warn!(xattr = %backing.to_string_lossy(), "xattr value does not decrypt (tampered or moved)");
             errno(libc::EIO)
         })
@@ -459,9 +493,10 @@ impl Names {
     /// kmsfs did not make are left out; names that do not decrypt too, with a log line.
     pub fn plain_xattr_list(&self, list: Vec<u8>) -> Vec<u8> {
         let Some(enc) = &self.enc else { return list };
+        let Ok(cipher) = enc.cipher() else { return Vec::new() };
         let mut out = Vec::new();
         for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-            match enc.cipher.decrypt_xattr_name(name) {
+            match cipher.decrypt_xattr_name(name) {
                 None => {}
                 Some(Ok(plain)) if !plain.contains(&0) => {
                     out.extend_from_slice(&plain);
@@ -516,7 +551,7 @@ impl Encrypted {
 pub struct Lister<'a> {
     dir: BorrowedFd<'a>,
     in_root: bool,
-    iv: Option<(&'a NameCipher, DirIv)>,
+    iv: Option<(Arc<NameCipher>, DirIv)>,
 }
 
 impl Lister<'_> {
@@ -787,6 +822,22 @@ mod tests {
         std::fs::write(t.path().join(DIRIV_NAME), iv).expect("diriv");
         let f = File::open(t.path()).expect("open");
         (t, f)
+    }
+
+    #[test]
+    fn a_refused_name_key_stops_name_operations_until_allowed() {
+        let key = DataKey::generate().expect("key");
+        let n = Names::encrypted(key.clone());
+        let (_t, d) = dir_with_iv(&[3; 16]);
+        let before = n.backing(d.as_fd(), OsStr::new("a")).expect("backing");
+        let handle = n.key_handle().expect("encrypted names have a key");
+        handle.rekey(Err(crate::keys::KeyError::Unreachable("down".into())));
+        assert!(n.backing(d.as_fd(), OsStr::new("a")).is_ok(), "unreachable KMS keeps the key");
+        handle.rekey(Err(crate::keys::KeyError::Refused("disabled".into())));
+        let err = n.backing(d.as_fd(), OsStr::new("a")).expect_err("refused");
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES));
+        handle.rekey(Ok(key));
+        assert_eq!(n.backing(d.as_fd(), OsStr::new("a")).expect("allowed again"), before);
     }
 
     #[test]
