@@ -105,6 +105,7 @@ fn error(msg: &str) -> Value {
 
 /// Bind the socket (0600) and serve requests on a thread of its own.
 pub fn serve(daemon: Daemon) -> std::io::Result<()> {
+    runtime_dir::ensure_dir()?;
     let path = runtime_dir::socket_path(&daemon.mountpoint);
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;

@@ -123,10 +123,11 @@ fn serve(
     config.acl = if args.allow_other { SessionACL::All } else { SessionACL::Owner };
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
-    let (fs_vault, fs_handles) = (fs.vault().clone(), fs.handles());
+    let (fs_vault, fs_handles, notifier_slot) = (fs.vault().clone(), fs.handles(), fs.notifier_slot());
     let mut session =
         Session::new(fs, mnt, &config).map_err(|e| format!("cannot mount at {}: {e}", mnt.display()))?;
     let mut unmounter = session.unmount_callable();
+    let _ = notifier_slot.set(session.notifier());
     control::serve(control::Daemon {
         vault: fs_vault,
         handles: fs_handles,

@@ -27,7 +27,8 @@ use fuser::{
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::cryptfile::{CryptFile, Vault};
+use crate::cryptfile::{CryptError, CryptFile, Vault};
+use crate::keys::KeyError;
 use crate::names::{BackingName, Names};
 use handles::{DirHandle, Handles};
 use inodes::{Inode, InodeTable};
@@ -57,6 +58,7 @@ pub struct KmsFs {
     handles: Arc<Handles>,
     opts: FsOptions,
     is_root_user: bool,
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 type Result<T> = std::result::Result<T, Errno>;
@@ -90,6 +92,7 @@ impl KmsFs {
             opts,
             // SAFETY: geteuid has no preconditions.
             is_root_user: unsafe { libc::geteuid() } == 0,
+            notifier: Arc::default(),
         })
     }
 
@@ -101,6 +104,24 @@ impl KmsFs {
     /// The open-handle table, shared with the control socket (status, forget).
     pub fn handles(&self) -> Arc<Handles> {
         self.handles.clone()
+    }
+
+    /// Where the mount puts the session's notifier once the session exists.
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// Drop the kernel's cached pages of `ino` when its key was refused, so no plaintext
+    /// outlives the key. Done on another thread: the kernel may hold this inode's page locks
+    /// while the request that found the refusal is still being answered.
+    fn drop_cached_pages(&self, ino: u64) {
+        if let Some(n) = self.notifier.get().cloned() {
+            let _ = std::thread::Builder::new().name("kmsfs-inval".into()).spawn(move || {
+                if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
+                    tracing::debug!("page cache invalidation of inode {ino}: {e}");
+                }
+            });
+        }
     }
 
     /// Number of open file handles.
@@ -517,7 +538,7 @@ impl Filesystem for KmsFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -528,7 +549,12 @@ impl Filesystem for KmsFs {
         let Some(file) = self.handles.file(fh.0) else { return reply.error(Errno::EBADF) };
         match file.read(offset, size as usize) {
             Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno::crypt(&e)),
+            Err(e) => {
+                if matches!(&e, CryptError::Key { err: KeyError::Refused(_), .. }) {
+                    self.drop_cached_pages(ino.0);
+                }
+                reply.error(errno::crypt(&e))
+            }
         }
     }
 
