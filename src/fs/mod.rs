@@ -307,6 +307,14 @@ impl KmsFs {
     }
 }
 
+/// Answer an operation that returns nothing but success or an errno.
+fn reply_empty<T>(reply: ReplyEmpty, r: Result<T>) {
+    match r {
+        Ok(_) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
 /// Reply with an xattr value or list: the size when asked for 0 bytes, ERANGE when too small.
 fn reply_xattr_buf(reply: ReplyXattr, size: u32, buf: &[u8]) {
     if size == 0 {
@@ -434,10 +442,7 @@ impl Filesystem for KmsFs {
             let bname = self.existing_name(&p, name)?;
             self.names.unlink(p.fd(), &bname).map_err(e_io)
         });
-        match r {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, r);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -446,10 +451,7 @@ impl Filesystem for KmsFs {
             let bname = self.existing_name(&p, name)?;
             self.names.rmdir(p.fd(), &bname).map_err(e_io)
         });
-        match r {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, r);
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
@@ -486,10 +488,7 @@ impl Filesystem for KmsFs {
             let to = self.new_name(&np, newname)?;
             self.names.rename(p.fd(), &from, np.fd(), &to, flags.bits()).map_err(e_io)
         })();
-        match r {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, r);
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
@@ -634,10 +633,7 @@ impl Filesystem for KmsFs {
             let fd: OwnedFd = sys::reopen(i.fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(e_io)?;
             File::from(fd).sync_all().map_err(e_io)
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, r);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -680,10 +676,7 @@ impl Filesystem for KmsFs {
             sys::cvt(unsafe { libc::setxattr(path.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags) })
                 .map_err(e_io)
         });
-        match r {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, r);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -720,10 +713,7 @@ impl Filesystem for KmsFs {
             // SAFETY: valid C strings.
             sys::cvt(unsafe { libc::removexattr(path.as_ptr(), n.as_ptr()) }).map_err(e_io)
         });
-        match r {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, r);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
@@ -789,9 +779,6 @@ impl Filesystem for KmsFs {
             }
             Ok(())
         })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, r);
     }
 }
