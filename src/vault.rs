@@ -79,6 +79,10 @@ pub struct VaultConfig {
     /// encryption context {volume id, purpose "names"}. Absent in plaintext-names vaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wrapped_name_key: Option<String>,
+    /// Bucket-key mode: the volume's intermediate key, hex, wrapped by the trusted KMS key under
+    /// {volume id, purpose "bucket"}; per-file keys are wrapped by it. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrapped_bucket_key: Option<String>,
 }
 
 /// The key this host trusts for a vault.
@@ -112,6 +116,7 @@ pub fn provider_name(p: ProviderId) -> &'static str {
     match p {
         ProviderId::Local => "local",
         ProviderId::AwsKms => "aws-kms",
+        ProviderId::BucketKey => "aws-kms-bucket-key",
     }
 }
 
@@ -129,6 +134,7 @@ impl VaultConfig {
             key_id: key_id.to_string(),
             plaintext_names,
             wrapped_name_key: None,
+            wrapped_bucket_key: None,
         })
     }
 
@@ -183,6 +189,24 @@ impl VaultConfig {
             .and_then(|()| f.write_all(b"\n"))
             .and_then(|()| f.sync_all())
             .map_err(|e| VaultError::Io(path.display().to_string(), e))
+    }
+
+    /// Replace the config of an existing vault (`rewrap`): write a temporary file beside it,
+    /// fsync, rename it over the old one, fsync the directory. A crash leaves the old or the
+    /// new config, never a mix.
+    pub fn replace(&self, vault: &Path) -> Result<(), VaultError> {
+        let path = Self::path(vault);
+        let tmp = path.with_extension("json.tmp");
+        let io = |p: &Path, e| VaultError::Io(p.display().to_string(), e);
+        let text = serde_json::to_string_pretty(self).map_err(|e| io(&path, std::io::Error::other(e)))?;
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp).map_err(|e| io(&tmp, e))?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.write_all(b"\n"))
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+        let dir = vault.join(META_DIR);
+        File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| io(&dir, e))
     }
 
     /// The volume id as bytes.

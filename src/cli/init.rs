@@ -6,6 +6,7 @@ use super::{CliResult, InitArgs, provider};
 use crate::format::Layout;
 use crate::format::header::HEADER_SIZE;
 use crate::keys::KeyProvider;
+use crate::keys::bucket::BucketKeyProvider;
 use crate::keys::local::LocalProvider;
 use crate::names::Names;
 use crate::vault::{self, TrustedKey, VaultConfig};
@@ -45,6 +46,12 @@ pub fn run(args: &InitArgs) -> CliResult {
         local => local,
     };
     Names::init_vault(&vault_dir, &mut cfg, key_provider.as_ref())?;
+    if args.bucket_key {
+        let volume_id = cfg.volume_id_bytes().map_err(|e| e.to_string())?;
+        let wrapped = BucketKeyProvider::generate(key_provider.as_ref(), &volume_id)
+            .map_err(|e| format!("cannot make the bucket key: {e}"))?;
+        cfg.wrapped_bucket_key = Some(hex::encode(wrapped));
+    }
     cfg.create(&vault_dir).map_err(|e| e.to_string())?;
     vault::save_trusted_key(&cfg.volume_id, &trusted).map_err(|e| e.to_string())?;
     println!("initialised kmsfs vault {} (volume {})", vault_dir.display(), cfg.volume_id);
@@ -53,6 +60,9 @@ pub fn run(args: &InitArgs) -> CliResult {
             "master key: {} -- back it up: without it the data is lost; keep it out of the vault",
             key_file.display()
         ),
+        TrustedKey::AwsKms { kms_key_id } if args.bucket_key => {
+            println!("bucket-key mode: file keys wrapped by a volume key that KMS key {kms_key_id} wraps")
+        }
         TrustedKey::AwsKms { kms_key_id } => println!("data keys wrapped by KMS key {kms_key_id}"),
     }
     if args.plaintext_names {

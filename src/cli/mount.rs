@@ -12,6 +12,7 @@ use super::{CliResult, MountArgs, control, logging, provider, runtime_dir};
 use crate::cryptfile::Vault;
 use crate::format::header::ProviderId;
 use crate::fs::{FsOptions, KmsFs};
+use crate::keys::bucket::BucketKeyProvider;
 use crate::keys::pool::KeyPool;
 use crate::keys::{KeyCache, KeyProvider};
 
@@ -78,7 +79,7 @@ fn serve(
     logging::init(sink, &args.log_level)?;
     daemon::harden();
     lock.write_pid(std::process::id()).map_err(|e| e.to_string())?;
-    let key_provider = match early {
+    let kms_provider = match early {
         Some(p) => p,
         None => {
             let p = provider::open(trusted)?;
@@ -87,11 +88,22 @@ fn serve(
         }
     };
     let ttl = Duration::from_secs(args.key_ttl);
+    let volume_id = cfg.volume_id_bytes().map_err(|e| e.to_string())?;
+    // Bucket-key mode: file keys are wrapped by the volume's bucket key, which the KMS wraps.
+    let key_provider: Arc<dyn KeyProvider> = match cfg.wrapped_bucket_key.as_deref() {
+        Some(hex_key) => {
+            let wrapped = hex::decode(hex_key).map_err(|_| "vault config: wrapped_bucket_key is not hex".to_string())?;
+            Arc::new(
+                BucketKeyProvider::new(kms_provider.clone(), wrapped, &volume_id, ttl)
+                    .map_err(|e| format!("cannot unwrap the vault's bucket key: {e}"))?,
+            )
+        }
+        None => kms_provider.clone(),
+    };
     let provider_id: ProviderId = key_provider.provider_id();
     // Two FUSE workers always stay free of KMS waits, for cached files and metadata.
     let max_waiters = args.threads.saturating_sub(2).max(1);
     let keys = Arc::new(KeyCache::new(key_provider.clone(), ttl, ttl, args.key_cache_size).with_max_waiters(max_waiters));
-    let volume_id = cfg.volume_id_bytes().map_err(|e| e.to_string())?;
     // Local keys cost nothing to make; only a remote KMS is worth a pool of fresh keys.
     if provider_id == ProviderId::AwsKms && args.key_pool_size > 0 {
         let pool = KeyPool::start(key_provider.clone(), volume_id, args.key_pool_size, POOL_WORKERS)
@@ -99,9 +111,9 @@ fn serve(
         keys.set_pool(pool);
     }
     let vault = Arc::new(Vault::new(volume_id, cfg.layout().map_err(|e| e.to_string())?, provider_id, keys.clone()));
-    let names = Names::for_vault(vault_dir, cfg, keys.provider().as_ref())?;
+    let names = Names::for_vault(vault_dir, cfg, kms_provider.as_ref())?;
     if let Some(handle) = names.key_handle() {
-        spawn_name_key_refresh(handle, keys.provider().clone(), cfg, volume_id, ttl)?;
+        spawn_name_key_refresh(handle, kms_provider.clone(), cfg, volume_id, ttl)?;
     }
     let fs = KmsFs::new(vault_dir, vault, names, FsOptions { read_only: args.read_only, ..FsOptions::default() })
         .map_err(|e| format!("cannot open vault {}: {e}", vault_dir.display()))?;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use super::{KeyArgs, provider};
 use crate::cryptfile::Vault;
 use crate::format::header::{FORMAT_VERSION, FileHeader, HEADER_SIZE};
-use crate::keys::{KeyCache, KeyProvider};
+use crate::keys::KeyCache;
 use crate::names::{DIRIV_NAME, Names, cipher};
 use crate::vault::{self, META_DIR, VaultConfig, VaultError};
 
@@ -43,11 +43,6 @@ impl Offline {
     /// Whether file names are encrypted in this vault.
     pub fn encrypted_names(&self) -> bool {
         !self.cfg.plaintext_names
-    }
-
-    /// The key provider.
-    pub fn provider(&self) -> &Arc<dyn KeyProvider> {
-        self.vault.keys.provider()
     }
 }
 
@@ -83,13 +78,14 @@ pub fn open(dir: &Path, key: &KeyArgs, allow_missing_config: bool) -> Result<Off
     } else {
         Some(Names::for_vault(&dir, &cfg, p.as_ref())?)
     };
-    let vault = Arc::new(Vault {
-        volume_id: cfg.volume_id_bytes().map_err(|e| e.to_string())?,
-        layout: cfg.layout().map_err(|e| e.to_string())?,
-        provider: p.provider_id(),
-        // TTL 0: a key lives until its file is done (`KeyCache::release`).
-        keys: Arc::new(KeyCache::new(p, Duration::ZERO, Duration::ZERO, KEY_CACHE)),
-    });
+    // TTL 0: a key lives until its file is done (`KeyCache::release`).
+    let keys = Arc::new(KeyCache::new(p.clone(), Duration::ZERO, Duration::ZERO, KEY_CACHE));
+    let vault = Arc::new(Vault::new(
+        cfg.volume_id_bytes().map_err(|e| e.to_string())?,
+        cfg.layout().map_err(|e| e.to_string())?,
+        p.provider_id(),
+        keys,
+    ));
     Ok(Offline { dir, cfg, config_missing, vault, names })
 }
 
@@ -114,6 +110,7 @@ fn config_from_headers(dir: &Path) -> Result<VaultConfig, String> {
                 key_id: String::new(),
                 plaintext_names: !encrypted,
                 wrapped_name_key: None,
+                wrapped_bucket_key: None,
             });
         }
     }

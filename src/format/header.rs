@@ -52,6 +52,8 @@ pub enum ProviderId {
     Local = 1,
     /// AWS KMS (or a KMS speaking its API).
     AwsKms = 2,
+    /// Bucket-key mode: wrapped locally by a volume key that the KMS wraps.
+    BucketKey = 3,
 }
 
 impl ProviderId {
@@ -60,6 +62,7 @@ impl ProviderId {
         match b {
             1 => Some(ProviderId::Local),
             2 => Some(ProviderId::AwsKms),
+            3 => Some(ProviderId::BucketKey),
             _ => None,
         }
     }

@@ -337,6 +337,7 @@ impl KeyCache {
     /// zeroized when that operation ends.
     pub fn clear(&self) {
         self.entries.lock().clear();
+        self.provider.forget();
         if let Some(pool) = self.pool.lock().as_ref() {
             pool.clear();
         }
@@ -348,6 +349,7 @@ impl KeyCache {
             pool.stop();
         }
         self.entries.lock().clear();
+        self.provider.forget();
     }
 
     /// The counters and current size.

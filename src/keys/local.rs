@@ -94,6 +94,12 @@ impl LocalProvider {
         Ok(Self::from_master(master, path))
     }
 
+    /// A provider over a key held in memory (bucket-key mode: the KMS-wrapped volume key).
+    /// `origin` only names where the key came from, for messages.
+    pub fn from_key(master: DataKey, origin: &Path) -> Self {
+        Self::from_master(master, origin)
+    }
+
     fn from_master(master: DataKey, path: &Path) -> Self {
         let mut out = Vec::new();
         master.seal_detached(&[0; NONCE_LEN], b"KMSFS-KEYID", &[], &mut out);

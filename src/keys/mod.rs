@@ -4,6 +4,7 @@
 //! `aws` calls AWS KMS. Everything above talks to providers only through `KeyCache`.
 
 pub mod aws;
+pub mod bucket;
 pub mod cache;
 pub mod local;
 pub mod pool;
@@ -104,6 +105,10 @@ pub trait KeyProvider: Send + Sync + std::fmt::Debug {
 
     /// Wrap an existing plaintext key under `ctx` (KMS Encrypt).
     fn wrap(&self, key: &DataKey, ctx: &EncryptionContext) -> Result<Vec<u8>, KeyError>;
+
+    /// Drop any key the provider itself holds unwrapped (bucket key); the next use unwraps it
+    /// again. Called by `forget` and at unmount.
+    fn forget(&self) {}
 
     /// Move `wrapped` from this provider's key to `to`'s key (KMS ReEncrypt when both are the
     /// same KMS; otherwise unwrap here and wrap there).
