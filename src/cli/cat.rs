@@ -66,7 +66,11 @@ enum Target {
 /// One argument: a backing file inside a vault (found by walking up to `.kmsfs/`), or, when no
 /// such backing file exists, `VAULT/PLAIN/PATH`.
 fn locate(path: &Path) -> Result<(PathBuf, Target), String> {
-    if let Ok(canon) = path.canonicalize() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_symlink() {
+            return Err(format!("{} is a symbolic link: cat reads regular files", path.display()));
+        }
+        let canon = path.canonicalize().map_err(|e| format!("{}: {e}", path.display()))?;
         let vault = walk::find_vault(&canon).ok_or_else(|| {
             format!(
                 "{} is not inside a kmsfs vault (no .kmsfs/config.json above it): use kmsfs cat VAULT PLAIN_PATH",

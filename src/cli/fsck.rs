@@ -4,7 +4,8 @@
 //!
 //! Repair is deliberately narrow. `--repair-headerless` empties (truncates to 0 bytes) files
 //! that hold a kmsfs header of this vault but not one complete block: such a file held no data
-//! that could ever be read back (a crash during its first write, or a cut), and as a 0-byte
+//! that could ever be read back (a crash during its first write, or a cut; a header and only
+//! an empty block counts too, as in docs/FORMAT.md §4), and as a 0-byte
 //! file it reads as an empty file again. Nothing else is changed.
 
 use std::fs::{File, OpenOptions};
@@ -154,7 +155,8 @@ fn check(off: &Offline, path: &Path, repair: bool) -> Outcome {
         return Outcome::Empty;
     }
     let layout = off.vault.layout;
-    if len < layout.header_size() + BLOCK_OVERHEAD {
+    // Up to a header and an empty block 0: no data (an empty file has no header; docs/FORMAT.md §4).
+    if len <= layout.header_size() + BLOCK_OVERHEAD {
         return headerless(off, &file, path, len, repair);
     }
     let cf = CryptFile::new(file, off.vault.clone());
@@ -209,10 +211,12 @@ fn headerless(off: &Offline, file: &File, path: &Path, len: u64, repair: bool) -
             headerless: false,
         };
     }
-    let what = if len < HEADER_SIZE as u64 {
-        format!("a header cut to {len} bytes, no blocks")
-    } else {
-        "a header without blocks".to_string()
+    let what = match len {
+        l if l < HEADER_SIZE as u64 => format!("a header cut to {len} bytes, no blocks"),
+        l if l == off.vault.layout.header_size() + BLOCK_OVERHEAD => {
+            "a header with only an empty block (an empty file has no header)".to_string()
+        }
+        _ => "a header without blocks".to_string(),
     };
     if !repair {
         return Outcome::Damaged { what, block: Some(0), headerless: true };
