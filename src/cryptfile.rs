@@ -394,6 +394,35 @@ impl CryptFile {
     }
 }
 
+/// Unwrap the key of the backing file `file` ahead of use, if it is a kmsfs file of `vault`
+/// whose key is not cached. Returns whether a key was fetched. Damaged files are left for the
+/// reader to report.
+pub fn prefetch_key(file: &File, vault: &Vault) -> Result<bool, KeyError> {
+    let mut buf = vec![0u8; HEADER_SIZE];
+    let Ok(n) = read_full(file, &mut buf, 0) else { return Ok(false) };
+    let Ok(header) = FileHeader::decode(&buf[..n]) else { return Ok(false) };
+    if header.volume_id != vault.volume_id || vault.keys.contains(&header.file_id) {
+        return Ok(false);
+    }
+    let ctx = EncryptionContext::for_file(&vault.volume_id, &header.file_id);
+    vault.keys.prefetch(&header.file_id, header.wrapped_key(), &ctx)?;
+    Ok(true)
+}
+
+/// Whether the key of the open file is cached (false for a file whose header is not loaded
+/// and whose key would need the KMS). Reads the header, no KMS call.
+pub fn key_is_cached(file: &CryptFile) -> bool {
+    if let Some(id) = file.file_id() {
+        return file.vault.keys.contains(&id);
+    }
+    let mut buf = vec![0u8; HEADER_SIZE];
+    match read_full(&file.file, &mut buf, 0).ok().and_then(|n| FileHeader::decode(&buf[..n]).ok()) {
+        Some(h) => file.vault.keys.contains(&h.file_id),
+        // empty or foreign: no key to fetch
+        None => true,
+    }
+}
+
 /// pread until `buf` is full or end of file; returns the bytes read.
 fn read_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     let mut done = 0;

@@ -18,6 +18,8 @@ use crate::keys::{KeyCache, KeyProvider};
 
 /// Threads refilling the data-key pool: enough to overlap KMS latency.
 const POOL_WORKERS: usize = 4;
+/// Directory key prefetch: unwraps in flight at once.
+const PREFETCH_WORKERS: usize = 8;
 use crate::names::Names;
 use crate::vault::{self, MountLock, TrustedKey, VaultConfig};
 
@@ -115,8 +117,12 @@ fn serve(
     if let Some(handle) = names.key_handle() {
         spawn_name_key_refresh(handle, kms_provider.clone(), cfg, volume_id, ttl)?;
     }
-    let fs = KmsFs::new(vault_dir, vault, names, FsOptions { read_only: args.read_only, ..FsOptions::default() })
+    let mut fs = KmsFs::new(vault_dir, vault, names, FsOptions { read_only: args.read_only, ..FsOptions::default() })
         .map_err(|e| format!("cannot open vault {}: {e}", vault_dir.display()))?;
+    // Per-file KMS mode pays a round trip per cold file: prefetch directories' keys.
+    if provider_id == ProviderId::AwsKms {
+        fs.enable_prefetch(PREFETCH_WORKERS).map_err(|e| format!("cannot start key prefetch: {e}"))?;
+    }
     // Backing files get exactly the modes the kernel asks for (it applied the umask).
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0) };

@@ -13,9 +13,13 @@ use parking_lot::Mutex;
 /// One inode of the mount.
 #[derive(Debug)]
 pub struct Inode {
+    /// Its inode number in the mount.
+    pub ino: u64,
     fd: OwnedFd,
     key: (u64, u64),
     nlookup: Mutex<u64>,
+    /// The directory it was last looked up in (for directory key prefetch).
+    parent: std::sync::atomic::AtomicU64,
     /// Whether this is the mount's root (the vault directory).
     pub is_root: bool,
 }
@@ -24,6 +28,11 @@ impl Inode {
     /// The O_PATH fd of the backing object.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    /// The inode number of the directory it was last looked up in.
+    pub fn parent(&self) -> u64 {
+        self.parent.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -47,7 +56,7 @@ impl InodeTable {
     /// A table holding the root, backed by `root_fd`.
     pub fn new(root_fd: OwnedFd, st: &libc::stat) -> Self {
         let key = (st.st_dev, st.st_ino);
-        let root = Arc::new(Inode { fd: root_fd, key, nlookup: Mutex::new(1), is_root: true });
+        let root = Arc::new(Inode { ino: ROOT, fd: root_fd, key, nlookup: Mutex::new(1), parent: ROOT.into(), is_root: true });
         let mut t = Tables { next: ROOT + 1, ..Default::default() };
         t.by_ino.insert(ROOT, root);
         t.by_key.insert(key, ROOT);
@@ -59,20 +68,23 @@ impl InodeTable {
         self.tables.lock().by_ino.get(&ino).cloned()
     }
 
-    /// Count one more kernel reference to the object behind `fd` (with stat `st`), returning
-    /// its inode number; a known object keeps its number and the new fd is closed.
-    pub fn remember(&self, fd: OwnedFd, st: &libc::stat) -> u64 {
+    /// Count one more kernel reference to the object behind `fd` (with stat `st`, found in
+    /// directory `parent`), returning its inode number; a known object keeps its number and
+    /// the new fd is closed.
+    pub fn remember(&self, fd: OwnedFd, st: &libc::stat, parent: u64) -> u64 {
         let key = (st.st_dev, st.st_ino);
         let mut t = self.tables.lock();
         if let Some(&ino) = t.by_key.get(&key) {
             if let Some(inode) = t.by_ino.get(&ino) {
                 *inode.nlookup.lock() += 1;
+                inode.parent.store(parent, std::sync::atomic::Ordering::Relaxed);
                 return ino;
             }
         }
         let ino = t.next;
         t.next += 1;
-        t.by_ino.insert(ino, Arc::new(Inode { fd, key, nlookup: Mutex::new(1), is_root: false }));
+        let parent = parent.into();
+        t.by_ino.insert(ino, Arc::new(Inode { ino, fd, key, nlookup: Mutex::new(1), parent, is_root: false }));
         t.by_key.insert(key, ino);
         ino
     }

@@ -9,6 +9,7 @@ pub mod attr;
 pub mod errno;
 pub mod handles;
 pub mod inodes;
+pub mod prefetch;
 pub mod sys;
 
 use std::ffi::{OsStr, OsString};
@@ -59,6 +60,7 @@ pub struct KmsFs {
     opts: FsOptions,
     is_root_user: bool,
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    prefetch: Option<prefetch::Prefetcher>,
 }
 
 type Result<T> = std::result::Result<T, Errno>;
@@ -93,6 +95,7 @@ impl KmsFs {
             // SAFETY: geteuid has no preconditions.
             is_root_user: unsafe { libc::geteuid() } == 0,
             notifier: Arc::default(),
+            prefetch: None,
         })
     }
 
@@ -104,6 +107,13 @@ impl KmsFs {
     /// The open-handle table, shared with the control socket (status, forget).
     pub fn handles(&self) -> Arc<Handles> {
         self.handles.clone()
+    }
+
+    /// Unwrap the keys of a directory ahead of a reader going through it file by file, with
+    /// `workers` unwraps in flight (worth it when the key provider is a remote KMS).
+    pub fn enable_prefetch(&mut self, workers: usize) -> io::Result<()> {
+        self.prefetch = Some(prefetch::Prefetcher::start(self.vault.clone(), workers)?);
+        Ok(())
     }
 
     /// Where the mount puts the session's notifier once the session exists.
@@ -171,7 +181,7 @@ impl KmsFs {
     fn lookup_backing(&self, parent: &Inode, bname: &OsStr) -> Result<FileAttr> {
         let fd = sys::openat(parent.fd(), bname, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(e_io)?;
         let st = sys::stat_fd(fd.as_fd()).map_err(e_io)?;
-        let ino = self.inodes.remember(fd, &st);
+        let ino = self.inodes.remember(fd, &st, parent.ino);
         Ok(self.plain_attr(ino, &st))
     }
 
@@ -519,6 +529,13 @@ impl Filesystem for KmsFs {
                 self.writable()?;
             }
             let (fh, file) = self.open_crypt(ino.0, &inode)?;
+            if let Some(p) = &self.prefetch {
+                if !crate::cryptfile::key_is_cached(&file) {
+                    if let Some(dir) = self.inodes.get(inode.parent()) {
+                        p.cold_open(inode.parent(), dir.fd());
+                    }
+                }
+            }
             // A damaged file still opens: its intact blocks read, its damaged end gives EIO.
             if flags.0 & libc::O_TRUNC != 0 {
                 if let Err(e) = file.truncate(0) {

@@ -195,6 +195,22 @@ impl KeyCache {
         }
     }
 
+    /// Whether `file_id` has a fresh key in the cache (no KMS call needed to use it).
+    pub fn contains(&self, file_id: &Id) -> bool {
+        let entries = self.entries.lock();
+        entries.peek(file_id).is_some_and(|e| self.is_fresh(e, Instant::now()))
+    }
+
+    /// Unwrap `file_id`'s key ahead of use (directory prefetch). Runs on the prefetcher's own
+    /// threads, so it does not count against the FUSE workers' KMS-waiter bound; a foreground
+    /// open of the same file joins this unwrap instead of starting another.
+    pub fn prefetch(&self, file_id: &Id, wrapped: &[u8], ctx: &EncryptionContext) -> Result<(), KeyError> {
+        if self.contains(file_id) {
+            return Ok(());
+        }
+        self.unwrap_once(file_id, wrapped, ctx, true).map(drop)
+    }
+
     fn within_grace(&self, e: &Entry, now: Instant) -> bool {
         now.duration_since(e.unwrapped_at) < self.ttl + self.grace
     }
