@@ -250,15 +250,32 @@ impl CryptFile {
             return Ok(0);
         }
         let mut state = self.state.write();
+        let _lock = self.lock_for_change(&mut state)?;
         let size = self.size()?;
         let new_size = size.max(offset.saturating_add(data.len() as u64));
         self.rewrite(&mut state, size, new_size, offset, data)?;
         Ok(data.len())
     }
 
+    /// Serialize changes with writers on other hosts (a POSIX lock on the backing file, which
+    /// GlusterFS and NFS honour) and drop a cached header that another host has replaced, so a
+    /// read-modify-write never mixes two file ids. On one host the `RwLock` already serializes.
+    fn lock_for_change(&self, state: &mut Option<Keyed>) -> Result<BackingLock<'_>, CryptError> {
+        let lock = BackingLock::acquire(&self.file)?;
+        if let Some(keyed) = state.as_ref() {
+            let mut id = [0u8; 16];
+            let n = read_full(&self.file, &mut id, 32)?;
+            if n < id.len() || id != keyed.header.file_id {
+                *state = None;
+            }
+        }
+        Ok(lock)
+    }
+
     /// Set the plain size: cut (re-sealing the new final block) or extend with zeros.
     pub fn truncate(&self, new_size: u64) -> Result<(), CryptError> {
         let mut state = self.state.write();
+        let _lock = self.lock_for_change(&mut state)?;
         if new_size == 0 {
             // An empty file has no header; its next write makes a new file id and key. This
             // also works on a damaged file: O_TRUNC replaces it.
@@ -420,6 +437,55 @@ pub fn key_is_cached(file: &CryptFile) -> bool {
         Some(h) => file.vault.keys.contains(&h.file_id),
         // empty or foreign: no key to fetch
         None => true,
+    }
+}
+
+/// An exclusive whole-file OFD lock on a backing file, released on drop.
+struct BackingLock<'a> {
+    file: Option<&'a File>,
+}
+
+impl<'a> BackingLock<'a> {
+    fn acquire(file: &'a File) -> std::io::Result<Self> {
+        static UNSUPPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if UNSUPPORTED.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(BackingLock { file: None });
+        }
+        match ofd_lock(file, libc::F_WRLCK as libc::c_short, libc::F_OFD_SETLKW) {
+            Ok(()) => Ok(BackingLock { file: Some(file) }),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOLCK | libc::EOPNOTSUPP | libc::ENOSYS)) => {
+                // A backing store without locks: one host per vault stays safe.
+                tracing::warn!("the backing file system has no POSIX locks ({e}): concurrent writers on several hosts are not serialized");
+                UNSUPPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(BackingLock { file: None })
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for BackingLock<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.file {
+            let _ = ofd_lock(f, libc::F_UNLCK as libc::c_short, libc::F_OFD_SETLK);
+        }
+    }
+}
+
+fn ofd_lock(file: &File, kind: libc::c_short, cmd: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: zeroed flock is valid; l_pid must be 0 for OFD locks.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    loop {
+        // SAFETY: valid fd and flock pointer.
+        if unsafe { libc::fcntl(file.as_raw_fd(), cmd, &fl) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }
 

@@ -119,6 +119,10 @@ struct MountArgs {
     /// This host's name for the per-host mount lock (default: /etc/machine-id, else hostname).
     #[arg(long, value_name = "ID")]
     host_id: Option<String>,
+    /// Seconds the kernel may cache attributes and names (0 for vaults that other hosts
+    /// change too: every stat and open then asks the backing store).
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    attr_ttl: f64,
     /// FUSE worker threads.
     #[arg(long, value_name = "N", default_value_t = 8)]
     threads: usize,
@@ -298,6 +302,7 @@ fn fstab_form(argv: Vec<std::ffi::OsString>) -> Result<Option<Vec<std::ffi::OsSt
                 "kms_key_id" => with("--kms-key-id")?,
                 "host_id" => with("--host-id")?,
                 "threads" => with("--threads")?,
+                "attr_ttl" => with("--attr-ttl")?,
                 "log_file" => with("--log-file")?,
                 "log_level" => with("--log-level")?,
                 "allow_other" => flag("--allow-other"),

@@ -90,6 +90,8 @@ fn serve(
         }
     };
     let ttl = Duration::from_secs(args.key_ttl);
+    let attr_ttl = Duration::try_from_secs_f64(args.attr_ttl)
+        .map_err(|_| format!("--attr-ttl {} is not a number of seconds", args.attr_ttl))?;
     let volume_id = cfg.volume_id_bytes().map_err(|e| e.to_string())?;
     // Bucket-key mode: file keys are wrapped by the volume's bucket key, which the KMS wraps.
     let key_provider: Arc<dyn KeyProvider> = match cfg.wrapped_bucket_key.as_deref() {
@@ -117,7 +119,7 @@ fn serve(
     if let Some(handle) = names.key_handle() {
         spawn_name_key_refresh(handle, kms_provider.clone(), cfg, volume_id, ttl)?;
     }
-    let mut fs = KmsFs::new(vault_dir, vault, names, FsOptions { read_only: args.read_only, ..FsOptions::default() })
+    let mut fs = KmsFs::new(vault_dir, vault, names, FsOptions { read_only: args.read_only, attr_ttl })
         .map_err(|e| format!("cannot open vault {}: {e}", vault_dir.display()))?;
     // Per-file KMS mode pays a round trip per cold file: prefetch directories' keys.
     if provider_id == ProviderId::AwsKms {
