@@ -51,6 +51,9 @@ pub enum CryptError {
 /// What every file of one vault shares: ids, geometry, the key cache and a damage counter.
 #[derive(Debug)]
 pub struct Vault {
+    /// The backing store is shared with other hosts (network or FUSE file system): every open
+    /// drops the backing file's cached pages, for close-to-open consistency.
+    pub shared_store: std::sync::atomic::AtomicBool,
     /// Integrity errors seen (tampered, cut or foreign files), for `kmsfs status`.
     pub tamper_events: std::sync::atomic::AtomicU64,
     /// The vault's volume id.
@@ -66,7 +69,7 @@ pub struct Vault {
 impl Vault {
     /// A vault's shared state.
     pub fn new(volume_id: Id, layout: Layout, provider: ProviderId, keys: Arc<KeyCache>) -> Self {
-        Vault { tamper_events: Default::default(), volume_id, layout, provider, keys }
+        Vault { shared_store: Default::default(), tamper_events: Default::default(), volume_id, layout, provider, keys }
     }
 
     /// Plain size of a backing file of `backing` bytes (lossy for damaged files: stat must work).
@@ -93,6 +96,11 @@ pub struct CryptFile {
 impl CryptFile {
     /// Wrap an open backing file (opened read-write where possible).
     pub fn new(file: File, vault: Arc<Vault>) -> Self {
+        if vault.shared_store.load(std::sync::atomic::Ordering::Relaxed) {
+            // Another host may have rewritten the file since this host cached its pages.
+            // SAFETY: valid fd; advice only.
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        }
         CryptFile { file, vault, state: RwLock::new(None) }
     }
 

@@ -32,7 +32,11 @@ pub fn run(args: &CatArgs) -> CliResult {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&backing)
         .map_err(|e| format!("{}: {e}", backing.display()))?;
-    if !file.metadata().map_err(|e| format!("{}: {e}", backing.display()))?.is_file() {
+    if !file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", backing.display()))?
+        .is_file()
+    {
         return Err(format!("{} is not a regular file", backing.display()));
     }
     let cf = CryptFile::new(file, off.vault.clone());
@@ -42,7 +46,10 @@ pub fn run(args: &CatArgs) -> CliResult {
     while at < size {
         let data = cf.read(at, CHUNK).map_err(|e| e.to_string())?;
         if data.is_empty() {
-            return Err(format!("{}: ends before its size says (changed while reading?)", backing.display()));
+            return Err(format!(
+                "{}: ends before its size says (changed while reading?)",
+                backing.display()
+            ));
         }
         at += data.len() as u64;
         match out.write_all(&data) {
@@ -53,7 +60,9 @@ pub fn run(args: &CatArgs) -> CliResult {
         }
     }
     match out.flush() {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("writing to stdout: {e}")),
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(format!("writing to stdout: {e}"))
+        }
         _ => Ok(()),
     }
 }
@@ -68,9 +77,14 @@ enum Target {
 fn locate(path: &Path) -> Result<(PathBuf, Target), String> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_symlink() {
-            return Err(format!("{} is a symbolic link: cat reads regular files", path.display()));
+            return Err(format!(
+                "{} is a symbolic link: cat reads regular files",
+                path.display()
+            ));
         }
-        let canon = path.canonicalize().map_err(|e| format!("{}: {e}", path.display()))?;
+        let canon = path
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         let vault = walk::find_vault(&canon).ok_or_else(|| {
             format!(
                 "{} is not inside a kmsfs vault (no .kmsfs/config.json above it): use kmsfs cat VAULT PLAIN_PATH",
@@ -83,40 +97,62 @@ fn locate(path: &Path) -> Result<(PathBuf, Target), String> {
     for vault in abs.ancestors().skip(1) {
         if vault.exists() && crate::vault::VaultConfig::path(vault).is_file() {
             let rest = abs.strip_prefix(vault).map_err(|e| e.to_string())?;
-            let vault = vault.canonicalize().map_err(|e| format!("{}: {e}", vault.display()))?;
+            let vault = vault
+                .canonicalize()
+                .map_err(|e| format!("{}: {e}", vault.display()))?;
             return Ok((vault, Target::Plain(rest.to_path_buf())));
         }
     }
-    Err(format!("{}: no such file, and no kmsfs vault above it", path.display()))
+    Err(format!(
+        "{}: no such file, and no kmsfs vault above it",
+        path.display()
+    ))
 }
 
 /// The backing path of plain path `plain` (relative to the vault root; symlinks not followed).
 fn resolve(off: &Offline, plain: &Path) -> Result<PathBuf, String> {
-    let names = off.names.as_ref().ok_or("file names cannot be decrypted without .kmsfs/config.json")?;
+    let names = off
+        .names
+        .as_ref()
+        .ok_or("file names cannot be decrypted without .kmsfs/config.json")?;
     let parts: Vec<&OsStr> = plain
         .components()
         .filter_map(|c| match c {
             Component::Normal(n) => Some(Ok(n)),
             Component::RootDir | Component::CurDir => None,
-            _ => Some(Err(format!("{}: \"..\" is not allowed in a plain path", plain.display()))),
+            _ => Some(Err(format!(
+                "{}: \"..\" is not allowed in a plain path",
+                plain.display()
+            ))),
         })
         .collect::<Result<_, _>>()?;
     if parts.is_empty() {
         return Err(format!("{}: name a file inside the vault", plain.display()));
     }
-    let not_found = || format!("{}: no such file in vault {}", plain.display(), off.dir.display());
+    let not_found = || {
+        format!(
+            "{}: no such file in vault {}",
+            plain.display(),
+            off.dir.display()
+        )
+    };
     let mut backing = off.dir.clone();
     for (i, name) in parts.iter().enumerate() {
         if names.is_reserved(i == 0, name) {
             return Err(not_found());
         }
         let dir = File::open(&backing).map_err(|e| format!("{}: {e}", backing.display()))?;
-        let b = names.backing(dir.as_fd(), name).map_err(|e| format!("{}: {e}", plain.display()))?;
+        let b = names
+            .backing(dir.as_fd(), name)
+            .map_err(|e| format!("{}: {e}", plain.display()))?;
         backing.push(&*b);
         let meta = std::fs::symlink_metadata(&backing).map_err(|_| not_found())?;
         let is_last = i + 1 == parts.len();
         if meta.file_type().is_symlink() {
-            return Err(format!("{}: a symbolic link in the path (cat does not follow links)", plain.display()));
+            return Err(format!(
+                "{}: a symbolic link in the path (cat does not follow links)",
+                plain.display()
+            ));
         }
         if !is_last && !meta.is_dir() {
             return Err(not_found());

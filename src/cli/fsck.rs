@@ -31,7 +31,11 @@ enum Outcome {
     /// A 0-byte file (an empty plain file: nothing to check).
     Empty,
     /// Damaged: what, and the first bad block when one block is at fault.
-    Damaged { what: String, block: Option<u64>, headerless: bool },
+    Damaged {
+        what: String,
+        block: Option<u64>,
+        headerless: bool,
+    },
     /// A header without blocks, emptied by `--repair-headerless`.
     Repaired,
     /// The key could not be had for a reason other than damage (refused, misconfigured).
@@ -47,7 +51,8 @@ pub fn run(args: &FsckArgs) -> CliResult {
     // Repairs write: keep a mount (on this host) away meanwhile. Checking only reads.
     let _lock = if args.repair_headerless && !off.config_missing {
         let mut lock = MountLock::acquire(&off.dir, &host_id).map_err(|e| e.to_string())?;
-        lock.write_pid(std::process::id()).map_err(|e| e.to_string())?;
+        lock.write_pid(std::process::id())
+            .map_err(|e| e.to_string())?;
         Some(lock)
     } else {
         if let Some(pid) = MountLock::holder(&off.dir, &host_id) {
@@ -70,12 +75,17 @@ pub fn run(args: &FsckArgs) -> CliResult {
     });
     progress.finish();
 
-    let (mut clean, mut empty, mut damaged, mut repaired, mut bytes) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut clean, mut empty, mut damaged, mut repaired, mut bytes) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut key_failures = 0u64;
     let mut unreachable = None;
     for p in &tree.problems {
         damaged += 1;
-        println!("DAMAGED {}: {}", walk::describe(p.plain.as_deref(), &p.backing), p.what);
+        println!(
+            "DAMAGED {}: {}",
+            walk::describe(p.plain.as_deref(), &p.backing),
+            p.what
+        );
     }
     for (f, o) in tree.files.iter().zip(outcomes) {
         let who = walk::describe(f.plain.as_deref(), &f.backing);
@@ -85,15 +95,25 @@ pub fn run(args: &FsckArgs) -> CliResult {
                 bytes += b;
             }
             Some(Outcome::Empty) => empty += 1,
-            Some(Outcome::Damaged { what, block, headerless }) => {
+            Some(Outcome::Damaged {
+                what,
+                block,
+                headerless,
+            }) => {
                 damaged += 1;
                 let at = block.map(|b| format!("block {b}: ")).unwrap_or_default();
-                let hint = if headerless { " (holds no data: --repair-headerless empties it)" } else { "" };
+                let hint = if headerless {
+                    " (holds no data: --repair-headerless empties it)"
+                } else {
+                    ""
+                };
                 println!("DAMAGED {who}: {at}{what}{hint}");
             }
             Some(Outcome::Repaired) => {
                 repaired += 1;
-                println!("REPAIRED {who}: a header without blocks, emptied to 0 bytes (it held no data)");
+                println!(
+                    "REPAIRED {who}: a header without blocks, emptied to 0 bytes (it held no data)"
+                );
             }
             Some(Outcome::KeyFailure(why)) => {
                 key_failures += 1;
@@ -104,7 +124,11 @@ pub fn run(args: &FsckArgs) -> CliResult {
         }
     }
     let checked = clean + empty + damaged + repaired + key_failures;
-    let names = if off.encrypted_names() { "encrypted names" } else { "plaintext names" };
+    let names = if off.encrypted_names() {
+        "encrypted names"
+    } else {
+        "plaintext names"
+    };
     println!(
         "fsck {}: {} files ({} with data, {} bytes; {} empty), {} directories, {} symlinks, {names}: {} damaged, {} unreadable, {} repaired",
         off.dir.display(),
@@ -142,8 +166,16 @@ pub fn run(args: &FsckArgs) -> CliResult {
 
 /// Check one backing file (and repair it if it is headerless and `repair`).
 fn check(off: &Offline, path: &Path, repair: bool) -> Outcome {
-    let damaged = |what: String| Outcome::Damaged { what, block: None, headerless: false };
-    let file = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
+    let damaged = |what: String| Outcome::Damaged {
+        what,
+        block: None,
+        headerless: false,
+    };
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
         Ok(f) => f,
         Err(e) => return damaged(format!("cannot open: {e}")),
     };
@@ -182,16 +214,31 @@ fn read_all(cf: &CryptFile) -> Outcome {
         }
     }
     if at < size {
-        return Outcome::Damaged { what: "shorter than its size (changed while checking?)".into(), block: None, headerless: false };
+        return Outcome::Damaged {
+            what: "shorter than its size (changed while checking?)".into(),
+            block: None,
+            headerless: false,
+        };
     }
     Outcome::Clean { bytes: size }
 }
 
 fn crypt_outcome(e: CryptError) -> Outcome {
     match e {
-        CryptError::Integrity { block, what, .. } => Outcome::Damaged { what, block, headerless: false },
-        CryptError::Io(e) => Outcome::Damaged { what: format!("read error: {e}"), block: None, headerless: false },
-        CryptError::Key { err: KeyError::Unreachable(why), .. } => Outcome::Unreachable(why),
+        CryptError::Integrity { block, what, .. } => Outcome::Damaged {
+            what,
+            block,
+            headerless: false,
+        },
+        CryptError::Io(e) => Outcome::Damaged {
+            what: format!("read error: {e}"),
+            block: None,
+            headerless: false,
+        },
+        CryptError::Key {
+            err: KeyError::Unreachable(why),
+            ..
+        } => Outcome::Unreachable(why),
         CryptError::Key { err, .. } => Outcome::KeyFailure(err.to_string()),
     }
 }
@@ -200,13 +247,20 @@ fn crypt_outcome(e: CryptError) -> Outcome {
 fn headerless(off: &Offline, file: &File, path: &Path, len: u64, repair: bool) -> Outcome {
     let mut buf = vec![0u8; (len as usize).min(HEADER_SIZE)];
     if let Err(e) = file.read_exact_at(&mut buf, 0) {
-        return Outcome::Damaged { what: format!("read error: {e}"), block: None, headerless: false };
+        return Outcome::Damaged {
+            what: format!("read error: {e}"),
+            block: None,
+            headerless: false,
+        };
     }
     let ours = buf.len() >= 32 && buf[..MAGIC.len()] == MAGIC && buf[16..32] == off.vault.volume_id;
-    let decodes = buf.len() < HEADER_SIZE || FileHeader::decode(&buf).is_ok_and(|h| h.volume_id == off.vault.volume_id);
+    let decodes = buf.len() < HEADER_SIZE
+        || FileHeader::decode(&buf).is_ok_and(|h| h.volume_id == off.vault.volume_id);
     if !(ours && decodes) {
         return Outcome::Damaged {
-            what: format!("{len} bytes: not a kmsfs file of this vault (too short for a header and a block)"),
+            what: format!(
+                "{len} bytes: not a kmsfs file of this vault (too short for a header and a block)"
+            ),
             block: None,
             headerless: false,
         };
@@ -219,7 +273,11 @@ fn headerless(off: &Offline, file: &File, path: &Path, len: u64, repair: bool) -
         _ => "a header without blocks".to_string(),
     };
     if !repair {
-        return Outcome::Damaged { what, block: Some(0), headerless: true };
+        return Outcome::Damaged {
+            what,
+            block: Some(0),
+            headerless: true,
+        };
     }
     let emptied = OpenOptions::new()
         .write(true)
@@ -228,6 +286,10 @@ fn headerless(off: &Offline, file: &File, path: &Path, len: u64, repair: bool) -
         .and_then(|f| f.set_len(0).and_then(|()| f.sync_all()));
     match emptied {
         Ok(()) => Outcome::Repaired,
-        Err(e) => Outcome::Damaged { what: format!("{what}; cannot empty it: {e}"), block: Some(0), headerless: true },
+        Err(e) => Outcome::Damaged {
+            what: format!("{what}; cannot empty it: {e}"),
+            block: Some(0),
+            headerless: true,
+        },
     }
 }

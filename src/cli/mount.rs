@@ -17,7 +17,7 @@ use crate::keys::pool::KeyPool;
 use crate::keys::{KeyCache, KeyProvider};
 
 /// Threads refilling the data-key pool: enough to overlap KMS latency.
-const POOL_WORKERS: usize = 4;
+const POOL_WORKERS: usize = 8;
 /// Directory key prefetch: unwraps in flight at once.
 const PREFETCH_WORKERS: usize = 8;
 use crate::names::Names;
@@ -115,6 +115,10 @@ fn serve(
         keys.set_pool(pool);
     }
     let vault = Arc::new(Vault::new(volume_id, cfg.layout().map_err(|e| e.to_string())?, provider_id, keys.clone()));
+    if is_shared_store(vault_dir) {
+        tracing::info!("the vault is on a network or FUSE file system: close-to-open consistency on");
+        vault.shared_store.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let names = Names::for_vault(vault_dir, cfg, kms_provider.as_ref())?;
     if let Some(handle) = names.key_handle() {
         spawn_name_key_refresh(handle, kms_provider.clone(), cfg, volume_id, ttl)?;
@@ -214,4 +218,14 @@ fn spawn_name_key_refresh(
         })
         .map(drop)
         .map_err(|e| e.to_string())
+}
+
+/// Whether `dir` is on a file system other hosts may write too (FUSE, e.g. GlusterFS or
+/// rclone; NFS; CephFS; SMB).
+fn is_shared_store(dir: &Path) -> bool {
+    const SHARED: &[i64] = &[0x6573_5546 /* FUSE */, 0x6969 /* NFS */, 0x00c3_6400 /* Ceph */, 0xfe53_4d42 /* SMB2 */, 0xff53_4d42 /* CIFS */];
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: zeroed statfs is a valid out buffer; valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && SHARED.contains(&(st.f_type as i64))
 }

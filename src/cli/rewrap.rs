@@ -15,6 +15,10 @@
 //!    header whose tag does not verify; see kmsfs(5);
 //! 4. the old slot is erased, so this copy of the vault no longer opens under the old key.
 //!
+//! In bucket-key mode (`init --bucket-key`) file keys are wrapped by the vault's bucket key, so a
+//! move to another KMS key rewraps only the bucket key (and the name key) in the config; a move
+//! to a local key moves every file as above and drops the bucket key.
+//!
 //! A file whose active slot already opens under the new key is skipped, so rerunning after a
 //! crash or kill resumes. The vault config and the host trust record change last, only when
 //! every file and the name key are under the new key. The mount lock of this host is held
@@ -31,9 +35,10 @@ use super::walk::{self, Progress};
 use super::{CliResult, RewrapArgs, provider};
 use crate::crypto;
 use crate::format::Id;
-use crate::format::header::{FileHeader, HEADER_SIZE, SLOT_CAPACITY};
-use crate::keys::{EncryptionContext, KeyError, KeyProvider};
+use crate::format::header::{FileHeader, HEADER_SIZE, ProviderId, SLOT_CAPACITY};
+use crate::keys::bucket::BUCKET_KEY_PURPOSE;
 use crate::keys::local::LocalProvider;
+use crate::keys::{EncryptionContext, KeyError, KeyProvider};
 use crate::names::NAME_KEY_PURPOSE;
 use crate::vault::{self, MountLock, TrustedKey, VaultConfig};
 
@@ -58,6 +63,9 @@ enum Outcome {
 
 /// The keys and vault facts every file needs.
 struct Job<'a> {
+    /// The current trusted key (wraps the vault-level keys: names, bucket key).
+    kms_from: &'a dyn KeyProvider,
+    /// What wraps the file keys now: the trusted key, or the bucket key it wraps.
     from: &'a dyn KeyProvider,
     /// `None` in a dry run whose new key file does not exist yet.
     to: Option<&'a dyn KeyProvider>,
@@ -67,46 +75,96 @@ struct Job<'a> {
 
 /// Run `kmsfs rewrap`.
 pub fn run(args: &RewrapArgs) -> CliResult {
-    let dir = args.vault.canonicalize().map_err(|e| format!("vault {}: {e}", args.vault.display()))?;
+    let dir = args
+        .vault
+        .canonicalize()
+        .map_err(|e| format!("vault {}: {e}", args.vault.display()))?;
     let cfg = VaultConfig::load(&dir).map_err(|e| e.to_string())?;
     let from_key = provider::trusted_key(&args.key, &cfg, &dir)?;
     let from = provider::open(&from_key)?;
     let (to, to_trusted, created) = open_target(args, &dir)?;
     let to_ref: Option<&dyn KeyProvider> = to.as_deref();
     let to_desc = match (&to, &to_trusted) {
-        (Some(p), _) => format!("{} key {}", vault::provider_name(p.provider_id()), p.key_id()),
-        (None, TrustedKey::Local { key_file }) => format!("a new local key in {}", key_file.display()),
+        (Some(p), _) => format!(
+            "{} key {}",
+            vault::provider_name(p.provider_id()),
+            p.key_id()
+        ),
+        (None, TrustedKey::Local { key_file }) => {
+            format!("a new local key in {}", key_file.display())
+        }
         (None, TrustedKey::AwsKms { kms_key_id }) => format!("KMS key {kms_key_id}"),
     };
     // The config names the old key, or already the new one (an interrupted run got that far).
-    let hint_is = |p: &dyn KeyProvider| cfg.provider == vault::provider_name(p.provider_id()) && cfg.key_id == p.key_id();
+    let hint_is = |p: &dyn KeyProvider| {
+        cfg.provider == vault::provider_name(p.provider_id()) && cfg.key_id == p.key_id()
+    };
     if !hint_is(from.as_ref()) && !to_ref.is_some_and(hint_is) {
         provider::check_hint(&cfg, &dir, from.as_ref())?;
     }
     if let Some(t) = to_ref {
         if t.provider_id() == from.provider_id() && t.key_id() == from.key_id() {
-            println!("rewrap {}: already protected by {to_desc}; nothing to do", dir.display());
+            println!(
+                "rewrap {}: already protected by {to_desc}; nothing to do",
+                dir.display()
+            );
             return Ok(());
         }
     }
     let host_id = args.host_id.clone().unwrap_or_else(vault::default_host_id);
     let _lock = if args.dry_run {
         if let Some(pid) = MountLock::holder(&dir, &host_id) {
-            eprintln!("kmsfs: warning: {} is mounted on this host (pid {pid}): unmount it before the real rewrap", dir.display());
+            eprintln!(
+                "kmsfs: warning: {} is mounted on this host (pid {pid}): unmount it before the real rewrap",
+                dir.display()
+            );
         }
         None
     } else {
         let mut lock = MountLock::acquire(&dir, &host_id).map_err(|e| e.to_string())?;
-        lock.write_pid(std::process::id()).map_err(|e| e.to_string())?;
+        lock.write_pid(std::process::id())
+            .map_err(|e| e.to_string())?;
         Some(lock)
     };
     if created {
-        println!("created the new master key {} -- back it up: without it the data is lost", key_file_of(&to_trusted));
+        println!(
+            "created the new master key {} -- back it up: without it the data is lost",
+            key_file_of(&to_trusted)
+        );
     }
 
-    let job = Job { from: from.as_ref(), to: to_ref, volume_id: cfg.volume_id_bytes().map_err(|e| e.to_string())?, dry_run: args.dry_run };
-    let tree = walk::walk(&dir, !cfg.plaintext_names, None);
-    let progress = Progress::new(if args.dry_run { "rewrap (dry run)" } else { "rewrap" }, tree.files.len() as u64);
+    // Bucket-key mode to another KMS key: only the bucket key moves; the files, wrapped by
+    // it, stay as they are. To a local key: every file moves to the local key, the bucket goes.
+    let keep_bucket =
+        cfg.wrapped_bucket_key.is_some() && to_trusted.provider_id() == ProviderId::AwsKms;
+    let file_from = if keep_bucket {
+        from.clone()
+    } else {
+        walk::file_key_provider(&cfg, from.clone())?
+    };
+    let job = Job {
+        kms_from: from.as_ref(),
+        from: file_from.as_ref(),
+        to: to_ref,
+        volume_id: cfg.volume_id_bytes().map_err(|e| e.to_string())?,
+        dry_run: args.dry_run,
+    };
+    let tree = if keep_bucket {
+        println!(
+            "bucket-key mode: the files stay as they are (their keys are wrapped by the vault's bucket key, which moves)"
+        );
+        walk::Tree::default()
+    } else {
+        walk::walk(&dir, !cfg.plaintext_names, None)
+    };
+    let progress = Progress::new(
+        if args.dry_run {
+            "rewrap (dry run)"
+        } else {
+            "rewrap"
+        },
+        tree.files.len() as u64,
+    );
     let stop = AtomicBool::new(false);
     let outcomes = walk::parallel(&tree.files, args.jobs, &stop, &progress, |f| {
         let o = rewrap_file(&job, &f.backing);
@@ -117,7 +175,8 @@ pub fn run(args: &RewrapArgs) -> CliResult {
     });
     progress.finish();
 
-    let (mut done, mut already, mut empty, mut damaged, mut failed) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut done, mut already, mut empty, mut damaged, mut failed) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
     for (f, o) in tree.files.iter().zip(outcomes) {
         match o {
             Some(Outcome::Rewrapped) => done += 1,
@@ -135,7 +194,11 @@ pub fn run(args: &RewrapArgs) -> CliResult {
         }
     }
     let not_started = tree.files.len() as u64 - done - already - empty - damaged - failed;
-    let verb = if args.dry_run { "would rewrap" } else { "rewrapped" };
+    let verb = if args.dry_run {
+        "would rewrap"
+    } else {
+        "rewrapped"
+    };
     println!(
         "rewrap {} to {to_desc}: {verb} {done}, already under it {already}, empty {empty}, damaged {damaged}, failed {failed}, not started {not_started}",
         dir.display()
@@ -147,13 +210,29 @@ pub fn run(args: &RewrapArgs) -> CliResult {
         ));
     }
 
-    // The name key, then the config, then this host's trust record.
+    // The volume keys, then the config, then this host's trust record.
     let new_name_key = match &cfg.wrapped_name_key {
-        Some(hex_key) if !cfg.plaintext_names => Some(rewrap_name_key(&job, hex_key)?),
+        Some(hex_key) if !cfg.plaintext_names => Some(rewrap_volume_key(
+            &job,
+            hex_key,
+            NAME_KEY_PURPOSE,
+            "file-name key",
+        )?),
+        _ => None,
+    };
+    let new_bucket_key = match &cfg.wrapped_bucket_key {
+        Some(hex_key) if keep_bucket => Some(rewrap_volume_key(
+            &job,
+            hex_key,
+            BUCKET_KEY_PURPOSE,
+            "bucket key",
+        )?),
         _ => None,
     };
     if args.dry_run {
-        println!("dry run: nothing was written; the vault config and this host's trust record would name {to_desc}");
+        println!(
+            "dry run: nothing was written; the vault config and this host's trust record would name {to_desc}"
+        );
         return Ok(());
     }
     let to = to.ok_or("internal error: no target key outside a dry run")?;
@@ -164,38 +243,68 @@ pub fn run(args: &RewrapArgs) -> CliResult {
     if let Some(k) = new_name_key {
         new_cfg.wrapped_name_key = Some(k);
     }
+    // Kept (moved) in bucket-key mode; gone once the files are under a local key.
+    new_cfg.wrapped_bucket_key = new_bucket_key;
     new_cfg.replace(&dir).map_err(|e| e.to_string())?;
     vault::save_trusted_key(&cfg.volume_id, &to_trusted).map_err(|e| e.to_string())?;
-    println!("vault config and this host's trust record now name {to_desc}; mount with: kmsfs mount {} MOUNTPOINT", dir.display());
+    println!(
+        "vault config and this host's trust record now name {to_desc}; mount with: kmsfs mount {} MOUNTPOINT",
+        dir.display()
+    );
     if damaged > 0 {
-        return Err(format!("{damaged} damaged files were left as they were (they did not open under the old key either): see kmsfs fsck {}", dir.display()));
+        return Err(format!(
+            "{damaged} damaged files were left as they were (they did not open under the old key either): see kmsfs fsck {}",
+            dir.display()
+        ));
     }
     Ok(())
 }
 
 /// The new key: its provider (`None` in a dry run whose key file does not exist yet), the trust
 /// record to save, and whether a key file was created.
-fn open_target(args: &RewrapArgs, vault_dir: &Path) -> Result<(Option<Arc<dyn KeyProvider>>, TrustedKey, bool), String> {
+type Target = (Option<Arc<dyn KeyProvider>>, TrustedKey, bool);
+
+/// Open (or, for a missing local key file outside a dry run, create) the new key.
+fn open_target(args: &RewrapArgs, vault_dir: &Path) -> Result<Target, String> {
     if let Some(id) = &args.to.to_kms_key_id {
-        let p = provider::open(&TrustedKey::AwsKms { kms_key_id: id.clone() })?;
+        let p = provider::open(&TrustedKey::AwsKms {
+            kms_key_id: id.clone(),
+        })?;
         // Trust exactly the resolved key (its ARN), as init does.
-        let t = TrustedKey::AwsKms { kms_key_id: p.key_id().to_string() };
+        let t = TrustedKey::AwsKms {
+            kms_key_id: p.key_id().to_string(),
+        };
         return Ok((Some(p), t, false));
     }
-    let path = args.to.to_key_file.as_deref().ok_or("pass --to-kms-key-id ID or --to-key-file PATH")?;
+    let path = args
+        .to
+        .to_key_file
+        .as_deref()
+        .ok_or("pass --to-kms-key-id ID or --to-key-file PATH")?;
     let path = provider::absolute(path);
-    if path.parent().and_then(|p| p.canonicalize().ok()).is_some_and(|p| p.starts_with(vault_dir)) {
-        return Err(format!("the key file {} is inside the vault: keep it outside (e.g. under ~/.config/kmsfs)", path.display()));
+    if path
+        .parent()
+        .and_then(|p| p.canonicalize().ok())
+        .is_some_and(|p| p.starts_with(vault_dir))
+    {
+        return Err(format!(
+            "the key file {} is inside the vault: keep it outside (e.g. under ~/.config/kmsfs)",
+            path.display()
+        ));
     }
-    let t = TrustedKey::Local { key_file: path.clone() };
+    let t = TrustedKey::Local {
+        key_file: path.clone(),
+    };
     if path.exists() {
-        let p: Arc<dyn KeyProvider> = Arc::new(LocalProvider::open(&path).map_err(|e| e.to_string())?);
+        let p: Arc<dyn KeyProvider> =
+            Arc::new(LocalProvider::open(&path).map_err(|e| e.to_string())?);
         return Ok((Some(p), t, false));
     }
     if args.dry_run {
         return Ok((None, t, false));
     }
-    let p: Arc<dyn KeyProvider> = Arc::new(LocalProvider::create(&path).map_err(|e| e.to_string())?);
+    let p: Arc<dyn KeyProvider> =
+        Arc::new(LocalProvider::create(&path).map_err(|e| e.to_string())?);
     Ok((Some(p), t, true))
 }
 
@@ -206,28 +315,39 @@ fn key_file_of(t: &TrustedKey) -> String {
     }
 }
 
-/// The wrapped name key under the new key, hex (unchanged if it is already there).
-fn rewrap_name_key(job: &Job<'_>, hex_key: &str) -> Result<String, String> {
-    let wrapped = hex::decode(hex_key).map_err(|_| "the vault config's wrapped_name_key is not hex".to_string())?;
-    let ctx = EncryptionContext::for_volume(&job.volume_id, NAME_KEY_PURPOSE);
+/// A volume-level key of the config (`purpose`: "names", "bucket") under the new key, hex
+/// (unchanged if it is already there).
+fn rewrap_volume_key(
+    job: &Job<'_>,
+    hex_key: &str,
+    purpose: &str,
+    what: &str,
+) -> Result<String, String> {
+    let wrapped = hex::decode(hex_key)
+        .map_err(|_| format!("the vault config's wrapped {what} is not hex"))?;
+    let ctx = EncryptionContext::for_volume(&job.volume_id, purpose);
     let Some(to) = job.to else {
-        job.from.decrypt(&wrapped, &ctx).map_err(|e| format!("the file-name key does not open under the old key: {e}"))?;
+        job.kms_from
+            .decrypt(&wrapped, &ctx)
+            .map_err(|e| format!("the {what} does not open under the old key: {e}"))?;
         return Ok(hex_key.to_string());
     };
     if job.dry_run {
-        return match job.from.decrypt(&wrapped, &ctx) {
+        return match job.kms_from.decrypt(&wrapped, &ctx) {
             Ok(_) => Ok(hex_key.to_string()),
             Err(e) => to
                 .decrypt(&wrapped, &ctx)
                 .map(|_| hex_key.to_string())
-                .map_err(|_| format!("the file-name key opens under neither key: {e}")),
+                .map_err(|_| format!("the {what} opens under neither key: {e}")),
         };
     }
-    match job.from.reencrypt(&wrapped, &ctx, to) {
+    match job.kms_from.reencrypt(&wrapped, &ctx, to) {
         Ok(new) => Ok(hex::encode(new)),
         Err(e) => match to.decrypt(&wrapped, &ctx) {
             Ok(_) => Ok(hex_key.to_string()),
-            Err(_) => Err(format!("cannot rewrap the file-name key: {e}; run the same kmsfs rewrap again to resume")),
+            Err(_) => Err(format!(
+                "cannot rewrap the {what}: {e}; run the same kmsfs rewrap again to resume"
+            )),
         },
     }
 }
@@ -235,7 +355,9 @@ fn rewrap_name_key(job: &Job<'_>, hex_key: &str) -> Result<String, String> {
 /// How a key error counts: damage stays behind, anything else stops the run.
 fn key_outcome(e: KeyError) -> Outcome {
     match e {
-        KeyError::BadWrappedKey(why) => Outcome::Damaged(format!("its wrapped key opens under neither key ({why})")),
+        KeyError::BadWrappedKey(why) => {
+            Outcome::Damaged(format!("its wrapped key opens under neither key ({why})"))
+        }
         e => Outcome::Failed(e.to_string()),
     }
 }
@@ -254,7 +376,9 @@ fn rewrap_file(job: &Job<'_>, path: &Path) -> Outcome {
     let mut buf = vec![0u8; HEADER_SIZE];
     match file.metadata() {
         Ok(m) if m.len() == 0 => return Outcome::Empty,
-        Ok(m) if m.len() < HEADER_SIZE as u64 => return Outcome::Damaged(format!("{} bytes: too short for a header", m.len())),
+        Ok(m) if m.len() < HEADER_SIZE as u64 => {
+            return Outcome::Damaged(format!("{} bytes: too short for a header", m.len()));
+        }
         Ok(_) => {}
         Err(e) => return Outcome::Failed(format!("cannot stat: {e}")),
     }
@@ -337,7 +461,12 @@ fn rewrap_file(job: &Job<'_>, path: &Path) -> Outcome {
 
 /// Steps 2–4 of the module doc: new slot, fsync, flip (with provider id and tag when they
 /// change), fsync, erase the old slot.
-fn write_header(file: &File, old: &FileHeader, mut new: FileHeader, inactive: usize) -> std::io::Result<()> {
+fn write_header(
+    file: &File,
+    old: &FileHeader,
+    mut new: FileHeader,
+    inactive: usize,
+) -> std::io::Result<()> {
     // 2. The inactive slot (with the active byte still naming the old one).
     let bytes = new.encode();
     file.write_all_at(&bytes[ACTIVE_OFFSET + 1..], ACTIVE_OFFSET as u64 + 1)?;
@@ -348,7 +477,10 @@ fn write_header(file: &File, old: &FileHeader, mut new: FileHeader, inactive: us
     if new.provider == old.provider {
         file.write_all_at(&bytes[ACTIVE_OFFSET..=ACTIVE_OFFSET], ACTIVE_OFFSET as u64)?;
     } else {
-        file.write_all_at(&bytes[PROVIDER_OFFSET..=ACTIVE_OFFSET], PROVIDER_OFFSET as u64)?;
+        file.write_all_at(
+            &bytes[PROVIDER_OFFSET..=ACTIVE_OFFSET],
+            PROVIDER_OFFSET as u64,
+        )?;
     }
     file.sync_data()?;
     // 4. Erase the old slot (not fsynced here: one syncfs at the end; losing it is harmless).

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use super::{KeyArgs, provider};
 use crate::cryptfile::Vault;
 use crate::format::header::{FORMAT_VERSION, FileHeader, HEADER_SIZE};
-use crate::keys::KeyCache;
+use crate::keys::bucket::BucketKeyProvider;
+use crate::keys::{KeyCache, KeyProvider};
 use crate::names::{DIRIV_NAME, Names, cipher};
 use crate::vault::{self, META_DIR, VaultConfig, VaultError};
 
@@ -50,7 +51,9 @@ impl Offline {
 /// vault whose config names another key. A vault without `.kmsfs/config.json` is opened from
 /// the first file header found (with a warning) when `allow_missing_config`.
 pub fn open(dir: &Path, key: &KeyArgs, allow_missing_config: bool) -> Result<Offline, String> {
-    let dir = dir.canonicalize().map_err(|e| format!("vault {}: {e}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| format!("vault {}: {e}", dir.display()))?;
     let (cfg, config_missing) = match VaultConfig::load(&dir) {
         Ok(cfg) => (cfg, false),
         Err(VaultError::NotInitialised(_)) if allow_missing_config && dir.is_dir() => {
@@ -78,15 +81,45 @@ pub fn open(dir: &Path, key: &KeyArgs, allow_missing_config: bool) -> Result<Off
     } else {
         Some(Names::for_vault(&dir, &cfg, p.as_ref())?)
     };
+    let volume_id = cfg.volume_id_bytes().map_err(|e| e.to_string())?;
+    let files = file_key_provider(&cfg, p)?;
     // TTL 0: a key lives until its file is done (`KeyCache::release`).
-    let keys = Arc::new(KeyCache::new(p.clone(), Duration::ZERO, Duration::ZERO, KEY_CACHE));
+    let keys = Arc::new(KeyCache::new(
+        files.clone(),
+        Duration::ZERO,
+        Duration::ZERO,
+        KEY_CACHE,
+    ));
     let vault = Arc::new(Vault::new(
-        cfg.volume_id_bytes().map_err(|e| e.to_string())?,
+        volume_id,
         cfg.layout().map_err(|e| e.to_string())?,
-        p.provider_id(),
+        files.provider_id(),
         keys,
     ));
-    Ok(Offline { dir, cfg, config_missing, vault, names })
+    Ok(Offline {
+        dir,
+        cfg,
+        config_missing,
+        vault,
+        names,
+    })
+}
+
+/// What wraps the vault's file keys: the trusted key itself, or (bucket-key mode) the vault's
+/// bucket key, unwrapped once by the trusted key.
+pub fn file_key_provider(
+    cfg: &VaultConfig,
+    trusted: Arc<dyn KeyProvider>,
+) -> Result<Arc<dyn KeyProvider>, String> {
+    let Some(hex_key) = cfg.wrapped_bucket_key.as_deref() else {
+        return Ok(trusted);
+    };
+    let wrapped = hex::decode(hex_key)
+        .map_err(|_| "vault config: wrapped_bucket_key is not hex".to_string())?;
+    let volume_id = cfg.volume_id_bytes().map_err(|e| e.to_string())?;
+    let bucket = BucketKeyProvider::new(trusted, wrapped, &volume_id, Duration::ZERO)
+        .map_err(|e| format!("cannot unwrap the vault's bucket key: {e}"))?;
+    Ok(Arc::new(bucket))
 }
 
 /// A config for a vault whose `.kmsfs/` is lost: volume id and block size from the first file
@@ -96,7 +129,9 @@ fn config_from_headers(dir: &Path) -> Result<VaultConfig, String> {
     let tree = walk(dir, encrypted, None);
     for f in &tree.files {
         let mut buf = vec![0u8; HEADER_SIZE];
-        let Ok(file) = File::open(&f.backing) else { continue };
+        let Ok(file) = File::open(&f.backing) else {
+            continue;
+        };
         if std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, 0).is_err() {
             continue;
         }
@@ -122,7 +157,10 @@ fn config_from_headers(dir: &Path) -> Result<VaultConfig, String> {
 
 /// The vault holding backing path `path`: the nearest ancestor with `.kmsfs/config.json`.
 pub fn find_vault(path: &Path) -> Option<PathBuf> {
-    path.ancestors().skip(1).find(|d| VaultConfig::path(d).is_file()).map(Path::to_path_buf)
+    path.ancestors()
+        .skip(1)
+        .find(|d| VaultConfig::path(d).is_file())
+        .map(Path::to_path_buf)
 }
 
 /// A regular file found in the backing tree.
@@ -168,11 +206,16 @@ pub fn walk(root: &Path, encrypted: bool, names: Option<&Names>) -> Tree {
     while let Some((dir, plain_dir)) = todo.pop() {
         tree.dirs += 1;
         let in_root = dir == root;
-        let problem = |what: String| Problem { backing: dir.clone(), plain: plain_dir.clone(), what };
+        let problem = |what: String| Problem {
+            backing: dir.clone(),
+            plain: plain_dir.clone(),
+            what,
+        };
         let fd = match File::open(&dir) {
             Ok(f) => f,
             Err(e) => {
-                tree.problems.push(problem(format!("cannot open directory: {e}")));
+                tree.problems
+                    .push(problem(format!("cannot open directory: {e}")));
                 continue;
             }
         };
@@ -191,7 +234,8 @@ pub fn walk(root: &Path, encrypted: bool, names: Option<&Names>) -> Tree {
         let mut entries: Vec<_> = match std::fs::read_dir(&dir) {
             Ok(rd) => rd.filter_map(Result::ok).collect(),
             Err(e) => {
-                tree.problems.push(problem(format!("cannot list directory: {e}")));
+                tree.problems
+                    .push(problem(format!("cannot list directory: {e}")));
                 continue;
             }
         };
@@ -203,7 +247,8 @@ pub fn walk(root: &Path, encrypted: bool, names: Option<&Names>) -> Tree {
             if in_root && name == OsStr::new(META_DIR) {
                 continue;
             }
-            if encrypted && (name == OsStr::new(DIRIV_NAME) || cipher::is_sidecar(name.as_bytes())) {
+            if encrypted && (name == OsStr::new(DIRIV_NAME) || cipher::is_sidecar(name.as_bytes()))
+            {
                 continue;
             }
             let backing = e.path();
@@ -223,7 +268,9 @@ pub fn walk(root: &Path, encrypted: bool, names: Option<&Names>) -> Tree {
                 },
                 _ => None,
             };
-            let Ok(meta) = std::fs::symlink_metadata(&backing) else { continue };
+            let Ok(meta) = std::fs::symlink_metadata(&backing) else {
+                continue;
+            };
             let ft = meta.file_type();
             if ft.is_dir() {
                 subdirs.push((backing, plain));
@@ -265,7 +312,13 @@ pub fn describe(plain: Option<&Path>, backing: &Path) -> String {
 
 /// Run `work` on every item on `jobs` threads, in any order; results in item order. Items not
 /// started once `stop` is set get `None`.
-pub fn parallel<T, R, F>(items: &[T], jobs: usize, stop: &AtomicBool, progress: &Progress, work: F) -> Vec<Option<R>>
+pub fn parallel<T, R, F>(
+    items: &[T],
+    jobs: usize,
+    stop: &AtomicBool,
+    progress: &Progress,
+    work: F,
+) -> Vec<Option<R>>
 where
     T: Sync,
     R: Send,
@@ -330,7 +383,11 @@ impl Progress {
         *last = Instant::now();
         let secs = self.start.elapsed().as_secs_f64().max(1e-3);
         let rate = done as f64 / secs;
-        let left = if rate > 0.0 { (self.total.saturating_sub(done)) as f64 / rate } else { 0.0 };
+        let left = if rate > 0.0 {
+            (self.total.saturating_sub(done)) as f64 / rate
+        } else {
+            0.0
+        };
         eprint!(
             "\r{}: {done}/{} files, {rate:.0}/s, {:.0} s left\x1b[K",
             self.label, self.total, left

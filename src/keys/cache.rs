@@ -30,6 +30,9 @@ pub const DEFAULT_CAPACITY: usize = 4096;
 const RETRY_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a caller beyond the waiter bound may wait for an unwrap already in flight.
 const OVERFLOW_WAIT: Duration = Duration::from_secs(1);
+/// How long a failed unwrap is answered from memory: long enough to absorb the kernel's
+/// immediate retry of a failed read, short enough that a recovered KMS is used at once.
+const FAILURE_MEMORY: Duration = Duration::from_millis(100);
 
 struct Entry {
     key: Arc<DataKey>,
@@ -92,6 +95,9 @@ pub struct KeyCache {
     capacity: usize,
     entries: Mutex<LruCache<Id, Entry>>,
     flights: Mutex<HashMap<Id, Arc<Flight>>>,
+    /// Recent unwrap failures by file id: the kernel retries a failed read at once, and the
+    /// retry should not pay (or hang on) the KMS again.
+    failures: Mutex<HashMap<Id, (Instant, KeyError)>>,
     pool: Mutex<Option<Arc<KeyPool>>>,
     max_waiters: usize,
     waiters: AtomicUsize,
@@ -140,6 +146,7 @@ impl KeyCache {
             capacity,
             entries: Mutex::new(LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN))),
             flights: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
             pool: Mutex::new(None),
             max_waiters: usize::MAX,
             waiters: AtomicUsize::new(0),
@@ -181,10 +188,16 @@ impl KeyCache {
                 }
             }
         }
-        self.counters.misses.fetch_add(1, Ordering::Relaxed);
-        let slot = WaiterSlot::enter(&self.waiters);
-        let may_lead = slot.level <= self.max_waiters;
-        match self.unwrap_once(file_id, wrapped, ctx, may_lead) {
+        let result = match self.recent_failure(file_id, now) {
+            Some(err) => Err(err),
+            None => {
+                self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                let slot = WaiterSlot::enter(&self.waiters);
+                let may_lead = slot.level <= self.max_waiters;
+                self.unwrap_once(file_id, wrapped, ctx, may_lead)
+            }
+        };
+        match result {
             Ok(key) => Ok(key),
             Err(KeyError::Unreachable(msg)) => self.serve_stale(file_id, now).ok_or(KeyError::Unreachable(msg)),
             Err(e) => {
@@ -211,6 +224,24 @@ impl KeyCache {
         self.unwrap_once(file_id, wrapped, ctx, true).map(drop)
     }
 
+    /// How long to wait before asking the KMS again after a failure.
+    fn retry_interval(&self) -> Duration {
+        RETRY_INTERVAL.min(self.ttl.max(Duration::from_millis(100)))
+    }
+
+    /// The error of an unwrap of `file_id` that failed less than `FAILURE_MEMORY` ago.
+    fn recent_failure(&self, file_id: &Id, now: Instant) -> Option<KeyError> {
+        let mut failures = self.failures.lock();
+        match failures.get(file_id) {
+            Some((at, err)) if now.duration_since(*at) < FAILURE_MEMORY => Some(err.clone()),
+            Some(_) => {
+                failures.remove(file_id);
+                None
+            }
+            None => None,
+        }
+    }
+
     fn within_grace(&self, e: &Entry, now: Instant) -> bool {
         now.duration_since(e.unwrapped_at) < self.ttl + self.grace
     }
@@ -222,7 +253,7 @@ impl KeyCache {
             entries.pop(file_id);
             return None;
         }
-        e.retry_at = Some(now + RETRY_INTERVAL.min(self.ttl.max(Duration::from_millis(100))));
+        e.retry_at = Some(now + self.retry_interval());
         self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(file_id = %hex::encode(file_id), "KMS unreachable: serving a cached key within its grace period");
         Some(e.key.clone())
@@ -270,8 +301,16 @@ impl KeyCache {
         let result = self.provider.decrypt(wrapped, ctx).map(Arc::new);
         match &result {
             Ok(key) => self.insert(file_id, key.clone()),
-            Err(_) => {
+            Err(e) => {
                 self.counters.kms_errors.fetch_add(1, Ordering::Relaxed);
+                // Only a definite "no" is remembered: an unreachable KMS may be back any moment.
+                if !matches!(e, KeyError::Unreachable(_)) {
+                    let mut failures = self.failures.lock();
+                    if failures.len() >= self.capacity {
+                        failures.clear();
+                    }
+                    failures.insert(*file_id, (Instant::now(), e.clone()));
+                }
             }
         }
         *flight.result.lock() = Some(result.clone());
@@ -353,6 +392,7 @@ impl KeyCache {
     /// zeroized when that operation ends.
     pub fn clear(&self) {
         self.entries.lock().clear();
+        self.failures.lock().clear();
         self.provider.forget();
         if let Some(pool) = self.pool.lock().as_ref() {
             pool.clear();
@@ -517,6 +557,19 @@ mod tests {
         assert!(c.get(&[1; 16], &[3], &ctx()).is_err());
         assert!(hung.join().expect("join"), "the leader still gets its key");
         assert_eq!(p.decrypts.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_failure_is_remembered_briefly_so_retries_do_not_call_the_kms_again() {
+        let (p, c) = setup(60_000, 0, 10);
+        *p.mode.lock() = Some(KeyError::BadWrappedKey("InvalidCiphertextException".into()));
+        assert!(c.get(&[1; 16], &[3], &ctx()).is_err());
+        assert!(c.get(&[1; 16], &[3], &ctx()).is_err(), "the kernel's immediate retry");
+        assert_eq!(p.decrypts.load(Ordering::SeqCst), 1);
+        *p.mode.lock() = None;
+        std::thread::sleep(FAILURE_MEMORY + Duration::from_millis(20));
+        assert!(c.get(&[1; 16], &[3], &ctx()).is_ok(), "asked again soon after");
+        assert_eq!(p.decrypts.load(Ordering::SeqCst), 2);
     }
 
     #[test]
