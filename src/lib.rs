@@ -3,6 +3,7 @@
 //! Layers, with dependencies pointing down only (see `docs/FORMAT.md` and `../shared/DESIGN.md`):
 //! `cli` → `fs` → `names` → `cryptfile` → `format` / `crypto` → `keys`.
 
+pub mod alloc;
 pub mod cli;
 pub mod crypto;
 pub mod cryptfile;
