@@ -66,7 +66,20 @@ impl Daemon {
             "open_files": self.handles.open_files(),
             "uptime_s": self.started.elapsed().as_secs(),
             "pid": std::process::id(),
+            "warnings": self.warnings(),
         })
+    }
+
+    /// Problems an operator should fix now.
+    fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if !crate::vault::VaultConfig::path(&self.vault_dir).exists() {
+            w.push(format!(
+                "{}/.kmsfs/config.json is missing: restore it from a backup (it holds the wrapped name key)",
+                self.vault_dir.display()
+            ));
+        }
+        w
     }
 
     /// Drop every cached and pooled key, and the kernel's cached pages of open files, so

@@ -226,6 +226,9 @@ fn status(args: &StatusArgs) -> CliResult {
     println!("key cache  {}/{} entries, ttl {} s, {} hits, {} misses", get("cache_entries"), get("cache_capacity"), get("ttl_s"), get("hits"), get("misses"));
     println!("KMS        calls {}, errors {}", get("kms_calls"), get("kms_errors"));
     println!("files      {} open, {} integrity errors", get("open_files"), get("tamper_events"));
+    for w in v.get("warnings").and_then(|w| w.as_array()).into_iter().flatten() {
+        println!("WARNING    {}", w.as_str().unwrap_or_default());
+    }
     Ok(())
 }
 
