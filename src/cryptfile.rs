@@ -69,7 +69,14 @@ pub struct Vault {
 impl Vault {
     /// A vault's shared state.
     pub fn new(volume_id: Id, layout: Layout, provider: ProviderId, keys: Arc<KeyCache>) -> Self {
-        Vault { shared_store: Default::default(), tamper_events: Default::default(), volume_id, layout, provider, keys }
+        Vault {
+            shared_store: Default::default(),
+            tamper_events: Default::default(),
+            volume_id,
+            layout,
+            provider,
+            keys,
+        }
     }
 
     /// Plain size of a backing file of `backing` bytes (lossy for damaged files: stat must work).
@@ -96,12 +103,19 @@ pub struct CryptFile {
 impl CryptFile {
     /// Wrap an open backing file (opened read-write where possible).
     pub fn new(file: File, vault: Arc<Vault>) -> Self {
-        if vault.shared_store.load(std::sync::atomic::Ordering::Relaxed) {
+        if vault
+            .shared_store
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             // Another host may have rewritten the file since this host cached its pages.
             // SAFETY: valid fd; advice only.
             unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
         }
-        CryptFile { file, vault, state: RwLock::new(None) }
+        CryptFile {
+            file,
+            vault,
+            state: RwLock::new(None),
+        }
     }
 
     /// The backing path, for log lines (resolved now, so renames are followed).
@@ -112,8 +126,14 @@ impl CryptFile {
     }
 
     fn integrity(&self, block: Option<u64>, what: impl Into<String>) -> CryptError {
-        self.vault.tamper_events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        CryptError::Integrity { path: self.backing_path(), block, what: what.into() }
+        self.vault
+            .tamper_events
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        CryptError::Integrity {
+            path: self.backing_path(),
+            block,
+            what: what.into(),
+        }
     }
 
     fn backing_len(&self) -> Result<u64, CryptError> {
@@ -123,7 +143,10 @@ impl CryptFile {
     /// The plain size, validated against the format (a damaged size is an integrity error).
     pub fn size(&self) -> Result<u64, CryptError> {
         let backing = self.backing_len()?;
-        self.vault.layout.plain_size(backing).map_err(|e| self.integrity(None, e.to_string()))
+        self.vault
+            .layout
+            .plain_size(backing)
+            .map_err(|e| self.integrity(None, e.to_string()))
     }
 
     /// The file id, once the file has content (for the key cache's release on close).
@@ -134,23 +157,34 @@ impl CryptFile {
     /// The block cipher of a loaded file, its key from the cache (or the KMS after expiry).
     fn cipher(&self, keyed: &Keyed) -> Result<BlockCipher, CryptError> {
         let key = self.key_for(&keyed.header)?;
-        Ok(BlockCipher::new(key, self.vault.volume_id, keyed.header.file_id))
+        Ok(BlockCipher::new(
+            key,
+            self.vault.volume_id,
+            keyed.header.file_id,
+        ))
     }
 
     fn key_for(&self, header: &FileHeader) -> Result<Arc<crypto::DataKey>, CryptError> {
         let ctx = EncryptionContext::for_file(&self.vault.volume_id, &header.file_id);
-        self.vault.keys.get(&header.file_id, header.wrapped_key(), &ctx).map_err(|err| match err {
-            // A wrapped key that will not open is a damaged or misplaced header.
-            KeyError::BadWrappedKey(why) => self.integrity(None, why),
-            err => CryptError::Key { path: self.backing_path(), err },
-        })
+        self.vault
+            .keys
+            .get(&header.file_id, header.wrapped_key(), &ctx)
+            .map_err(|err| match err {
+                // A wrapped key that will not open is a damaged or misplaced header.
+                KeyError::BadWrappedKey(why) => self.integrity(None, why),
+                err => CryptError::Key {
+                    path: self.backing_path(),
+                    err,
+                },
+            })
     }
 
     /// Read and authenticate the header (getting its data key from the cache or KMS).
     fn load(&self) -> Result<Keyed, CryptError> {
         let mut buf = vec![0u8; HEADER_SIZE];
         let n = read_full(&self.file, &mut buf, 0)?;
-        let header = FileHeader::decode(&buf[..n]).map_err(|e| self.integrity(None, format!("header: {e}")))?;
+        let header = FileHeader::decode(&buf[..n])
+            .map_err(|e| self.integrity(None, format!("header: {e}")))?;
         if header.volume_id != self.vault.volume_id {
             return Err(self.integrity(None, "header belongs to another vault"));
         }
@@ -158,7 +192,8 @@ impl CryptFile {
             return Err(self.integrity(None, "header block size differs from the vault's"));
         }
         let key = self.key_for(&header)?;
-        crypto::verify_header(&key, &header).map_err(|_| self.integrity(None, "header tag does not verify"))?;
+        crypto::verify_header(&key, &header)
+            .map_err(|_| self.integrity(None, "header tag does not verify"))?;
         Ok(Keyed { header })
     }
 
@@ -189,13 +224,18 @@ impl CryptFile {
             return Ok(Vec::new());
         }
         let end = size.min(offset.saturating_add(len as u64));
-        if damaged_end && (offset >= size || layout.block_of(end - 1) >= layout.block_of(size - 1)) {
-            let what = format!("backing size {backing} is not a valid kmsfs size: the end of the file is missing or damaged");
+        if damaged_end && (offset >= size || layout.block_of(end - 1) >= layout.block_of(size - 1))
+        {
+            let what = format!(
+                "backing size {backing} is not a valid kmsfs size: the end of the file is missing or damaged"
+            );
             return Err(self.integrity(Some(layout.block_of(size - 1)), what));
         }
         self.ensure_loaded()?;
         let state = self.state.read();
-        let keyed = state.as_ref().ok_or_else(|| self.integrity(None, "header vanished"))?;
+        let keyed = state
+            .as_ref()
+            .ok_or_else(|| self.integrity(None, "header vanished"))?;
         let cipher = self.cipher(keyed)?;
         let mut out = Vec::with_capacity((end - offset) as usize);
         let first = layout.block_of(offset);
@@ -209,7 +249,9 @@ impl CryptFile {
             for i in index..=batch_end {
                 let blen = layout.block_len(i, size);
                 let slen = blen + BLOCK_OVERHEAD as usize;
-                let block = stored.get(at..at + slen).ok_or_else(|| self.integrity(Some(i), "block cut short"))?;
+                let block = stored
+                    .get(at..at + slen)
+                    .ok_or_else(|| self.integrity(Some(i), "block cut short"))?;
                 cipher
                     .open(i, block, &mut plain[..blen])
                     .map_err(|e| self.integrity(Some(i), e.to_string()))?;
@@ -229,17 +271,26 @@ impl CryptFile {
     fn read_stored(&self, first: u64, last: u64, size: u64) -> Result<Vec<u8>, CryptError> {
         let layout = &self.vault.layout;
         let start = layout.backing_offset(first);
-        let end = layout.backing_offset(last) + BLOCK_OVERHEAD + layout.block_len(last, size) as u64;
+        let end =
+            layout.backing_offset(last) + BLOCK_OVERHEAD + layout.block_len(last, size) as u64;
         let mut buf = vec![0u8; (end - start) as usize];
         let n = read_full(&self.file, &mut buf, start)?;
         if n < buf.len() {
-            return Err(self.integrity(Some(layout.block_of(layout.plain_offset(first) + n as u64)), "block cut short"));
+            return Err(self.integrity(
+                Some(layout.block_of(layout.plain_offset(first) + n as u64)),
+                "block cut short",
+            ));
         }
         Ok(buf)
     }
 
     /// Decrypt block `index` of a file of plain size `size` (empty if it does not exist).
-    fn read_block(&self, cipher: &BlockCipher, index: u64, size: u64) -> Result<Vec<u8>, CryptError> {
+    fn read_block(
+        &self,
+        cipher: &BlockCipher,
+        index: u64,
+        size: u64,
+    ) -> Result<Vec<u8>, CryptError> {
         let layout = &self.vault.layout;
         if index >= layout.block_count(size) {
             return Ok(Vec::new());
@@ -304,7 +355,9 @@ impl CryptFile {
         let mut plain = self.read_block(&cipher, last, size)?;
         plain.truncate(layout.block_len(last, new_size));
         let mut out = Vec::with_capacity(plain.len() + BLOCK_OVERHEAD as usize);
-        cipher.seal(last, &plain, &mut out).map_err(|e| std::io::Error::other(e.to_string()))?;
+        cipher
+            .seal(last, &plain, &mut out)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         plain.fill(0);
         self.file.write_all_at(&out, layout.backing_offset(last))?;
         self.file.set_len(layout.backing_size(new_size))?;
@@ -328,7 +381,11 @@ impl CryptFile {
 
     /// Flush the backing file to stable storage.
     pub fn sync(&self, data_only: bool) -> Result<(), CryptError> {
-        if data_only { self.file.sync_data()? } else { self.file.sync_all()? }
+        if data_only {
+            self.file.sync_data()?
+        } else {
+            self.file.sync_all()?
+        }
         Ok(())
     }
 
@@ -337,7 +394,9 @@ impl CryptFile {
         if state.is_none() {
             *state = Some(self.load()?);
         }
-        state.as_ref().ok_or_else(|| self.integrity(None, "header vanished"))
+        state
+            .as_ref()
+            .ok_or_else(|| self.integrity(None, "header vanished"))
     }
 
     /// A new header and data key (from the pool when it has one) for a file with no content.
@@ -346,10 +405,19 @@ impl CryptFile {
             .vault
             .keys
             .new_file_key(&self.vault.volume_id)
-            .map_err(|err| CryptError::Key { path: self.backing_path(), err })?;
+            .map_err(|err| CryptError::Key {
+                path: self.backing_path(),
+                err,
+            })?;
         let block_size = self.vault.layout.block_size() as u32;
-        let mut header = FileHeader::new(block_size, self.vault.volume_id, file_id, self.vault.provider, wrapped)
-            .map_err(|e: FormatError| std::io::Error::other(e.to_string()))?;
+        let mut header = FileHeader::new(
+            block_size,
+            self.vault.volume_id,
+            file_id,
+            self.vault.provider,
+            wrapped,
+        )
+        .map_err(|e: FormatError| std::io::Error::other(e.to_string()))?;
         header.tag = crypto::header_tag(&key, &header);
         let cipher = BlockCipher::new(key, self.vault.volume_id, file_id);
         Ok((Keyed { header }, cipher))
@@ -377,13 +445,22 @@ impl CryptFile {
         };
         let data_end = offset + data.len() as u64;
         // The old final block changes whenever the file grows; written blocks change anyway.
-        let first = if new_size > size { layout.block_of(offset.min(size)) } else { layout.block_of(offset) };
-        let last = if new_size > size { layout.block_count(new_size) - 1 } else { layout.block_of(data_end - 1) };
+        let first = if new_size > size {
+            layout.block_of(offset.min(size))
+        } else {
+            layout.block_of(offset)
+        };
+        let last = if new_size > size {
+            layout.block_count(new_size) - 1
+        } else {
+            layout.block_of(data_end - 1)
+        };
         let old_count = layout.block_count(size);
         let mut index = first;
         while index <= last {
             let batch_end = last.min(index + BATCH_BLOCKS - 1);
-            let mut out = Vec::with_capacity(((batch_end - index + 1) * layout.stored_block_size()) as usize);
+            let mut out =
+                Vec::with_capacity(((batch_end - index + 1) * layout.stored_block_size()) as usize);
             for i in index..=batch_end {
                 let blen = layout.block_len(i, new_size);
                 let bstart = layout.plain_offset(i);
@@ -400,7 +477,9 @@ impl CryptFile {
                     let src = &data[(from - offset) as usize..(to - offset) as usize];
                     plain[(from - bstart) as usize..(to - bstart) as usize].copy_from_slice(src);
                 }
-                cipher.seal(i, &plain, &mut out).map_err(|e| std::io::Error::other(e.to_string()))?;
+                cipher
+                    .seal(i, &plain, &mut out)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
                 plain.fill(0);
             }
             let at = layout.backing_offset(index);
@@ -424,13 +503,19 @@ impl CryptFile {
 /// reader to report.
 pub fn prefetch_key(file: &File, vault: &Vault) -> Result<bool, KeyError> {
     let mut buf = vec![0u8; HEADER_SIZE];
-    let Ok(n) = read_full(file, &mut buf, 0) else { return Ok(false) };
-    let Ok(header) = FileHeader::decode(&buf[..n]) else { return Ok(false) };
+    let Ok(n) = read_full(file, &mut buf, 0) else {
+        return Ok(false);
+    };
+    let Ok(header) = FileHeader::decode(&buf[..n]) else {
+        return Ok(false);
+    };
     if header.volume_id != vault.volume_id || vault.keys.contains(&header.file_id) {
         return Ok(false);
     }
     let ctx = EncryptionContext::for_file(&vault.volume_id, &header.file_id);
-    vault.keys.prefetch(&header.file_id, header.wrapped_key(), &ctx)?;
+    vault
+        .keys
+        .prefetch(&header.file_id, header.wrapped_key(), &ctx)?;
     Ok(true)
 }
 
@@ -441,7 +526,10 @@ pub fn key_is_cached(file: &CryptFile) -> bool {
         return file.vault.keys.contains(&id);
     }
     let mut buf = vec![0u8; HEADER_SIZE];
-    match read_full(&file.file, &mut buf, 0).ok().and_then(|n| FileHeader::decode(&buf[..n]).ok()) {
+    match read_full(&file.file, &mut buf, 0)
+        .ok()
+        .and_then(|n| FileHeader::decode(&buf[..n]).ok())
+    {
         Some(h) => file.vault.keys.contains(&h.file_id),
         // empty or foreign: no key to fetch
         None => true,
@@ -455,15 +543,23 @@ struct BackingLock<'a> {
 
 impl<'a> BackingLock<'a> {
     fn acquire(file: &'a File) -> std::io::Result<Self> {
-        static UNSUPPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        static UNSUPPORTED: std::sync::atomic::AtomicBool =
+            std::sync::atomic::AtomicBool::new(false);
         if UNSUPPORTED.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(BackingLock { file: None });
         }
         match ofd_lock(file, libc::F_WRLCK as libc::c_short, libc::F_OFD_SETLKW) {
             Ok(()) => Ok(BackingLock { file: Some(file) }),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOLCK | libc::EOPNOTSUPP | libc::ENOSYS)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::ENOLCK | libc::EOPNOTSUPP | libc::ENOSYS)
+                ) =>
+            {
                 // A backing store without locks: one host per vault stays safe.
-                tracing::warn!("the backing file system has no POSIX locks ({e}): concurrent writers on several hosts are not serialized");
+                tracing::warn!(
+                    "the backing file system has no POSIX locks ({e}): concurrent writers on several hosts are not serialized"
+                );
                 UNSUPPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
                 Ok(BackingLock { file: None })
             }
@@ -526,17 +622,30 @@ mod tests {
     fn fixture(bs: u32) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let provider = LocalProvider::create(&dir.path().join("key")).expect("key");
-        let keys = Arc::new(KeyCache::new(Arc::new(provider), Duration::from_secs(60), Duration::ZERO, 16));
+        let keys = Arc::new(KeyCache::new(
+            Arc::new(provider),
+            Duration::from_secs(60),
+            Duration::ZERO,
+            16,
+        ));
         let layout = Layout::new(HEADER_SIZE as u64, bs).expect("layout");
         let vault = Arc::new(Vault::new([3; 16], layout, ProviderId::Local, keys));
         let path = dir.path().join("f");
         File::create(&path).expect("create");
-        Fixture { _dir: dir, vault, path }
+        Fixture {
+            _dir: dir,
+            vault,
+            path,
+        }
     }
 
     impl Fixture {
         fn open(&self) -> CryptFile {
-            let f = std::fs::OpenOptions::new().read(true).write(true).open(&self.path).expect("open");
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.path)
+                .expect("open");
             CryptFile::new(f, self.vault.clone())
         }
         fn backing(&self) -> Vec<u8> {
@@ -548,7 +657,9 @@ mod tests {
     }
 
     fn pattern(n: usize, seed: u8) -> Vec<u8> {
-        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
     }
 
     #[test]
@@ -560,7 +671,10 @@ mod tests {
                 let f = fx.open();
                 let data = pattern(n, 1);
                 f.write(0, &data).expect("write");
-                assert_eq!(fx.backing().len() as u64, fx.vault.layout.backing_size(n as u64));
+                assert_eq!(
+                    fx.backing().len() as u64,
+                    fx.vault.layout.backing_size(n as u64)
+                );
                 let g = fx.open();
                 assert_eq!(g.read(0, n + 10).expect("read"), data, "bs {bs} size {n}");
             }
@@ -574,7 +688,9 @@ mod tests {
         let mut model: Vec<u8> = Vec::new();
         let mut seed = 7u64;
         let mut next = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             seed >> 33
         };
         for round in 0..200 {
@@ -685,7 +801,16 @@ mod tests {
         a.open().write(0, &pattern(2000, 6)).expect("write a");
         let b_path = a.path.with_file_name("g");
         File::create(&b_path).expect("create g");
-        let open_b = || CryptFile::new(std::fs::OpenOptions::new().read(true).write(true).open(&b_path).expect("open g"), a.vault.clone());
+        let open_b = || {
+            CryptFile::new(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&b_path)
+                    .expect("open g"),
+                a.vault.clone(),
+            )
+        };
         open_b().write(0, &pattern(2000, 7)).expect("write b");
         let fa = a.backing();
         let fb = std::fs::read(&b_path).expect("read g");
@@ -713,7 +838,10 @@ mod tests {
     fn foreign_files_are_integrity_errors() {
         let fx = fixture(4096);
         fx.set_backing(b"abc");
-        assert!(matches!(fx.open().size(), Err(CryptError::Integrity { .. })));
+        assert!(matches!(
+            fx.open().size(),
+            Err(CryptError::Integrity { .. })
+        ));
         expect_integrity(&fx.open(), "three bytes");
         fx.set_backing(&[0u8; 5000]);
         expect_integrity(&fx.open(), "zeros");
@@ -728,7 +856,10 @@ mod tests {
         // a crash mid-append: the backing file ends inside block 4
         fx.set_backing(&good[..fx.vault.layout.backing_offset(4) as usize + 100]);
         let f = fx.open();
-        assert_eq!(f.read(0, 3 * 4096).expect("intact prefix"), &data[..3 * 4096]);
+        assert_eq!(
+            f.read(0, 3 * 4096).expect("intact prefix"),
+            &data[..3 * 4096]
+        );
         match f.read(0, 10 * 4096) {
             Err(CryptError::Integrity { block: Some(4), .. }) => {}
             other => panic!("torn end not reported as block 4: {other:?}"),

@@ -102,7 +102,13 @@ impl DataKey {
     }
 
     /// Seal `plain` with `aad` under `nonce`, appending ciphertext ‖ tag to `out`.
-    pub fn seal_detached(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], plain: &[u8], out: &mut Vec<u8>) {
+    pub fn seal_detached(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        plain: &[u8],
+        out: &mut Vec<u8>,
+    ) {
         let start = out.len();
         out.extend_from_slice(plain);
         let tag = self
@@ -185,7 +191,13 @@ impl BlockCipher {
     }
 
     /// Seal with a given nonce: for test vectors only; real writes use `seal`.
-    pub fn seal_with_nonce(&self, index: u64, nonce: &[u8; NONCE_LEN], plain: &[u8], out: &mut Vec<u8>) {
+    pub fn seal_with_nonce(
+        &self,
+        index: u64,
+        nonce: &[u8; NONCE_LEN],
+        plain: &[u8],
+        out: &mut Vec<u8>,
+    ) {
         out.extend_from_slice(nonce);
         let aad = block_aad(&self.volume_id, &self.file_id, index);
         self.key.seal_detached(nonce, &aad, plain, out);
@@ -254,8 +266,14 @@ mod tests {
         let mut stored = Vec::new();
         cipher(2).seal(3, b"hello", &mut stored).expect("seal");
         let mut out = [0; 5];
-        assert_eq!(cipher(2).open(4, &stored, &mut out), Err(CryptoError::Authentication));
-        assert_eq!(cipher(9).open(3, &stored, &mut out), Err(CryptoError::Authentication));
+        assert_eq!(
+            cipher(2).open(4, &stored, &mut out),
+            Err(CryptoError::Authentication)
+        );
+        assert_eq!(
+            cipher(9).open(3, &stored, &mut out),
+            Err(CryptoError::Authentication)
+        );
         assert_eq!(out, [0; 5], "no plaintext left behind on failure");
     }
 

@@ -5,8 +5,8 @@
 
 pub mod alloc;
 pub mod cli;
-pub mod crypto;
 pub mod cryptfile;
+pub mod crypto;
 pub mod format;
 pub mod fs;
 pub mod keys;

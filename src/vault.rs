@@ -38,13 +38,17 @@ pub enum VaultError {
         why: String,
     },
     /// Another mount of this vault holds the lock on this host.
-    #[error("vault {0} is already mounted on this host (pid {1}): run kmsfs unmount on that mount first")]
+    #[error(
+        "vault {0} is already mounted on this host (pid {1}): run kmsfs unmount on that mount first"
+    )]
     Locked(String, String),
     /// No trusted key known for this vault on this host.
     #[error("this host has no trusted key for vault {0}: pass --key-file PATH or --kms-key-id ID")]
     NoTrustedKey(String),
     /// The vault names a different key than the trusted one.
-    #[error("vault {vault} says it is protected by {hint}, but the trusted key is {trusted}: refusing to mount (pass the right --key-file/--kms-key-id)")]
+    #[error(
+        "vault {vault} says it is protected by {hint}, but the trusted key is {trusted}: refusing to mount (pass the right --key-file/--kms-key-id)"
+    )]
     KeyMismatch {
         /// The vault path.
         vault: String,
@@ -122,7 +126,12 @@ pub fn provider_name(p: ProviderId) -> &'static str {
 
 impl VaultConfig {
     /// A new config for a fresh vault.
-    pub fn new(block_size: u32, provider: ProviderId, key_id: &str, plaintext_names: bool) -> Result<Self, VaultError> {
+    pub fn new(
+        block_size: u32,
+        provider: ProviderId,
+        key_id: &str,
+        plaintext_names: bool,
+    ) -> Result<Self, VaultError> {
         let volume_id: Id = crate::crypto::random_array()
             .map_err(|e| VaultError::Io("random".into(), std::io::Error::other(e)))?;
         Ok(VaultConfig {
@@ -153,19 +162,34 @@ impl VaultConfig {
             }
             Err(e) => return Err(VaultError::Io(path.display().to_string(), e)),
         };
-        let bad = |why: String| VaultError::BadConfig { path: path.display().to_string(), why };
+        let bad = |why: String| VaultError::BadConfig {
+            path: path.display().to_string(),
+            why,
+        };
         let cfg: VaultConfig = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         if cfg.format_version != FORMAT_VERSION {
-            return Err(bad(format!("format version {} is not supported by this kmsfs", cfg.format_version)));
+            return Err(bad(format!(
+                "format version {} is not supported by this kmsfs",
+                cfg.format_version
+            )));
         }
         if cfg.header_size as usize != HEADER_SIZE {
-            return Err(bad(format!("header size {} is not supported", cfg.header_size)));
+            return Err(bad(format!(
+                "header size {} is not supported",
+                cfg.header_size
+            )));
         }
-        cfg.volume_id_bytes().map_err(|_| bad("volume id is not 32 hex digits".into()))?;
+        cfg.volume_id_bytes()
+            .map_err(|_| bad("volume id is not 32 hex digits".into()))?;
         cfg.layout().map_err(|e| bad(e.to_string()))?;
-        let name_key_ok = cfg.wrapped_name_key.as_deref().is_some_and(|k| !k.is_empty() && hex::decode(k).is_ok());
+        let name_key_ok = cfg
+            .wrapped_name_key
+            .as_deref()
+            .is_some_and(|k| !k.is_empty() && hex::decode(k).is_ok());
         if !cfg.plaintext_names && !name_key_ok {
-            return Err(bad("file names are encrypted but wrapped_name_key is missing or not hex".into()));
+            return Err(bad(
+                "file names are encrypted but wrapped_name_key is missing or not hex".into(),
+            ));
         }
         Ok(cfg)
     }
@@ -181,10 +205,13 @@ impl VaultConfig {
             .mode(0o644)
             .open(&path)
             .map_err(|e| match e.kind() {
-                std::io::ErrorKind::AlreadyExists => VaultError::AlreadyInitialised(vault.display().to_string()),
+                std::io::ErrorKind::AlreadyExists => {
+                    VaultError::AlreadyInitialised(vault.display().to_string())
+                }
                 _ => VaultError::Io(path.display().to_string(), e),
             })?;
-        let text = serde_json::to_string_pretty(self).map_err(|e| VaultError::Io(path.display().to_string(), std::io::Error::other(e)))?;
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| VaultError::Io(path.display().to_string(), std::io::Error::other(e)))?;
         f.write_all(text.as_bytes())
             .and_then(|()| f.write_all(b"\n"))
             .and_then(|()| f.sync_all())
@@ -198,15 +225,24 @@ impl VaultConfig {
         let path = Self::path(vault);
         let tmp = path.with_extension("json.tmp");
         let io = |p: &Path, e| VaultError::Io(p.display().to_string(), e);
-        let text = serde_json::to_string_pretty(self).map_err(|e| io(&path, std::io::Error::other(e)))?;
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp).map_err(|e| io(&tmp, e))?;
+        let text =
+            serde_json::to_string_pretty(self).map_err(|e| io(&path, std::io::Error::other(e)))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)
+            .map_err(|e| io(&tmp, e))?;
         f.write_all(text.as_bytes())
             .and_then(|()| f.write_all(b"\n"))
             .and_then(|()| f.sync_all())
             .map_err(|e| io(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
         let dir = vault.join(META_DIR);
-        File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| io(&dir, e))
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io(&dir, e))
     }
 
     /// The volume id as bytes.
@@ -227,7 +263,9 @@ pub fn config_home() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|x| !x.is_empty()) {
         return PathBuf::from(x).join("kmsfs");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
     home.join(".config").join("kmsfs")
 }
 
@@ -237,7 +275,9 @@ pub fn default_key_file(volume_id: &str) -> PathBuf {
 }
 
 fn host_config_path(volume_id: &str) -> PathBuf {
-    config_home().join("vaults").join(format!("{volume_id}.json"))
+    config_home()
+        .join("vaults")
+        .join(format!("{volume_id}.json"))
 }
 
 /// The key this host trusts for `volume_id`, if `init` (or the operator) recorded one.
@@ -246,7 +286,10 @@ pub fn load_trusted_key(volume_id: &str) -> Result<Option<TrustedKey>, VaultErro
     match std::fs::read_to_string(&path) {
         Ok(text) => serde_json::from_str(&text)
             .map(Some)
-            .map_err(|e| VaultError::BadConfig { path: path.display().to_string(), why: e.to_string() }),
+            .map_err(|e| VaultError::BadConfig {
+                path: path.display().to_string(),
+                why: e.to_string(),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(VaultError::Io(path.display().to_string(), e)),
     }
@@ -261,8 +304,16 @@ pub fn save_trusted_key(volume_id: &str, key: &TrustedKey) -> Result<(), VaultEr
     }
     let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(key).map_err(|e| io(std::io::Error::other(e)))?;
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
-    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(io)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(io)
 }
 
@@ -296,7 +347,16 @@ pub struct MountLock {
 impl MountLock {
     /// Path of the lock file of `vault` for `host_id`.
     pub fn path(vault: &Path, host_id: &str) -> PathBuf {
-        let safe: String = host_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
+        let safe: String = host_id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
         vault.join(META_DIR).join(format!("mount-{safe}.lock"))
     }
 
@@ -304,12 +364,22 @@ impl MountLock {
     pub fn acquire(vault: &Path, host_id: &str) -> Result<Self, VaultError> {
         let path = Self::path(vault, host_id);
         let io = |e| VaultError::Io(path.display().to_string(), e);
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o644).open(&path).map_err(io)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(&path)
+            .map_err(io)?;
         // SAFETY: a valid open fd.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
-            return Err(VaultError::Locked(vault.display().to_string(), holder.trim().to_string()));
+            return Err(VaultError::Locked(
+                vault.display().to_string(),
+                holder.trim().to_string(),
+            ));
         }
         Ok(MountLock { file, path })
     }
@@ -319,7 +389,9 @@ impl MountLock {
         let io = |e| VaultError::Io(self.path.display().to_string(), e);
         self.file.set_len(0).map_err(io)?;
         std::io::Seek::rewind(&mut self.file).map_err(io)?;
-        self.file.write_all(format!("{pid}\n").as_bytes()).map_err(io)
+        self.file
+            .write_all(format!("{pid}\n").as_bytes())
+            .map_err(io)
     }
 
     /// The pid recorded in the lock file of `vault`, if a mount holds the lock now.
@@ -345,11 +417,17 @@ mod tests {
     fn config_round_trip_and_errors() {
         let dir = tempfile::tempdir().expect("tempdir");
         let v = dir.path();
-        assert!(matches!(VaultConfig::load(v), Err(VaultError::NotInitialised(_))));
+        assert!(matches!(
+            VaultConfig::load(v),
+            Err(VaultError::NotInitialised(_))
+        ));
         let mut cfg = VaultConfig::new(4096, ProviderId::Local, "local:00", false).expect("new");
         cfg.wrapped_name_key = Some("00ff".into());
         cfg.create(v).expect("create");
-        assert!(matches!(cfg.create(v), Err(VaultError::AlreadyInitialised(_))));
+        assert!(matches!(
+            cfg.create(v),
+            Err(VaultError::AlreadyInitialised(_))
+        ));
         assert_eq!(VaultConfig::load(v).expect("load"), cfg);
         let msg = VaultError::NotInitialised("/x".into()).to_string();
         assert!(msg.contains("run kmsfs init /x"), "{msg}");
@@ -366,7 +444,10 @@ mod tests {
         let cfg = VaultConfig::new(4096, ProviderId::Local, "local:00", true).expect("new");
         cfg.create(plain.path()).expect("create");
         let text = std::fs::read_to_string(VaultConfig::path(plain.path())).expect("read");
-        assert!(!text.contains("wrapped_name_key"), "absent in plaintext-names vaults: {text}");
+        assert!(
+            !text.contains("wrapped_name_key"),
+            "absent in plaintext-names vaults: {text}"
+        );
         assert_eq!(VaultConfig::load(plain.path()).expect("load"), cfg);
     }
 
@@ -376,9 +457,14 @@ mod tests {
         std::fs::create_dir(dir.path().join(META_DIR)).expect("mkdir");
         let mut a = MountLock::acquire(dir.path(), "h1").expect("first");
         a.write_pid(42).expect("pid");
-        assert!(matches!(MountLock::acquire(dir.path(), "h1"), Err(VaultError::Locked(_, p)) if p == "42"));
+        assert!(
+            matches!(MountLock::acquire(dir.path(), "h1"), Err(VaultError::Locked(_, p)) if p == "42")
+        );
         assert_eq!(MountLock::holder(dir.path(), "h1"), Some(42));
-        assert!(MountLock::acquire(dir.path(), "h2").is_ok(), "another host id may mount");
+        assert!(
+            MountLock::acquire(dir.path(), "h2").is_ok(),
+            "another host id may mount"
+        );
         drop(a);
         assert_eq!(MountLock::holder(dir.path(), "h1"), None);
     }

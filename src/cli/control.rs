@@ -123,18 +123,24 @@ pub fn serve(daemon: Daemon) -> std::io::Result<()> {
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    std::thread::Builder::new().name("kmsfs-control".into()).spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut line = String::new();
-            if BufReader::new(&stream).take(64 * 1024).read_line(&mut line).is_err() {
-                continue;
+    std::thread::Builder::new()
+        .name("kmsfs-control".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut line = String::new();
+                if BufReader::new(&stream)
+                    .take(64 * 1024)
+                    .read_line(&mut line)
+                    .is_err()
+                {
+                    continue;
+                }
+                let reply = daemon.answer(line.trim());
+                let _ = writeln!(stream, "{reply}");
             }
-            let reply = daemon.answer(line.trim());
-            let _ = writeln!(stream, "{reply}");
-        }
-    })?;
+        })?;
     Ok(())
 }
 
@@ -142,15 +148,32 @@ pub fn serve(daemon: Daemon) -> std::io::Result<()> {
 pub fn request(mountpoint: &Path, command: &str) -> Result<Value, String> {
     let path = runtime_dir::socket_path(mountpoint);
     let mut stream = UnixStream::connect(&path).map_err(|e| {
-        format!("no kmsfs daemon answers for {} ({}: {e}): is it mounted by this user?", mountpoint.display(), path.display())
+        format!(
+            "no kmsfs daemon answers for {} ({}: {e}): is it mounted by this user?",
+            mountpoint.display(),
+            path.display()
+        )
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    writeln!(stream, "{}", json!({ "version": PROTOCOL_VERSION, "command": command })).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    writeln!(
+        stream,
+        "{}",
+        json!({ "version": PROTOCOL_VERSION, "command": command })
+    )
+    .map_err(|e| e.to_string())?;
     let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line).map_err(|e| format!("reading the daemon's answer: {e}"))?;
-    let v: Value = serde_json::from_str(&line).map_err(|e| format!("bad answer from the daemon: {e}"))?;
+    BufReader::new(&stream)
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the daemon's answer: {e}"))?;
+    let v: Value =
+        serde_json::from_str(&line).map_err(|e| format!("bad answer from the daemon: {e}"))?;
     if v.get("ok").and_then(Value::as_bool) != Some(true) {
-        let why = v.get("error").and_then(Value::as_str).unwrap_or("unknown error");
+        let why = v
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown error");
         return Err(format!("the daemon refused {command}: {why}"));
     }
     Ok(v)

@@ -35,7 +35,10 @@ pub fn daemonize() -> Result<Ready, i32> {
     let mut fds = [0; 2];
     // SAFETY: fds is a valid 2-element array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        eprintln!("kmsfs: cannot create a pipe: {}", std::io::Error::last_os_error());
+        eprintln!(
+            "kmsfs: cannot create a pipe: {}",
+            std::io::Error::last_os_error()
+        );
         return Err(1);
     }
     // SAFETY: both fds were just created and are owned here.
@@ -71,7 +74,11 @@ pub fn daemonize() -> Result<Ready, i32> {
             if msg == "OK" {
                 Err(0)
             } else {
-                let msg = if msg.is_empty() { "the mount daemon exited before the mount was ready".into() } else { msg };
+                let msg = if msg.is_empty() {
+                    "the mount daemon exited before the mount was ready".into()
+                } else {
+                    msg
+                };
                 eprintln!("kmsfs: {msg}");
                 Err(1)
             }
@@ -84,11 +91,20 @@ pub fn harden() {
     // SAFETY: plain prctl/setrlimit calls with valid arguments.
     unsafe {
         if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
-            tracing::warn!("cannot mark the daemon non-dumpable: {}", std::io::Error::last_os_error());
+            tracing::warn!(
+                "cannot mark the daemon non-dumpable: {}",
+                std::io::Error::last_os_error()
+            );
         }
-        let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let zero = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::setrlimit(libc::RLIMIT_CORE, &zero) != 0 {
-            tracing::warn!("cannot disable core dumps: {}", std::io::Error::last_os_error());
+            tracing::warn!(
+                "cannot disable core dumps: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
 }

@@ -13,16 +13,31 @@ use crate::vault::{self, TrustedKey, VaultConfig};
 
 /// Run `kmsfs init`.
 pub fn run(args: &InitArgs) -> CliResult {
-    Layout::new(HEADER_SIZE as u64, args.block_size)
-        .map_err(|_| format!("--block-size {} must be a power of two from 512 to 1048576", args.block_size))?;
-    std::fs::create_dir_all(&args.vault).map_err(|e| format!("cannot create {}: {e}", args.vault.display()))?;
-    let vault_dir = args.vault.canonicalize().map_err(|e| format!("{}: {e}", args.vault.display()))?;
+    Layout::new(HEADER_SIZE as u64, args.block_size).map_err(|_| {
+        format!(
+            "--block-size {} must be a power of two from 512 to 1048576",
+            args.block_size
+        )
+    })?;
+    std::fs::create_dir_all(&args.vault)
+        .map_err(|e| format!("cannot create {}: {e}", args.vault.display()))?;
+    let vault_dir = args
+        .vault
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", args.vault.display()))?;
     if VaultConfig::path(&vault_dir).exists() {
-        return Err(vault::VaultError::AlreadyInitialised(vault_dir.display().to_string()).to_string());
+        return Err(
+            vault::VaultError::AlreadyInitialised(vault_dir.display().to_string()).to_string(),
+        );
     }
     // The volume id comes first: the default key file is named after it.
-    let mut cfg = VaultConfig::new(args.block_size, crate::format::header::ProviderId::Local, "", args.plaintext_names)
-        .map_err(|e| e.to_string())?;
+    let mut cfg = VaultConfig::new(
+        args.block_size,
+        crate::format::header::ProviderId::Local,
+        "",
+        args.plaintext_names,
+    )
+    .map_err(|e| e.to_string())?;
     let trusted = provider::from_args(&args.key).unwrap_or_else(|| TrustedKey::Local {
         key_file: vault::default_key_file(&cfg.volume_id),
     });
@@ -42,7 +57,9 @@ pub fn run(args: &InitArgs) -> CliResult {
     cfg.key_id = key_provider.key_id().to_string();
     // Record the resolved key (the ARN for KMS) so later mounts trust exactly this key.
     let trusted = match trusted {
-        TrustedKey::AwsKms { .. } => TrustedKey::AwsKms { kms_key_id: key_provider.key_id().to_string() },
+        TrustedKey::AwsKms { .. } => TrustedKey::AwsKms {
+            kms_key_id: key_provider.key_id().to_string(),
+        },
         local => local,
     };
     Names::init_vault(&vault_dir, &mut cfg, key_provider.as_ref())?;
@@ -54,23 +71,34 @@ pub fn run(args: &InitArgs) -> CliResult {
     }
     cfg.create(&vault_dir).map_err(|e| e.to_string())?;
     vault::save_trusted_key(&cfg.volume_id, &trusted).map_err(|e| e.to_string())?;
-    println!("initialised kmsfs vault {} (volume {})", vault_dir.display(), cfg.volume_id);
+    println!(
+        "initialised kmsfs vault {} (volume {})",
+        vault_dir.display(),
+        cfg.volume_id
+    );
     match &trusted {
         TrustedKey::Local { key_file } => println!(
             "master key: {} -- back it up: without it the data is lost; keep it out of the vault",
             key_file.display()
         ),
         TrustedKey::AwsKms { kms_key_id } if args.bucket_key => {
-            println!("bucket-key mode: file keys wrapped by a volume key that KMS key {kms_key_id} wraps")
+            println!(
+                "bucket-key mode: file keys wrapped by a volume key that KMS key {kms_key_id} wraps"
+            )
         }
         TrustedKey::AwsKms { kms_key_id } => println!("data keys wrapped by KMS key {kms_key_id}"),
     }
     if args.plaintext_names {
-        println!("file names, symlink targets and xattrs are stored in plain text (--plaintext-names); contents are encrypted");
+        println!(
+            "file names, symlink targets and xattrs are stored in plain text (--plaintext-names); contents are encrypted"
+        );
     } else {
         println!("file names, symlink targets and xattrs are encrypted with the volume's name key");
     }
-    println!("mount it with: kmsfs mount {} MOUNTPOINT", vault_dir.display());
+    println!(
+        "mount it with: kmsfs mount {} MOUNTPOINT",
+        vault_dir.display()
+    );
     Ok(())
 }
 

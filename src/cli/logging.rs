@@ -32,12 +32,19 @@ pub fn init(sink: Sink<'_>, level: &str) -> Result<(), String> {
                 .append(true)
                 .open(p)
                 .map_err(|e| format!("cannot open log file {}: {e}", p.display()))?;
-            builder.with_ansi(false).with_writer(Mutex::new(f)).try_init()
+            builder
+                .with_ansi(false)
+                .with_writer(Mutex::new(f))
+                .try_init()
         }
         Sink::Syslog => {
             // SAFETY: a static identity string; LOG_PID|LOG_DAEMON are plain flags.
             unsafe { libc::openlog(c"kmsfs".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
-            builder.with_ansi(false).without_time().with_writer(|| SyslogLine(Vec::new())).try_init()
+            builder
+                .with_ansi(false)
+                .without_time()
+                .with_writer(|| SyslogLine(Vec::new()))
+                .try_init()
         }
     };
     result.map_err(|e| format!("cannot set up logging: {e}"))
@@ -58,7 +65,12 @@ impl Write for SyslogLine {
 
 impl Drop for SyslogLine {
     fn drop(&mut self) {
-        let text: Vec<u8> = self.0.iter().copied().filter(|&b| b != 0 && b != b'\n').collect();
+        let text: Vec<u8> = self
+            .0
+            .iter()
+            .copied()
+            .filter(|&b| b != 0 && b != b'\n')
+            .collect();
         if let Ok(c) = CString::new(text) {
             // SAFETY: constant format string and a valid C string argument.
             unsafe { libc::syslog(libc::LOG_NOTICE, c"%s".as_ptr(), c.as_ptr()) };

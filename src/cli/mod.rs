@@ -213,20 +213,52 @@ struct UnmountArgs {
 
 /// `kmsfs status MOUNTPOINT [--json]`.
 fn status(args: &StatusArgs) -> CliResult {
-    let mnt = args.mountpoint.canonicalize().map_err(|e| format!("{}: {e}", args.mountpoint.display()))?;
+    let mnt = args
+        .mountpoint
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", args.mountpoint.display()))?;
     let v = control::request(&mnt, "status")?;
     if args.json {
         println!("{v}");
         return Ok(());
     }
-    let get = |k: &str| v.get(k).map(|x| x.to_string().trim_matches('"').to_string()).unwrap_or_default();
-    println!("mount      {} (pid {}, up {} s)", get("mountpoint"), get("pid"), get("uptime_s"));
+    let get = |k: &str| {
+        v.get(k)
+            .map(|x| x.to_string().trim_matches('"').to_string())
+            .unwrap_or_default()
+    };
+    println!(
+        "mount      {} (pid {}, up {} s)",
+        get("mountpoint"),
+        get("pid"),
+        get("uptime_s")
+    );
     println!("vault      {}", get("vault"));
     println!("provider   {} key {}", get("provider"), get("key_id"));
-    println!("key cache  {}/{} entries, ttl {} s, {} hits, {} misses", get("cache_entries"), get("cache_capacity"), get("ttl_s"), get("hits"), get("misses"));
-    println!("KMS        calls {}, errors {}", get("kms_calls"), get("kms_errors"));
-    println!("files      {} open, {} integrity errors", get("open_files"), get("tamper_events"));
-    for w in v.get("warnings").and_then(|w| w.as_array()).into_iter().flatten() {
+    println!(
+        "key cache  {}/{} entries, ttl {} s, {} hits, {} misses",
+        get("cache_entries"),
+        get("cache_capacity"),
+        get("ttl_s"),
+        get("hits"),
+        get("misses")
+    );
+    println!(
+        "KMS        calls {}, errors {}",
+        get("kms_calls"),
+        get("kms_errors")
+    );
+    println!(
+        "files      {} open, {} integrity errors",
+        get("open_files"),
+        get("tamper_events")
+    );
+    for w in v
+        .get("warnings")
+        .and_then(|w| w.as_array())
+        .into_iter()
+        .flatten()
+    {
         println!("WARNING    {}", w.as_str().unwrap_or_default());
     }
     Ok(())
@@ -234,9 +266,15 @@ fn status(args: &StatusArgs) -> CliResult {
 
 /// `kmsfs forget MOUNTPOINT`.
 fn forget(args: &UnmountArgs) -> CliResult {
-    let mnt = args.mountpoint.canonicalize().map_err(|e| format!("{}: {e}", args.mountpoint.display()))?;
+    let mnt = args
+        .mountpoint
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", args.mountpoint.display()))?;
     let v = control::request(&mnt, "forget")?;
-    println!("forgot {} cached keys", v.get("keys_dropped").and_then(|x| x.as_u64()).unwrap_or(0));
+    println!(
+        "forgot {} cached keys",
+        v.get("keys_dropped").and_then(|x| x.as_u64()).unwrap_or(0)
+    );
     Ok(())
 }
 
@@ -275,26 +313,46 @@ pub type CliResult = Result<(), String>;
 /// `mount.fuse` (from `mount -t fuse.kmsfs` or /etc/fstab) runs `kmsfs VAULT MOUNTPOINT -o
 /// OPTS`: translate that into `kmsfs mount VAULT MOUNTPOINT --option...`.
 fn fstab_form(argv: Vec<std::ffi::OsString>) -> Result<Option<Vec<std::ffi::OsString>>, String> {
-    const SUBCOMMANDS: &[&str] = &["init", "mount", "unmount", "status", "forget", "rewrap", "fsck", "cat", "help"];
-    let Some(first) = argv.get(1).and_then(|a| a.to_str()) else { return Ok(None) };
+    const SUBCOMMANDS: &[&str] = &[
+        "init", "mount", "unmount", "status", "forget", "rewrap", "fsck", "cat", "help",
+    ];
+    let Some(first) = argv.get(1).and_then(|a| a.to_str()) else {
+        return Ok(None);
+    };
     if argv.len() < 3 || first.starts_with('-') || SUBCOMMANDS.contains(&first) {
         return Ok(None);
     }
-    let mut out: Vec<std::ffi::OsString> = vec!["kmsfs".into(), "mount".into(), argv[1].clone(), argv[2].clone()];
+    let mut out: Vec<std::ffi::OsString> = vec![
+        "kmsfs".into(),
+        "mount".into(),
+        argv[1].clone(),
+        argv[2].clone(),
+    ];
     let mut rest = argv[3..].iter();
     while let Some(arg) = rest.next() {
         let opts = match arg.to_str() {
-            Some("-o") => rest.next().and_then(|o| o.to_str()).ok_or("-o needs a value")?.to_string(),
+            Some("-o") => rest
+                .next()
+                .and_then(|o| o.to_str())
+                .ok_or("-o needs a value")?
+                .to_string(),
             Some(o) if o.starts_with("-o") => o[2..].to_string(),
             // mount.fuse adds these for its own bookkeeping.
             Some("-n" | "-s" | "-v") => continue,
-            _ => return Err(format!("unexpected argument {arg:?}: use kmsfs mount VAULT MOUNTPOINT")),
+            _ => {
+                return Err(format!(
+                    "unexpected argument {arg:?}: use kmsfs mount VAULT MOUNTPOINT"
+                ));
+            }
         };
         for opt in opts.split(',').filter(|o| !o.is_empty()) {
-            let (name, value) = opt.split_once('=').map_or((opt, None), |(n, v)| (n, Some(v)));
+            let (name, value) = opt
+                .split_once('=')
+                .map_or((opt, None), |(n, v)| (n, Some(v)));
             let flag = |f: &str| -> Vec<std::ffi::OsString> { vec![f.into()] };
             let with = |f: &str| -> Result<Vec<std::ffi::OsString>, String> {
-                let v = value.ok_or_else(|| format!("mount option {name} needs a value ({name}=...)"))?;
+                let v = value
+                    .ok_or_else(|| format!("mount option {name} needs a value ({name}=...)"))?;
                 Ok(vec![f.into(), v.into()])
             };
             out.extend(match name {
@@ -311,8 +369,9 @@ fn fstab_form(argv: Vec<std::ffi::OsString>) -> Result<Option<Vec<std::ffi::OsSt
                 "allow_other" => flag("--allow-other"),
                 "ro" | "read_only" => flag("--read-only"),
                 // Generic mount(8) options with nothing to do here.
-                "rw" | "defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "_netdev" | "nofail" | "dev"
-                | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime" | "noatime" | "relatime" => vec![],
+                "rw" | "defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "_netdev"
+                | "nofail" | "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime"
+                | "noatime" | "relatime" => vec![],
                 other => return Err(format!("unknown mount option {other} (see man kmsfs)")),
             });
         }
@@ -330,9 +389,30 @@ mod tests {
 
     #[test]
     fn fstab_form_maps_options() {
-        let got = fstab_form(args(&["kmsfs", "/v", "/m", "-o", "rw,key_ttl=5,allow_other,_netdev"])).expect("ok");
-        assert_eq!(got, Some(args(&["kmsfs", "mount", "/v", "/m", "--key-ttl", "5", "--allow-other"])));
-        assert_eq!(fstab_form(args(&["kmsfs", "mount", "/v", "/m"])).expect("ok"), None);
+        let got = fstab_form(args(&[
+            "kmsfs",
+            "/v",
+            "/m",
+            "-o",
+            "rw,key_ttl=5,allow_other,_netdev",
+        ]))
+        .expect("ok");
+        assert_eq!(
+            got,
+            Some(args(&[
+                "kmsfs",
+                "mount",
+                "/v",
+                "/m",
+                "--key-ttl",
+                "5",
+                "--allow-other"
+            ]))
+        );
+        assert_eq!(
+            fstab_form(args(&["kmsfs", "mount", "/v", "/m"])).expect("ok"),
+            None
+        );
         assert!(fstab_form(args(&["kmsfs", "/v", "/m", "-o", "bogus"])).is_err());
     }
 }

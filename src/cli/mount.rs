@@ -30,7 +30,10 @@ pub fn run(args: MountArgs) -> CliResult {
         .canonicalize()
         .map_err(|e| format!("vault {}: {e}", args.vault.display()))?;
     let mnt = args.mountpoint.canonicalize().map_err(|e| {
-        format!("mount point {}: {e} (create it with mkdir first)", args.mountpoint.display())
+        format!(
+            "mount point {}: {e} (create it with mkdir first)",
+            args.mountpoint.display()
+        )
     })?;
     if !mnt.is_dir() {
         return Err(format!("mount point {} is not a directory", mnt.display()));
@@ -56,7 +59,10 @@ pub fn run(args: MountArgs) -> CliResult {
             Err(code) => std::process::exit(code),
         }
     };
-    serve(&args, &vault_dir, &mnt, &cfg, &trusted, early, lock, &mut ready).inspect_err(|msg| ready.fail(msg))
+    serve(
+        &args, &vault_dir, &mnt, &cfg, &trusted, early, lock, &mut ready,
+    )
+    .inspect_err(|msg| ready.fail(msg))
 }
 
 /// The daemon's life: provider, session, ready, serve, clean up.
@@ -80,7 +86,8 @@ fn serve(
     };
     logging::init(sink, &args.log_level)?;
     daemon::harden();
-    lock.write_pid(std::process::id()).map_err(|e| e.to_string())?;
+    lock.write_pid(std::process::id())
+        .map_err(|e| e.to_string())?;
     let kms_provider = match early {
         Some(p) => p,
         None => {
@@ -96,7 +103,8 @@ fn serve(
     // Bucket-key mode: file keys are wrapped by the volume's bucket key, which the KMS wraps.
     let key_provider: Arc<dyn KeyProvider> = match cfg.wrapped_bucket_key.as_deref() {
         Some(hex_key) => {
-            let wrapped = hex::decode(hex_key).map_err(|_| "vault config: wrapped_bucket_key is not hex".to_string())?;
+            let wrapped = hex::decode(hex_key)
+                .map_err(|_| "vault config: wrapped_bucket_key is not hex".to_string())?;
             Arc::new(
                 BucketKeyProvider::new(kms_provider.clone(), wrapped, &volume_id, ttl)
                     .map_err(|e| format!("cannot unwrap the vault's bucket key: {e}"))?,
@@ -107,27 +115,53 @@ fn serve(
     let provider_id: ProviderId = key_provider.provider_id();
     // Two FUSE workers always stay free of KMS waits, for cached files and metadata.
     let max_waiters = args.threads.saturating_sub(2).max(1);
-    let keys = Arc::new(KeyCache::new(key_provider.clone(), ttl, ttl, args.key_cache_size).with_max_waiters(max_waiters));
+    let keys = Arc::new(
+        KeyCache::new(key_provider.clone(), ttl, ttl, args.key_cache_size)
+            .with_max_waiters(max_waiters),
+    );
     // Local keys cost nothing to make; only a remote KMS is worth a pool of fresh keys.
     if provider_id == ProviderId::AwsKms && args.key_pool_size > 0 {
-        let pool = KeyPool::start(key_provider.clone(), volume_id, args.key_pool_size, POOL_WORKERS)
-            .map_err(|e| format!("cannot start the data-key pool: {e}"))?;
+        let pool = KeyPool::start(
+            key_provider.clone(),
+            volume_id,
+            args.key_pool_size,
+            POOL_WORKERS,
+        )
+        .map_err(|e| format!("cannot start the data-key pool: {e}"))?;
         keys.set_pool(pool);
     }
-    let vault = Arc::new(Vault::new(volume_id, cfg.layout().map_err(|e| e.to_string())?, provider_id, keys.clone()));
+    let vault = Arc::new(Vault::new(
+        volume_id,
+        cfg.layout().map_err(|e| e.to_string())?,
+        provider_id,
+        keys.clone(),
+    ));
     if is_shared_store(vault_dir) {
-        tracing::info!("the vault is on a network or FUSE file system: close-to-open consistency on");
-        vault.shared_store.store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            "the vault is on a network or FUSE file system: close-to-open consistency on"
+        );
+        vault
+            .shared_store
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
     let names = Names::for_vault(vault_dir, cfg, kms_provider.as_ref())?;
     if let Some(handle) = names.key_handle() {
         spawn_name_key_refresh(handle, kms_provider.clone(), cfg, volume_id, ttl)?;
     }
-    let mut fs = KmsFs::new(vault_dir, vault, names, FsOptions { read_only: args.read_only, attr_ttl })
-        .map_err(|e| format!("cannot open vault {}: {e}", vault_dir.display()))?;
+    let mut fs = KmsFs::new(
+        vault_dir,
+        vault,
+        names,
+        FsOptions {
+            read_only: args.read_only,
+            attr_ttl,
+        },
+    )
+    .map_err(|e| format!("cannot open vault {}: {e}", vault_dir.display()))?;
     // Per-file KMS mode pays a round trip per cold file: prefetch directories' keys.
     if provider_id == ProviderId::AwsKms {
-        fs.enable_prefetch(PREFETCH_WORKERS).map_err(|e| format!("cannot start key prefetch: {e}"))?;
+        fs.enable_prefetch(PREFETCH_WORKERS)
+            .map_err(|e| format!("cannot start key prefetch: {e}"))?;
     }
     // Backing files get exactly the modes the kernel asks for (it applied the umask).
     // SAFETY: umask has no preconditions.
@@ -144,12 +178,17 @@ fn serve(
     }
     let mut config = Config::default();
     config.mount_options = options;
-    config.acl = if args.allow_other { SessionACL::All } else { SessionACL::Owner };
+    config.acl = if args.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
-    let (fs_vault, fs_handles, notifier_slot) = (fs.vault().clone(), fs.handles(), fs.notifier_slot());
-    let mut session =
-        Session::new(fs, mnt, &config).map_err(|e| format!("cannot mount at {}: {e}", mnt.display()))?;
+    let (fs_vault, fs_handles, notifier_slot) =
+        (fs.vault().clone(), fs.handles(), fs.notifier_slot());
+    let mut session = Session::new(fs, mnt, &config)
+        .map_err(|e| format!("cannot mount at {}: {e}", mnt.display()))?;
     let mut unmounter = session.unmount_callable();
     let _ = notifier_slot.set(session.notifier());
     control::serve(control::Daemon {
@@ -162,7 +201,8 @@ fn serve(
         started: std::time::Instant::now(),
     })
     .map_err(|e| format!("cannot open the control socket: {e}"))?;
-    runtime_dir::record(mnt, std::process::id()).map_err(|e| format!("cannot record the mount: {e}"))?;
+    runtime_dir::record(mnt, std::process::id())
+        .map_err(|e| format!("cannot record the mount: {e}"))?;
     tracing::info!(vault = %vault_dir.display(), mountpoint = %mnt.display(), "mounted");
     ready.ok();
 
@@ -194,7 +234,6 @@ fn serve(
     result.map_err(|e| format!("FUSE session ended with an error: {e}"))
 }
 
-
 /// Re-unwrap the file-name key once per TTL in the background (lookups keep using the current
 /// key meanwhile), so a KMS refusal of the vault's key reaches file names too.
 fn spawn_name_key_refresh(
@@ -204,10 +243,19 @@ fn spawn_name_key_refresh(
     volume_id: crate::format::Id,
     ttl: Duration,
 ) -> CliResult {
-    let wrapped = cfg.wrapped_name_key.as_deref().and_then(|h| hex::decode(h).ok()).unwrap_or_default();
-    let ctx = crate::keys::EncryptionContext::for_volume(&volume_id, crate::names::NAME_KEY_PURPOSE);
+    let wrapped = cfg
+        .wrapped_name_key
+        .as_deref()
+        .and_then(|h| hex::decode(h).ok())
+        .unwrap_or_default();
+    let ctx =
+        crate::keys::EncryptionContext::for_volume(&volume_id, crate::names::NAME_KEY_PURPOSE);
     // TTL 0 means "no caching across opens"; names have no opens, so refresh every minute.
-    let every = if ttl.is_zero() { Duration::from_secs(60) } else { ttl };
+    let every = if ttl.is_zero() {
+        Duration::from_secs(60)
+    } else {
+        ttl
+    };
     std::thread::Builder::new()
         .name("kmsfs-name-key".into())
         .spawn(move || {
@@ -223,8 +271,16 @@ fn spawn_name_key_refresh(
 /// Whether `dir` is on a file system other hosts may write too (FUSE, e.g. GlusterFS or
 /// rclone; NFS; CephFS; SMB).
 fn is_shared_store(dir: &Path) -> bool {
-    const SHARED: &[i64] = &[0x6573_5546 /* FUSE */, 0x6969 /* NFS */, 0x00c3_6400 /* Ceph */, 0xfe53_4d42 /* SMB2 */, 0xff53_4d42 /* CIFS */];
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else { return false };
+    const SHARED: &[i64] = &[
+        0x6573_5546, /* FUSE */
+        0x6969,      /* NFS */
+        0x00c3_6400, /* Ceph */
+        0xfe53_4d42, /* SMB2 */
+        0xff53_4d42, /* CIFS */
+    ];
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
     // SAFETY: zeroed statfs is a valid out buffer; valid C string.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && SHARED.contains(&(st.f_type as i64))

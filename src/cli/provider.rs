@@ -12,9 +12,13 @@ use crate::vault::{self, TrustedKey, VaultConfig, VaultError};
 /// The key named on the command line, if any.
 pub fn from_args(args: &KeyArgs) -> Option<TrustedKey> {
     if let Some(id) = &args.kms_key_id {
-        return Some(TrustedKey::AwsKms { kms_key_id: id.clone() });
+        return Some(TrustedKey::AwsKms {
+            kms_key_id: id.clone(),
+        });
     }
-    args.key_file.as_ref().map(|p| TrustedKey::Local { key_file: absolute(p) })
+    args.key_file.as_ref().map(|p| TrustedKey::Local {
+        key_file: absolute(p),
+    })
 }
 
 /// `p` made absolute (without requiring it to exist), so host config survives a `cd`.
@@ -36,7 +40,9 @@ pub fn trusted_key(args: &KeyArgs, cfg: &VaultConfig, vault: &Path) -> Result<Tr
 /// daemonizing).
 pub fn open(key: &TrustedKey) -> Result<Arc<dyn KeyProvider>, String> {
     match key {
-        TrustedKey::Local { key_file } => Ok(Arc::new(LocalProvider::open(key_file).map_err(|e| e.to_string())?)),
+        TrustedKey::Local { key_file } => Ok(Arc::new(
+            LocalProvider::open(key_file).map_err(|e| e.to_string())?,
+        )),
         TrustedKey::AwsKms { kms_key_id } => Ok(Arc::new(
             AwsKmsProvider::new(kms_key_id, AwsOptions::default()).map_err(|e| e.to_string())?,
         )),
@@ -44,7 +50,11 @@ pub fn open(key: &TrustedKey) -> Result<Arc<dyn KeyProvider>, String> {
 }
 
 /// Refuse a vault whose config names another key than the trusted one.
-pub fn check_hint(cfg: &VaultConfig, vault: &Path, provider: &dyn KeyProvider) -> Result<(), String> {
+pub fn check_hint(
+    cfg: &VaultConfig,
+    vault: &Path,
+    provider: &dyn KeyProvider,
+) -> Result<(), String> {
     let kind = vault::provider_name(provider.provider_id());
     if cfg.provider != kind || cfg.key_id != provider.key_id() {
         return Err(VaultError::KeyMismatch {

@@ -28,7 +28,10 @@ fn name_of(mountpoint: &Path) -> String {
 /// Create the runtime directory (0700) if it is missing, e.g. on a fresh /run after boot.
 pub fn ensure_dir() -> std::io::Result<PathBuf> {
     let d = dir();
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&d)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&d)?;
     Ok(d)
 }
 
@@ -40,7 +43,12 @@ pub fn socket_path(mountpoint: &Path) -> PathBuf {
 /// Record that daemon `pid` serves `mountpoint`.
 pub fn record(mountpoint: &Path, pid: u32) -> std::io::Result<PathBuf> {
     let path = ensure_dir()?.join(name_of(mountpoint));
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
     writeln!(f, "{pid}\n{}", mountpoint.display())?;
     Ok(path)
 }

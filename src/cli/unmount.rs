@@ -21,7 +21,10 @@ pub fn run(args: &UnmountArgs) -> CliResult {
         None if pid.is_none() => return Err(format!("{} is not mounted", mnt.display())),
         // fuser mounts with type "fuse" as root and "fuse.kmsfs" through fusermount3.
         Some((fstype, source)) if !is_kmsfs(fstype, source, pid.is_some()) => {
-            return Err(format!("{} is a {fstype} mount, not kmsfs: use umount", mnt.display()));
+            return Err(format!(
+                "{} is a {fstype} mount, not kmsfs: use umount",
+                mnt.display()
+            ));
         }
         _ => {}
     }
@@ -42,7 +45,9 @@ pub fn run(args: &UnmountArgs) -> CliResult {
                     }
                 }
                 Some(_) if start.elapsed() > DAEMON_EXIT_WAIT => {
-                    return Err(format!("unmounted, but daemon {pid} has not exited after 30 s: check it with ps"));
+                    return Err(format!(
+                        "unmounted, but daemon {pid} has not exited after 30 s: check it with ps"
+                    ));
                 }
                 Some(_) => {}
             }
@@ -65,14 +70,18 @@ fn detach(mnt: &Path) -> CliResult {
             return Ok(());
         }
     }
-    let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    let c =
+        std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
     // SAFETY: valid C string.
     if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
         return Ok(());
     }
     let err = std::io::Error::last_os_error();
     if err.raw_os_error() == Some(libc::EBUSY) {
-        return Err(format!("{} is busy: close the files and shells using it, then retry", mnt.display()));
+        return Err(format!(
+            "{} is busy: close the files and shells using it, then retry",
+            mnt.display()
+        ));
     }
     let detail = fusermount
         .ok()
@@ -85,7 +94,9 @@ fn detach(mnt: &Path) -> CliResult {
 /// Whether a mount of `fstype` from `source` is ours: a FUSE mount that this host recorded,
 /// or whose source is a kmsfs vault.
 fn is_kmsfs(fstype: &str, source: &str, recorded: bool) -> bool {
-    fstype == "fuse.kmsfs" || (fstype == "fuse" && (recorded || crate::vault::VaultConfig::path(Path::new(source)).exists()))
+    fstype == "fuse.kmsfs"
+        || (fstype == "fuse"
+            && (recorded || crate::vault::VaultConfig::path(Path::new(source)).exists()))
 }
 
 /// The (file system type, source) mounted at `mnt`, from /proc/self/mountinfo.
@@ -108,7 +119,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -122,7 +136,8 @@ fn unescape(s: &str) -> String {
 /// The state letter of process `pid` (R, S, Z, ...), or `None` when it is gone.
 fn state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next())
+    stat.rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next())
 }
 
 /// `a/./b/../c` → `a/c`, without touching the file system.

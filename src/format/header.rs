@@ -207,14 +207,19 @@ impl FileHeader {
             return Err(FormatError::InvalidField("padding"));
         }
         let active = usize::from(b[ACTIVE_OFFSET]);
-        if active > 1 || b[ACTIVE_OFFSET + 1..SLOT_OFFSETS[0]].iter().any(|&x| x != 0) {
+        if active > 1
+            || b[ACTIVE_OFFSET + 1..SLOT_OFFSETS[0]]
+                .iter()
+                .any(|&x| x != 0)
+        {
             return Err(FormatError::InvalidField("active slot"));
         }
         let mut slots = [Vec::new(), Vec::new()];
         for (i, &off) in SLOT_OFFSETS.iter().enumerate() {
             let len = usize::from(u16_at(b, off));
             let area = &b[off + 2..off + 2 + SLOT_CAPACITY];
-            let valid = len <= SLOT_CAPACITY && area[len.min(SLOT_CAPACITY)..].iter().all(|&x| x == 0);
+            let valid =
+                len <= SLOT_CAPACITY && area[len.min(SLOT_CAPACITY)..].iter().all(|&x| x == 0);
             if i == active {
                 if len == 0 || !valid {
                     return Err(FormatError::InvalidField("wrapped key slot"));
@@ -277,7 +282,18 @@ mod tests {
     #[test]
     fn structural_fields_are_checked() {
         let good = sample().encode();
-        for (at, what) in [(8, "version"), (10, "size"), (14, "bs"), (48, "provider"), (50, "cap"), (60, "pad"), (128, "active"), (130, "reserved"), (137, "slot len"), (300, "slot tail")] {
+        for (at, what) in [
+            (8, "version"),
+            (10, "size"),
+            (14, "bs"),
+            (48, "provider"),
+            (50, "cap"),
+            (60, "pad"),
+            (128, "active"),
+            (130, "reserved"),
+            (137, "slot len"),
+            (300, "slot tail"),
+        ] {
             let mut b = good;
             b[at] ^= 0x40;
             assert!(FileHeader::decode(&b).is_err(), "{what} change accepted");

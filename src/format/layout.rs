@@ -87,7 +87,11 @@ impl Layout {
 
     /// Number of blocks a file of plain size `size` has (0 for the empty file).
     pub fn block_count(&self, size: u64) -> u64 {
-        if size == 0 { 0 } else { size / self.block_size + 1 }
+        if size == 0 {
+            0
+        } else {
+            size / self.block_size + 1
+        }
     }
 
     /// Plaintext bytes held by block `index` of a file of plain size `size`.
@@ -146,7 +150,11 @@ impl Layout {
     pub fn spans(&self, offset: u64, len: u64) -> impl Iterator<Item = BlockSpan> + '_ {
         let end = offset.saturating_add(len);
         let first = self.block_of(offset);
-        let last = if len == 0 { first } else { self.block_of(end - 1).saturating_add(1) };
+        let last = if len == 0 {
+            first
+        } else {
+            self.block_of(end - 1).saturating_add(1)
+        };
         let bs = self.block_size;
         (first..last).map(move |index| {
             let block_start = index * bs;
@@ -185,7 +193,15 @@ mod tests {
     fn invalid_backing_sizes() {
         let l = layout(4096);
         // header only, header plus partial overhead, ending on a full block
-        for bad in [1, 1023, 1024, 1024 + 27, 1024 + 28, 1024 + 4124, 1024 + 2 * 4124] {
+        for bad in [
+            1,
+            1023,
+            1024,
+            1024 + 27,
+            1024 + 28,
+            1024 + 4124,
+            1024 + 2 * 4124,
+        ] {
             assert!(l.plain_size(bad).is_err(), "{bad} accepted");
         }
     }

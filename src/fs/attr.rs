@@ -30,7 +30,11 @@ fn time(sec: i64, nsec: i64) -> SystemTime {
 /// The attributes of inode `ino` whose backing object has `st`.
 pub fn from_stat(ino: u64, st: &libc::stat, vault: &Vault) -> FileAttr {
     let kind = kind(st.st_mode);
-    let size = if kind == FileType::RegularFile { vault.plain_size(st.st_size as u64) } else { st.st_size as u64 };
+    let size = if kind == FileType::RegularFile {
+        vault.plain_size(st.st_size as u64)
+    } else {
+        st.st_size as u64
+    };
     FileAttr {
         ino: INodeNo(ino),
         size,

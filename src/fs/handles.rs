@@ -33,7 +33,11 @@ impl Handles {
     }
 
     /// The open `CryptFile` of inode `ino`, or one made by `make` (shared by later opens).
-    pub fn open_file<E>(&self, ino: u64, make: impl FnOnce() -> Result<CryptFile, E>) -> Result<(u64, Arc<CryptFile>), E> {
+    pub fn open_file<E>(
+        &self,
+        ino: u64,
+        make: impl FnOnce() -> Result<CryptFile, E>,
+    ) -> Result<(u64, Arc<CryptFile>), E> {
         let mut by_inode = self.by_inode.lock();
         let file = match by_inode.get(&ino).and_then(Weak::upgrade) {
             Some(f) => f,
@@ -90,7 +94,11 @@ impl Handles {
     /// Inodes with at least one open file handle.
     pub fn open_inodes(&self) -> Vec<u64> {
         let by_inode = self.by_inode.lock();
-        by_inode.iter().filter(|(_, f)| f.strong_count() > 0).map(|(ino, _)| *ino).collect()
+        by_inode
+            .iter()
+            .filter(|(_, f)| f.strong_count() > 0)
+            .map(|(ino, _)| *ino)
+            .collect()
     }
 
     /// Number of open file handles.

@@ -56,11 +56,23 @@ impl InodeTable {
     /// A table holding the root, backed by `root_fd`.
     pub fn new(root_fd: OwnedFd, st: &libc::stat) -> Self {
         let key = (st.st_dev, st.st_ino);
-        let root = Arc::new(Inode { ino: ROOT, fd: root_fd, key, nlookup: Mutex::new(1), parent: ROOT.into(), is_root: true });
-        let mut t = Tables { next: ROOT + 1, ..Default::default() };
+        let root = Arc::new(Inode {
+            ino: ROOT,
+            fd: root_fd,
+            key,
+            nlookup: Mutex::new(1),
+            parent: ROOT.into(),
+            is_root: true,
+        });
+        let mut t = Tables {
+            next: ROOT + 1,
+            ..Default::default()
+        };
         t.by_ino.insert(ROOT, root);
         t.by_key.insert(key, ROOT);
-        InodeTable { tables: Mutex::new(t) }
+        InodeTable {
+            tables: Mutex::new(t),
+        }
     }
 
     /// The inode `ino`, if known.
@@ -77,14 +89,26 @@ impl InodeTable {
         if let Some(&ino) = t.by_key.get(&key) {
             if let Some(inode) = t.by_ino.get(&ino) {
                 *inode.nlookup.lock() += 1;
-                inode.parent.store(parent, std::sync::atomic::Ordering::Relaxed);
+                inode
+                    .parent
+                    .store(parent, std::sync::atomic::Ordering::Relaxed);
                 return ino;
             }
         }
         let ino = t.next;
         t.next += 1;
         let parent = parent.into();
-        t.by_ino.insert(ino, Arc::new(Inode { ino, fd, key, nlookup: Mutex::new(1), parent, is_root: false }));
+        t.by_ino.insert(
+            ino,
+            Arc::new(Inode {
+                ino,
+                fd,
+                key,
+                nlookup: Mutex::new(1),
+                parent,
+                is_root: false,
+            }),
+        );
         t.by_key.insert(key, ino);
         ino
     }

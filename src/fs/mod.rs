@@ -23,9 +23,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 
 use crate::cryptfile::{CryptError, CryptFile, Vault};
@@ -46,7 +47,10 @@ pub struct FsOptions {
 
 impl Default for FsOptions {
     fn default() -> Self {
-        FsOptions { read_only: false, attr_ttl: Duration::from_secs(1) }
+        FsOptions {
+            read_only: false,
+            attr_ttl: Duration::from_secs(1),
+        }
     }
 }
 
@@ -84,7 +88,12 @@ impl KmsFs {
     /// A filesystem over the backing directory `root`.
     pub fn new(root: &Path, vault: Arc<Vault>, names: Names, opts: FsOptions) -> io::Result<Self> {
         let dir = File::open(root)?;
-        let fd = sys::openat(dir.as_fd(), OsStr::new("."), libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let fd = sys::openat(
+            dir.as_fd(),
+            OsStr::new("."),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?;
         let st = sys::stat_fd(fd.as_fd())?;
         Ok(KmsFs {
             vault,
@@ -126,11 +135,13 @@ impl KmsFs {
     /// while the request that found the refusal is still being answered.
     fn drop_cached_pages(&self, ino: u64) {
         if let Some(n) = self.notifier.get().cloned() {
-            let _ = std::thread::Builder::new().name("kmsfs-inval".into()).spawn(move || {
-                if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
-                    tracing::debug!("page cache invalidation of inode {ino}: {e}");
-                }
-            });
+            let _ = std::thread::Builder::new()
+                .name("kmsfs-inval".into())
+                .spawn(move || {
+                    if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
+                        tracing::debug!("page cache invalidation of inode {ino}: {e}");
+                    }
+                });
         }
     }
 
@@ -158,7 +169,11 @@ impl KmsFs {
     }
 
     fn writable(&self) -> Result<()> {
-        if self.opts.read_only { Err(Errno::EROFS) } else { Ok(()) }
+        if self.opts.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
     }
 
     /// The backing name for a new entry `name` in `parent` (reserved names refused).
@@ -179,7 +194,8 @@ impl KmsFs {
 
     /// Look `bname` up in `parent` and count a kernel reference.
     fn lookup_backing(&self, parent: &Inode, bname: &OsStr) -> Result<FileAttr> {
-        let fd = sys::openat(parent.fd(), bname, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(e_io)?;
+        let fd =
+            sys::openat(parent.fd(), bname, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(e_io)?;
         let st = sys::stat_fd(fd.as_fd()).map_err(e_io)?;
         let ino = self.inodes.remember(fd, &st, parent.ino);
         Ok(self.plain_attr(ino, &st))
@@ -192,11 +208,23 @@ impl KmsFs {
             return Ok(());
         }
         let pst = sys::stat_fd(parent.fd()).map_err(e_io)?;
-        let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { req.gid() };
+        let gid = if pst.st_mode & libc::S_ISGID != 0 {
+            pst.st_gid
+        } else {
+            req.gid()
+        };
         let c = sys::cstr(bname).map_err(e_io)?;
         // SAFETY: valid dir fd and C string.
-        sys::cvt(unsafe { libc::fchownat(parent.fd().as_raw_fd(), c.as_ptr(), req.uid(), gid, libc::AT_SYMLINK_NOFOLLOW) })
-            .map_err(e_io)?;
+        sys::cvt(unsafe {
+            libc::fchownat(
+                parent.fd().as_raw_fd(),
+                c.as_ptr(),
+                req.uid(),
+                gid,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })
+        .map_err(e_io)?;
         Ok(())
     }
 
@@ -211,10 +239,14 @@ impl KmsFs {
     fn open_crypt(&self, ino: u64, inode: &Inode) -> Result<(u64, Arc<CryptFile>)> {
         self.handles.open_file(ino, || {
             let fd = sys::reopen(inode.fd(), libc::O_RDWR)
-                .or_else(|e| if e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EROFS) {
-                    sys::reopen(inode.fd(), libc::O_RDONLY)
-                } else {
-                    Err(e)
+                .or_else(|e| {
+                    if e.raw_os_error() == Some(libc::EACCES)
+                        || e.raw_os_error() == Some(libc::EROFS)
+                    {
+                        sys::reopen(inode.fd(), libc::O_RDONLY)
+                    } else {
+                        Err(e)
+                    }
                 })
                 .map_err(e_io)?;
             Ok(CryptFile::new(File::from(fd), self.vault.clone()))
@@ -222,10 +254,25 @@ impl KmsFs {
     }
 
     fn do_setattr(&self, ino: INodeNo, change: AttrChange) -> Result<FileAttr> {
-        let AttrChange { mode, uid, gid, size, atime, mtime, fh } = change;
+        let AttrChange {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+            fh,
+        } = change;
         let inode = self.inode(ino)?;
-        let is_link = sys::stat_fd(inode.fd()).map_err(e_io)?.st_mode & libc::S_IFMT == libc::S_IFLNK;
-        if mode.is_some() || uid.is_some() || gid.is_some() || size.is_some() || atime.is_some() || mtime.is_some() {
+        let is_link =
+            sys::stat_fd(inode.fd()).map_err(e_io)?.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        if mode.is_some()
+            || uid.is_some()
+            || gid.is_some()
+            || size.is_some()
+            || atime.is_some()
+            || mtime.is_some()
+        {
             self.writable()?;
         }
         let path = sys::proc_path(inode.fd());
@@ -239,7 +286,13 @@ impl KmsFs {
             let (u, g) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
             // SAFETY: valid fd; empty path with AT_EMPTY_PATH names the fd itself.
             sys::cvt(unsafe {
-                libc::fchownat(inode.fd().as_raw_fd(), c"".as_ptr(), u, g, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+                libc::fchownat(
+                    inode.fd().as_raw_fd(),
+                    c"".as_ptr(),
+                    u,
+                    g,
+                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                )
             })
             .map_err(e_io)?;
         }
@@ -256,17 +309,33 @@ impl KmsFs {
         }
         if atime.is_some() || mtime.is_some() {
             let ts = |t: Option<TimeOrNow>| match t {
-                None => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-                Some(TimeOrNow::Now) => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+                None => libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: libc::UTIME_OMIT,
+                },
+                Some(TimeOrNow::Now) => libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: libc::UTIME_NOW,
+                },
                 Some(TimeOrNow::SpecificTime(t)) => {
                     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-                    libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as libc::c_long }
+                    libc::timespec {
+                        tv_sec: d.as_secs() as libc::time_t,
+                        tv_nsec: d.subsec_nanos() as libc::c_long,
+                    }
                 }
             };
             let times = [ts(atime), ts(mtime)];
             let rc = if is_link {
                 // SAFETY: valid fd, empty path names the symlink itself.
-                unsafe { libc::utimensat(inode.fd().as_raw_fd(), c"".as_ptr(), times.as_ptr(), libc::AT_EMPTY_PATH) }
+                unsafe {
+                    libc::utimensat(
+                        inode.fd().as_raw_fd(),
+                        c"".as_ptr(),
+                        times.as_ptr(),
+                        libc::AT_EMPTY_PATH,
+                    )
+                }
             } else {
                 // SAFETY: valid C string and times array.
                 unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) }
@@ -286,7 +355,10 @@ impl KmsFs {
     }
 
     fn read_dir(&self, inode: &Inode) -> Result<DirHandle> {
-        let dir = std::fs::read_dir(Path::new(OsStr::from_bytes(sys::proc_path(inode.fd()).as_bytes()))).map_err(e_io)?;
+        let dir = std::fs::read_dir(Path::new(OsStr::from_bytes(
+            sys::proc_path(inode.fd()).as_bytes(),
+        )))
+        .map_err(e_io)?;
         let lister = self.names.lister(inode.fd(), inode.is_root).map_err(e_io)?;
         let mut entries = vec![
             (1, FileType::Directory, OsString::from(".")),
@@ -294,7 +366,9 @@ impl KmsFs {
         ];
         for entry in dir {
             let entry = entry.map_err(e_io)?;
-            let Some(name) = lister.plain(&entry.file_name()) else { continue };
+            let Some(name) = lister.plain(&entry.file_name()) else {
+                continue;
+            };
             let kind = entry
                 .file_type()
                 .ok()
@@ -406,28 +480,57 @@ impl Filesystem for KmsFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.do_setattr(ino, AttrChange { mode, uid, gid, size, atime, mtime, fh }) {
+        match self.do_setattr(
+            ino,
+            AttrChange {
+                mode,
+                uid,
+                gid,
+                size,
+                atime,
+                mtime,
+                fh,
+            },
+        ) {
             Ok(attr) => reply.attr(&self.opts.attr_ttl, &attr),
             Err(e) => reply.error(e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let r = self.inode(ino).and_then(|i| self.names.read_link(i.fd()).map_err(e_io));
+        let r = self
+            .inode(ino)
+            .and_then(|i| self.names.read_link(i.fd()).map_err(e_io));
         match r {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(e),
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
         let r = self.inode(parent).and_then(|p| {
             let bname = self.new_name(&p, name)?;
             self.names
                 .create(p.fd(), &bname, |b| {
                     let c = sys::cstr(b)?;
                     // SAFETY: valid dir fd and C string.
-                    sys::cvt(unsafe { libc::mknodat(p.fd().as_raw_fd(), c.as_ptr(), mode & !umask, libc::dev_t::from(rdev)) })
+                    sys::cvt(unsafe {
+                        libc::mknodat(
+                            p.fd().as_raw_fd(),
+                            c.as_ptr(),
+                            mode & !umask,
+                            libc::dev_t::from(rdev),
+                        )
+                    })
                 })
                 .map_err(e_io)?;
             self.chown_new(req, &p, &bname)?;
@@ -436,10 +539,20 @@ impl Filesystem for KmsFs {
         self.reply_entry(reply, r);
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
         let r = self.inode(parent).and_then(|p| {
             let bname = self.new_name(&p, name)?;
-            self.names.mkdir(p.fd(), &bname, mode & !umask).map_err(e_io)?;
+            self.names
+                .mkdir(p.fd(), &bname, mode & !umask)
+                .map_err(e_io)?;
             self.chown_new(req, &p, &bname)?;
             self.lookup_backing(&p, &bname)
         });
@@ -464,10 +577,18 @@ impl Filesystem for KmsFs {
         reply_empty(reply, r);
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         let r = self.inode(parent).and_then(|p| {
             let bname = self.new_name(&p, link_name)?;
-            let t = sys::cstr(&self.names.link_target(target.as_os_str()).map_err(e_io)?).map_err(e_io)?;
+            let t = sys::cstr(&self.names.link_target(target.as_os_str()).map_err(e_io)?)
+                .map_err(e_io)?;
             self.names
                 .create(p.fd(), &bname, |b| {
                     let c = sys::cstr(b)?;
@@ -496,12 +617,21 @@ impl Filesystem for KmsFs {
             let np = self.inode(newparent)?;
             let from = self.existing_name(&p, name)?;
             let to = self.new_name(&np, newname)?;
-            self.names.rename(p.fd(), &from, np.fd(), &to, flags.bits()).map_err(e_io)
+            self.names
+                .rename(p.fd(), &from, np.fd(), &to, flags.bits())
+                .map_err(e_io)
         })();
         reply_empty(reply, r);
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         let r = (|| {
             let inode = self.inode(ino)?;
             let np = self.inode(newparent)?;
@@ -512,7 +642,13 @@ impl Filesystem for KmsFs {
                     let c = sys::cstr(b)?;
                     // SAFETY: valid C strings and dir fd; the proc path is followed to the object.
                     sys::cvt(unsafe {
-                        libc::linkat(libc::AT_FDCWD, src.as_ptr(), np.fd().as_raw_fd(), c.as_ptr(), libc::AT_SYMLINK_FOLLOW)
+                        libc::linkat(
+                            libc::AT_FDCWD,
+                            src.as_ptr(),
+                            np.fd().as_raw_fd(),
+                            c.as_ptr(),
+                            libc::AT_SYMLINK_FOLLOW,
+                        )
                     })
                 })
                 .map_err(e_io)?;
@@ -562,11 +698,19 @@ impl Filesystem for KmsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(file) = self.handles.file(fh.0) else { return reply.error(Errno::EBADF) };
+        let Some(file) = self.handles.file(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
         match file.read(offset, size as usize) {
             Ok(data) => reply.data(&data),
             Err(e) => {
-                if matches!(&e, CryptError::Key { err: KeyError::Refused(_), .. }) {
+                if matches!(
+                    &e,
+                    CryptError::Key {
+                        err: KeyError::Refused(_),
+                        ..
+                    }
+                ) {
                     self.drop_cached_pages(ino.0);
                 }
                 reply.error(errno::crypt(&e))
@@ -589,14 +733,23 @@ impl Filesystem for KmsFs {
         if let Err(e) = self.writable() {
             return reply.error(e);
         }
-        let Some(file) = self.handles.file(fh.0) else { return reply.error(Errno::EBADF) };
+        let Some(file) = self.handles.file(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
         match file.write(offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno::crypt(&e)),
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         // Writes go straight to the backing file; nothing is buffered here.
         reply.ok();
     }
@@ -615,8 +768,17 @@ impl Filesystem for KmsFs {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        let Some(file) = self.handles.file(fh.0) else { return reply.error(Errno::EBADF) };
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(file) = self.handles.file(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
         match file.sync(datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno::crypt(&e)),
@@ -630,8 +792,17 @@ impl Filesystem for KmsFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let Some(dir) = self.handles.dir(fh.0) else { return reply.error(Errno::EBADF) };
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(dir) = self.handles.dir(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
         for (i, (ino, kind, name)) in dir.entries.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*ino), i as u64 + 1, *kind, name) {
                 break;
@@ -640,14 +811,29 @@ impl Filesystem for KmsFs {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.handles.release_dir(fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         let r = self.inode(ino).and_then(|i| {
-            let fd: OwnedFd = sys::reopen(i.fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(e_io)?;
+            let fd: OwnedFd =
+                sys::reopen(i.fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(e_io)?;
             File::from(fd).sync_all().map_err(e_io)
         });
         reply_empty(reply, r);
@@ -686,13 +872,24 @@ impl Filesystem for KmsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let r = self.writable().and_then(|()| self.xattr_path(ino)).and_then(|(_i, path)| {
-            let n = self.names.xattr_name(name).map_err(e_io)?;
-            let value = self.names.seal_xattr(&n, value).map_err(e_io)?;
-            // SAFETY: valid C strings and value buffer.
-            sys::cvt(unsafe { libc::setxattr(path.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags) })
+        let r = self
+            .writable()
+            .and_then(|()| self.xattr_path(ino))
+            .and_then(|(_i, path)| {
+                let n = self.names.xattr_name(name).map_err(e_io)?;
+                let value = self.names.seal_xattr(&n, value).map_err(e_io)?;
+                // SAFETY: valid C strings and value buffer.
+                sys::cvt(unsafe {
+                    libc::setxattr(
+                        path.as_ptr(),
+                        n.as_ptr(),
+                        value.as_ptr().cast(),
+                        value.len(),
+                        flags,
+                    )
+                })
                 .map_err(e_io)
-        });
+            });
         reply_empty(reply, r);
     }
 
@@ -700,7 +897,9 @@ impl Filesystem for KmsFs {
         let r = self.xattr_path(ino).and_then(|(_i, path)| {
             let n = self.names.xattr_name(name).map_err(e_io)?;
             // SAFETY: valid C strings; buffer pointer and length come from xattr_bytes.
-            let stored = xattr_bytes(|buf, len| unsafe { libc::getxattr(path.as_ptr(), n.as_ptr(), buf, len) })?;
+            let stored = xattr_bytes(|buf, len| unsafe {
+                libc::getxattr(path.as_ptr(), n.as_ptr(), buf, len)
+            })?;
             self.names.open_xattr(&n, stored).map_err(e_io)
         });
         match r {
@@ -715,8 +914,10 @@ impl Filesystem for KmsFs {
             Err(Errno::EPERM) => Ok(Vec::new()),
             Err(e) => Err(e),
             // SAFETY: valid C string; buffer pointer and length come from xattr_bytes.
-            Ok((_i, path)) => xattr_bytes(|buf, len| unsafe { libc::listxattr(path.as_ptr(), buf.cast(), len) })
-                .map(|list| self.names.plain_xattr_list(list)),
+            Ok((_i, path)) => {
+                xattr_bytes(|buf, len| unsafe { libc::listxattr(path.as_ptr(), buf.cast(), len) })
+                    .map(|list| self.names.plain_xattr_list(list))
+            }
         };
         match r {
             Ok(v) => reply_xattr_buf(reply, size, &v),
@@ -725,11 +926,14 @@ impl Filesystem for KmsFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.writable().and_then(|()| self.xattr_path(ino)).and_then(|(_i, path)| {
-            let n = self.names.xattr_name(name).map_err(e_io)?;
-            // SAFETY: valid C strings.
-            sys::cvt(unsafe { libc::removexattr(path.as_ptr(), n.as_ptr()) }).map_err(e_io)
-        });
+        let r = self
+            .writable()
+            .and_then(|()| self.xattr_path(ino))
+            .and_then(|(_i, path)| {
+                let n = self.names.xattr_name(name).map_err(e_io)?;
+                // SAFETY: valid C strings.
+                sys::cvt(unsafe { libc::removexattr(path.as_ptr(), n.as_ptr()) }).map_err(e_io)
+            });
         reply_empty(reply, r);
     }
 
@@ -757,7 +961,13 @@ impl Filesystem for KmsFs {
             let excl = flags & libc::O_EXCL;
             self.names
                 .create(p.fd(), &bname, |b| {
-                    sys::openat(p.fd(), b, libc::O_CREAT | libc::O_RDWR | libc::O_NOFOLLOW | excl, mode & !umask).map(drop)
+                    sys::openat(
+                        p.fd(),
+                        b,
+                        libc::O_CREAT | libc::O_RDWR | libc::O_NOFOLLOW | excl,
+                        mode & !umask,
+                    )
+                    .map(drop)
                 })
                 .map_err(e_io)?;
             self.chown_new(req, &p, &bname)?;
@@ -771,23 +981,42 @@ impl Filesystem for KmsFs {
             Ok((attr, fh))
         })();
         match r {
-            Ok((attr, fh)) => {
-                reply.created(&self.opts.attr_ttl, &attr, Generation(0), FileHandle(fh), FopenFlags::empty())
-            }
+            Ok((attr, fh)) => reply.created(
+                &self.opts.attr_ttl,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
             Err(e) => reply.error(e),
         }
     }
 
-    fn fallocate(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
         let r = (|| {
             self.writable()?;
-            let file = self.handles.file(fh.0).or_else(|| self.handles.file_of_inode(ino.0)).ok_or(Errno::EBADF)?;
+            let file = self
+                .handles
+                .file(fh.0)
+                .or_else(|| self.handles.file_of_inode(ino.0))
+                .ok_or(Errno::EBADF)?;
             let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
             let end = offset.saturating_add(length);
             let crypt = |e| errno::crypt(&e);
             match mode & !libc::FALLOC_FL_KEEP_SIZE {
                 0 => {}
-                libc::FALLOC_FL_PUNCH_HOLE if keep_size => file.zero_range(offset, length).map_err(crypt)?,
+                libc::FALLOC_FL_PUNCH_HOLE if keep_size => {
+                    file.zero_range(offset, length).map_err(crypt)?
+                }
                 libc::FALLOC_FL_ZERO_RANGE => file.zero_range(offset, length).map_err(crypt)?,
                 _ => return Err(Errno::EOPNOTSUPP),
             }

@@ -53,7 +53,11 @@ impl Prefetcher {
                 .name(format!("kmsfs-prefetch-{i}"))
                 .spawn(move || worker(&rx, &tx, &vault))?;
         }
-        Ok(Prefetcher { jobs: Mutex::new(tx), cold: Default::default(), done: Default::default() })
+        Ok(Prefetcher {
+            jobs: Mutex::new(tx),
+            cold: Default::default(),
+            done: Default::default(),
+        })
     }
 
     /// A file was opened cold (its key needed the KMS) in directory `dir_ino` (O_PATH `dir`).
@@ -96,8 +100,13 @@ fn worker(rx: &Mutex<Receiver<Job>>, tx: &Sender<Job>, vault: &Vault) {
             Err(_) => return,
             Ok(Job::Dir(fd)) => {
                 let dir = Arc::new(fd);
-                let path = std::path::PathBuf::from(std::ffi::OsStr::new(&format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&dir))));
-                let Ok(entries) = std::fs::read_dir(&path) else { continue };
+                let path = std::path::PathBuf::from(std::ffi::OsStr::new(&format!(
+                    "/proc/self/fd/{}",
+                    std::os::fd::AsRawFd::as_raw_fd(&dir)
+                )));
+                let Ok(entries) = std::fs::read_dir(&path) else {
+                    continue;
+                };
                 let files = entries
                     .flatten()
                     .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
@@ -107,7 +116,12 @@ fn worker(rx: &Mutex<Receiver<Job>>, tx: &Sender<Job>, vault: &Vault) {
                 }
             }
             Ok(Job::File(dir, name)) => {
-                let Ok(fd) = sys::openat(dir.as_fd(), OsStr::new(&name), libc::O_RDONLY | libc::O_NOFOLLOW, 0) else {
+                let Ok(fd) = sys::openat(
+                    dir.as_fd(),
+                    OsStr::new(&name),
+                    libc::O_RDONLY | libc::O_NOFOLLOW,
+                    0,
+                ) else {
                     continue;
                 };
                 if let Err(e) = prefetch_key(&File::from(fd), vault) {

@@ -18,14 +18,24 @@ pub fn proc_path(fd: BorrowedFd<'_>) -> CString {
 
 /// Turn a -1 return into the thread's errno.
 pub fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc == -1 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+    if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
 }
 
 /// openat(2) returning an owned fd.
-pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
+pub fn openat(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    flags: libc::c_int,
+    mode: u32,
+) -> io::Result<OwnedFd> {
     let c = cstr(name)?;
     // SAFETY: valid fd and C string; the returned fd is owned by us.
-    let fd = cvt(unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
+    let fd =
+        cvt(unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
     // SAFETY: fd was just returned by openat and is not owned elsewhere.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -44,7 +54,14 @@ pub fn stat_fd(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     // SAFETY: zeroed stat is a valid out buffer.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: valid fd, empty C string, valid out pointer.
-    cvt(unsafe { libc::fstatat(fd.as_raw_fd(), c"".as_ptr(), &mut st, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW) })?;
+    cvt(unsafe {
+        libc::fstatat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            &mut st,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
     Ok(st)
 }
 

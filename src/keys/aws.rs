@@ -443,7 +443,10 @@ where
             }
             if is_transient(code, status) {
                 KeyError::Unreachable(msg)
-            } else if matches!(code, Some("InvalidCiphertextException" | "IncorrectKeyException")) {
+            } else if matches!(
+                code,
+                Some("InvalidCiphertextException" | "IncorrectKeyException")
+            ) {
                 KeyError::BadWrappedKey(msg)
             } else {
                 KeyError::Refused(msg)

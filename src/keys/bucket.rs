@@ -39,7 +39,9 @@ pub struct BucketKeyProvider {
 
 impl std::fmt::Debug for BucketKeyProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BucketKeyProvider").field("kms", &self.kms).finish_non_exhaustive()
+        f.debug_struct("BucketKeyProvider")
+            .field("kms", &self.kms)
+            .finish_non_exhaustive()
     }
 }
 
@@ -52,7 +54,12 @@ impl BucketKeyProvider {
 
     /// The provider over bucket key `wrapped` of volume `volume_id`, unwrapped by `kms` now and
     /// again once per `ttl` (0: once for the mount's life).
-    pub fn new(kms: Arc<dyn KeyProvider>, wrapped: Vec<u8>, volume_id: &Id, ttl: Duration) -> Result<Self, KeyError> {
+    pub fn new(
+        kms: Arc<dyn KeyProvider>,
+        wrapped: Vec<u8>,
+        volume_id: &Id,
+        ttl: Duration,
+    ) -> Result<Self, KeyError> {
         let p = BucketKeyProvider {
             kms,
             wrapped,
@@ -78,12 +85,17 @@ impl BucketKeyProvider {
         match self.kms.decrypt(&self.wrapped, &self.ctx) {
             Ok(key) => {
                 let wrapper = Arc::new(LocalProvider::from_key(key, Path::new("<bucket key>")));
-                *current = Some(Unwrapped { wrapper: wrapper.clone(), since: now });
+                *current = Some(Unwrapped {
+                    wrapper: wrapper.clone(),
+                    since: now,
+                });
                 Ok(wrapper)
             }
             Err(KeyError::Unreachable(why)) => match current.as_ref() {
                 Some(u) if now.duration_since(u.since) < self.ttl * 2 => {
-                    tracing::warn!("KMS unreachable, serving the bucket key within its grace period: {why}");
+                    tracing::warn!(
+                        "KMS unreachable, serving the bucket key within its grace period: {why}"
+                    );
                     Ok(u.wrapper.clone())
                 }
                 _ => {
@@ -97,7 +109,6 @@ impl BucketKeyProvider {
             }
         }
     }
-
 }
 
 impl KeyProvider for BucketKeyProvider {
@@ -170,16 +181,27 @@ mod tests {
             refuse: Mutex::new(false),
         });
         let wrapped = BucketKeyProvider::generate(kms.as_ref(), &[1; 16]).expect("bucket key");
-        let p = BucketKeyProvider::new(kms.clone(), wrapped, &[1; 16], Duration::from_millis(50)).expect("provider");
+        let p = BucketKeyProvider::new(kms.clone(), wrapped, &[1; 16], Duration::from_millis(50))
+            .expect("provider");
         for i in 0..100u8 {
             let ctx = EncryptionContext::for_file(&[1; 16], &[i; 16]);
             let g = p.generate_data_key(&ctx).expect("generate");
-            assert_eq!(p.decrypt(&g.wrapped, &ctx).expect("decrypt").expose(), g.key.expose());
+            assert_eq!(
+                p.decrypt(&g.wrapped, &ctx).expect("decrypt").expose(),
+                g.key.expose()
+            );
         }
-        assert_eq!(kms.decrypts.load(Ordering::SeqCst), 1, "one KMS call for 200 key operations");
+        assert_eq!(
+            kms.decrypts.load(Ordering::SeqCst),
+            1,
+            "one KMS call for 200 key operations"
+        );
         *kms.refuse.lock() = true;
         std::thread::sleep(Duration::from_millis(60));
         let ctx = EncryptionContext::for_file(&[1; 16], &[0; 16]);
-        assert!(matches!(p.generate_data_key(&ctx), Err(KeyError::Refused(_))));
+        assert!(matches!(
+            p.generate_data_key(&ctx),
+            Err(KeyError::Refused(_))
+        ));
     }
 }

@@ -137,14 +137,21 @@ impl std::fmt::Debug for KeyCache {
 impl KeyCache {
     /// A cache over `provider` holding at most `capacity` keys, each for `ttl` from its unwrap,
     /// plus `grace` while the KMS is unreachable.
-    pub fn new(provider: Arc<dyn KeyProvider>, ttl: Duration, grace: Duration, capacity: usize) -> Self {
+    pub fn new(
+        provider: Arc<dyn KeyProvider>,
+        ttl: Duration,
+        grace: Duration,
+        capacity: usize,
+    ) -> Self {
         let capacity = capacity.max(1);
         KeyCache {
             provider,
             ttl,
             grace,
             capacity,
-            entries: Mutex::new(LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN))),
+            entries: Mutex::new(LruCache::new(
+                NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN),
+            )),
             flights: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             pool: Mutex::new(None),
@@ -172,7 +179,12 @@ impl KeyCache {
     }
 
     /// The data key of `file_id`, from the cache or by unwrapping `wrapped` under `ctx`.
-    pub fn get(&self, file_id: &Id, wrapped: &[u8], ctx: &EncryptionContext) -> Result<Arc<DataKey>, KeyError> {
+    pub fn get(
+        &self,
+        file_id: &Id,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<Arc<DataKey>, KeyError> {
         let now = Instant::now();
         {
             let mut entries = self.entries.lock();
@@ -199,7 +211,9 @@ impl KeyCache {
         };
         match result {
             Ok(key) => Ok(key),
-            Err(KeyError::Unreachable(msg)) => self.serve_stale(file_id, now).ok_or(KeyError::Unreachable(msg)),
+            Err(KeyError::Unreachable(msg)) => self
+                .serve_stale(file_id, now)
+                .ok_or(KeyError::Unreachable(msg)),
             Err(e) => {
                 // A refusal drops the key at once: no plaintext key outlives the KMS's "no".
                 self.entries.lock().pop(file_id);
@@ -211,13 +225,20 @@ impl KeyCache {
     /// Whether `file_id` has a fresh key in the cache (no KMS call needed to use it).
     pub fn contains(&self, file_id: &Id) -> bool {
         let entries = self.entries.lock();
-        entries.peek(file_id).is_some_and(|e| self.is_fresh(e, Instant::now()))
+        entries
+            .peek(file_id)
+            .is_some_and(|e| self.is_fresh(e, Instant::now()))
     }
 
     /// Unwrap `file_id`'s key ahead of use (directory prefetch). Runs on the prefetcher's own
     /// threads, so it does not count against the FUSE workers' KMS-waiter bound; a foreground
     /// open of the same file joins this unwrap instead of starting another.
-    pub fn prefetch(&self, file_id: &Id, wrapped: &[u8], ctx: &EncryptionContext) -> Result<(), KeyError> {
+    pub fn prefetch(
+        &self,
+        file_id: &Id,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<(), KeyError> {
         if self.contains(file_id) {
             return Ok(());
         }
@@ -320,7 +341,11 @@ impl KeyCache {
     }
 
     /// A new data key for `file_id` (GenerateDataKey), cached; returns the key and its wrapped form.
-    pub fn generate(&self, file_id: &Id, ctx: &EncryptionContext) -> Result<(Arc<DataKey>, Vec<u8>), KeyError> {
+    pub fn generate(
+        &self,
+        file_id: &Id,
+        ctx: &EncryptionContext,
+    ) -> Result<(Arc<DataKey>, Vec<u8>), KeyError> {
         self.counters.kms_generate.fetch_add(1, Ordering::Relaxed);
         let generated = self.provider.generate_data_key(ctx).inspect_err(|_| {
             self.counters.kms_errors.fetch_add(1, Ordering::Relaxed);
@@ -348,10 +373,14 @@ impl KeyCache {
         self.counters.pool_misses.fetch_add(1, Ordering::Relaxed);
         let slot = WaiterSlot::enter(&self.waiters);
         if slot.level > self.max_waiters {
-            return Err(KeyError::Unreachable("too many operations are waiting on the KMS".into()));
+            return Err(KeyError::Unreachable(
+                "too many operations are waiting on the KMS".into(),
+            ));
         }
-        let file_id: Id = crate::crypto::random_array().map_err(|e| KeyError::Config(e.to_string()))?;
-        let (key, wrapped) = self.generate(&file_id, &EncryptionContext::for_file(volume_id, &file_id))?;
+        let file_id: Id =
+            crate::crypto::random_array().map_err(|e| KeyError::Config(e.to_string()))?;
+        let (key, wrapped) =
+            self.generate(&file_id, &EncryptionContext::for_file(volume_id, &file_id))?;
         Ok((file_id, key, wrapped))
     }
 
@@ -450,7 +479,10 @@ mod tests {
             "fake"
         }
         fn generate_data_key(&self, _: &EncryptionContext) -> Result<GeneratedKey, KeyError> {
-            Ok(GeneratedKey { key: DataKey::from_slice(&[7; 32]).map_err(|e| KeyError::Config(e.to_string()))?, wrapped: vec![7] })
+            Ok(GeneratedKey {
+                key: DataKey::from_slice(&[7; 32]).map_err(|e| KeyError::Config(e.to_string()))?,
+                wrapped: vec![7],
+            })
         }
         fn decrypt(&self, wrapped: &[u8], _: &EncryptionContext) -> Result<DataKey, KeyError> {
             self.decrypts.fetch_add(1, Ordering::SeqCst);
@@ -467,7 +499,12 @@ mod tests {
 
     fn setup(ttl_ms: u64, grace_ms: u64, cap: usize) -> (Arc<FakeProvider>, KeyCache) {
         let p = Arc::new(FakeProvider::default());
-        let c = KeyCache::new(p.clone(), Duration::from_millis(ttl_ms), Duration::from_millis(grace_ms), cap);
+        let c = KeyCache::new(
+            p.clone(),
+            Duration::from_millis(ttl_ms),
+            Duration::from_millis(grace_ms),
+            cap,
+        );
         (p, c)
     }
 
@@ -526,14 +563,20 @@ mod tests {
         c.get(&[1; 16], &[3], &ctx()).expect("first");
         std::thread::sleep(Duration::from_millis(40));
         *p.mode.lock() = Some(KeyError::Unreachable("down".into()));
-        assert!(c.get(&[1; 16], &[3], &ctx()).is_ok(), "stale key served in grace");
+        assert!(
+            c.get(&[1; 16], &[3], &ctx()).is_ok(),
+            "stale key served in grace"
+        );
         // within the retry interval no further KMS call is made
         let before = p.decrypts.load(Ordering::SeqCst);
         assert!(c.get(&[1; 16], &[3], &ctx()).is_ok());
         assert_eq!(p.decrypts.load(Ordering::SeqCst), before);
         *p.mode.lock() = Some(KeyError::Refused("disabled".into()));
         std::thread::sleep(Duration::from_millis(120));
-        assert!(matches!(c.get(&[1; 16], &[3], &ctx()), Err(KeyError::Refused(_))));
+        assert!(matches!(
+            c.get(&[1; 16], &[3], &ctx()),
+            Err(KeyError::Refused(_))
+        ));
         assert_eq!(c.stats().entries, 0, "refusal drops the key");
     }
 
@@ -551,7 +594,10 @@ mod tests {
         }
         let start = Instant::now();
         // another file: no flight to join, so no second worker is taken by the KMS
-        assert!(matches!(c.get(&[2; 16], &[4], &ctx()), Err(KeyError::Unreachable(_))));
+        assert!(matches!(
+            c.get(&[2; 16], &[4], &ctx()),
+            Err(KeyError::Unreachable(_))
+        ));
         assert!(start.elapsed() < Duration::from_millis(500));
         // the same file: joins the flight for at most a second, then gives up
         assert!(c.get(&[1; 16], &[3], &ctx()).is_err());
@@ -564,11 +610,17 @@ mod tests {
         let (p, c) = setup(60_000, 0, 10);
         *p.mode.lock() = Some(KeyError::BadWrappedKey("InvalidCiphertextException".into()));
         assert!(c.get(&[1; 16], &[3], &ctx()).is_err());
-        assert!(c.get(&[1; 16], &[3], &ctx()).is_err(), "the kernel's immediate retry");
+        assert!(
+            c.get(&[1; 16], &[3], &ctx()).is_err(),
+            "the kernel's immediate retry"
+        );
         assert_eq!(p.decrypts.load(Ordering::SeqCst), 1);
         *p.mode.lock() = None;
         std::thread::sleep(FAILURE_MEMORY + Duration::from_millis(20));
-        assert!(c.get(&[1; 16], &[3], &ctx()).is_ok(), "asked again soon after");
+        assert!(
+            c.get(&[1; 16], &[3], &ctx()).is_ok(),
+            "asked again soon after"
+        );
         assert_eq!(p.decrypts.load(Ordering::SeqCst), 2);
     }
 

@@ -41,9 +41,8 @@ impl LocalProvider {
     /// Create a new key file at `path` (mode 0600, never overwriting), and load it.
     pub fn create(path: &Path) -> Result<Self, KeyError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                KeyError::Config(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| KeyError::Config(format!("cannot create {}: {e}", dir.display())))?;
         }
         let master = DataKey::generate().map_err(|e| KeyError::Config(e.to_string()))?;
         let mut text = Zeroizing::new(hex::encode(master.expose()));
@@ -53,10 +52,14 @@ impl LocalProvider {
             .create_new(true)
             .mode(0o600)
             .open(path)
-            .map_err(|e| KeyError::Config(format!("cannot create key file {}: {e}", path.display())))?;
+            .map_err(|e| {
+                KeyError::Config(format!("cannot create key file {}: {e}", path.display()))
+            })?;
         f.write_all(text.as_bytes())
             .and_then(|()| f.sync_all())
-            .map_err(|e| KeyError::Config(format!("cannot write key file {}: {e}", path.display())))?;
+            .map_err(|e| {
+                KeyError::Config(format!("cannot write key file {}: {e}", path.display()))
+            })?;
         Ok(Self::from_master(master, path))
     }
 
@@ -68,9 +71,9 @@ impl LocalProvider {
                 path.display()
             ))
         })?;
-        let meta = f
-            .metadata()
-            .map_err(|e| KeyError::Config(format!("cannot stat key file {}: {e}", path.display())))?;
+        let meta = f.metadata().map_err(|e| {
+            KeyError::Config(format!("cannot stat key file {}: {e}", path.display()))
+        })?;
         if meta.mode() & 0o077 != 0 {
             return Err(KeyError::Config(format!(
                 "key file {} has mode {:o}, readable by others: run chmod 600 {}",
@@ -80,9 +83,9 @@ impl LocalProvider {
             )));
         }
         let mut text = Zeroizing::new(String::new());
-        f.take(256)
-            .read_to_string(&mut text)
-            .map_err(|e| KeyError::Config(format!("cannot read key file {}: {e}", path.display())))?;
+        f.take(256).read_to_string(&mut text).map_err(|e| {
+            KeyError::Config(format!("cannot read key file {}: {e}", path.display()))
+        })?;
         let mut raw = Zeroizing::new([0u8; KEY_LEN]);
         hex::decode_to_slice(text.trim(), &mut raw[..]).map_err(|_| {
             KeyError::Config(format!(
@@ -149,10 +152,17 @@ impl KeyProvider for LocalProvider {
         if wrapped.len() != WRAPPED_LEN || wrapped[0] != WRAP_VERSION {
             return Err(refused());
         }
-        let nonce: [u8; NONCE_LEN] = wrapped[1..1 + NONCE_LEN].try_into().map_err(|_| refused())?;
+        let nonce: [u8; NONCE_LEN] = wrapped[1..1 + NONCE_LEN]
+            .try_into()
+            .map_err(|_| refused())?;
         let mut raw = Zeroizing::new([0u8; KEY_LEN]);
         self.master
-            .open_detached(&nonce, &self.aad(ctx), &wrapped[1 + NONCE_LEN..], &mut raw[..])
+            .open_detached(
+                &nonce,
+                &self.aad(ctx),
+                &wrapped[1 + NONCE_LEN..],
+                &mut raw[..],
+            )
             .map_err(|_| refused())?;
         DataKey::from_slice(&raw[..]).map_err(|_| refused())
     }
@@ -189,7 +199,10 @@ mod tests {
         let k = again.decrypt(&g.wrapped, &ctx).expect("decrypt");
         assert_eq!(k.expose(), g.key.expose());
         let other = EncryptionContext::for_file(&[1; 16], &[3; 16]);
-        assert!(matches!(again.decrypt(&g.wrapped, &other), Err(KeyError::BadWrappedKey(_))));
+        assert!(matches!(
+            again.decrypt(&g.wrapped, &other),
+            Err(KeyError::BadWrappedKey(_))
+        ));
     }
 
     #[test]
@@ -211,6 +224,9 @@ mod tests {
         let g = a.generate_data_key(&ctx).expect("generate");
         assert!(b.decrypt(&g.wrapped, &ctx).is_err());
         let moved = a.reencrypt(&g.wrapped, &ctx, &b).expect("reencrypt");
-        assert_eq!(b.decrypt(&moved, &ctx).expect("b opens").expose(), g.key.expose());
+        assert_eq!(
+            b.decrypt(&moved, &ctx).expect("b opens").expose(),
+            g.key.expose()
+        );
     }
 }

@@ -51,7 +51,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 impl KeyPool {
     /// A pool of up to `target` keys for volume `volume_id`, refilled by `workers` threads
     /// (several, so refills overlap KMS latency).
-    pub fn start(provider: Arc<dyn KeyProvider>, volume_id: Id, target: usize, workers: usize) -> std::io::Result<Arc<Self>> {
+    pub fn start(
+        provider: Arc<dyn KeyProvider>,
+        volume_id: Id,
+        target: usize,
+        workers: usize,
+    ) -> std::io::Result<Arc<Self>> {
         let pool = Arc::new(KeyPool {
             provider,
             volume_id,
@@ -63,7 +68,9 @@ impl KeyPool {
         });
         for i in 0..workers.max(1) {
             let p = pool.clone();
-            std::thread::Builder::new().name(format!("kmsfs-keypool-{i}")).spawn(move || p.refill())?;
+            std::thread::Builder::new()
+                .name(format!("kmsfs-keypool-{i}"))
+                .spawn(move || p.refill())?;
         }
         Ok(pool)
     }
@@ -91,7 +98,10 @@ impl KeyPool {
 
     /// GenerateDataKey calls made by the refill workers (successful, failed).
     pub fn counts(&self) -> (u64, u64) {
-        (self.generated.load(Ordering::Relaxed), self.failures.load(Ordering::Relaxed))
+        (
+            self.generated.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+        )
     }
 
     /// Drop (zeroize) every pooled key and stop the workers (unmount).
@@ -146,12 +156,17 @@ impl KeyPool {
     }
 
     fn generate_one(&self) -> Result<PooledKey, super::KeyError> {
-        let file_id: Id = crate::crypto::random_array().map_err(|e| super::KeyError::Config(e.to_string()))?;
+        let file_id: Id =
+            crate::crypto::random_array().map_err(|e| super::KeyError::Config(e.to_string()))?;
         let ctx = EncryptionContext::for_file(&self.volume_id, &file_id);
         match self.provider.generate_data_key(&ctx) {
             Ok(g) => {
                 self.generated.fetch_add(1, Ordering::Relaxed);
-                Ok(PooledKey { file_id, key: g.key, wrapped: g.wrapped })
+                Ok(PooledKey {
+                    file_id,
+                    key: g.key,
+                    wrapped: g.wrapped,
+                })
             }
             Err(e) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
@@ -169,9 +184,13 @@ mod tests {
     #[test]
     fn pool_fills_hands_out_distinct_keys_and_stops() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let p: Arc<dyn KeyProvider> = Arc::new(LocalProvider::create(&dir.path().join("k")).expect("key"));
+        let p: Arc<dyn KeyProvider> =
+            Arc::new(LocalProvider::create(&dir.path().join("k")).expect("key"));
         let pool = KeyPool::start(p.clone(), [1; 16], 4, 2).expect("start");
-        assert!(pool.take().is_none(), "nothing is generated before the first new file");
+        assert!(
+            pool.take().is_none(),
+            "nothing is generated before the first new file"
+        );
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while pool.len() < 4 && std::time::Instant::now() < deadline {
             std::thread::yield_now();
@@ -183,7 +202,10 @@ mod tests {
         assert_ne!(a.key.expose(), b.key.expose());
         // each key unwraps only with its own file id in the context
         let ctx = EncryptionContext::for_file(&[1; 16], &a.file_id);
-        assert_eq!(p.decrypt(&a.wrapped, &ctx).expect("unwrap").expose(), a.key.expose());
+        assert_eq!(
+            p.decrypt(&a.wrapped, &ctx).expect("unwrap").expose(),
+            a.key.expose()
+        );
         assert!(p.decrypt(&b.wrapped, &ctx).is_err());
         pool.stop();
         assert!(pool.is_empty());

@@ -20,7 +20,6 @@
 
 pub mod cipher;
 
-use std::sync::Arc;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -29,6 +28,7 @@ use std::ops::Deref;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
+use std::sync::Arc;
 
 use lru::LruCache;
 use parking_lot::Mutex;
@@ -58,7 +58,11 @@ struct Encrypted {
 impl Encrypted {
     /// The name cipher, or EACCES once the KMS has refused the name key.
     fn cipher(&self) -> io::Result<Arc<NameCipher>> {
-        self.cipher.0.read().clone().ok_or_else(|| errno(libc::EACCES))
+        self.cipher
+            .0
+            .read()
+            .clone()
+            .ok_or_else(|| errno(libc::EACCES))
     }
 }
 
@@ -75,10 +79,14 @@ impl NameKeyHandle {
         match result {
             Ok(key) => *self.0.write() = Some(Arc::new(NameCipher::new(key))),
             Err(e @ (KeyError::Refused(_) | KeyError::BadWrappedKey(_))) => {
-                tracing::error!("the KMS refused the file-name key; names are unreadable until it is allowed again: {e}");
+                tracing::error!(
+                    "the KMS refused the file-name key; names are unreadable until it is allowed again: {e}"
+                );
                 *self.0.write() = None;
             }
-            Err(e) => tracing::warn!("cannot re-unwrap the file-name key, keeping the current one: {e}"),
+            Err(e) => {
+                tracing::warn!("cannot re-unwrap the file-name key, keeping the current one: {e}")
+            }
         }
     }
 }
@@ -137,7 +145,9 @@ impl Names {
         let cap = NonZeroUsize::new(DIRIV_CACHE).unwrap_or(NonZeroUsize::MIN);
         Names {
             enc: Some(Encrypted {
-                cipher: NameKeyHandle(Arc::new(parking_lot::RwLock::new(Some(Arc::new(NameCipher::new(key)))))),
+                cipher: NameKeyHandle(Arc::new(parking_lot::RwLock::new(Some(Arc::new(
+                    NameCipher::new(key),
+                ))))),
                 dirivs: Mutex::new(LruCache::new(cap)),
             }),
         }
@@ -460,7 +470,9 @@ impl Names {
                 if plain.len() > cipher::XATTR_PLAIN_NAME_MAX {
                     return Err(errno(libc::ERANGE));
                 }
-                enc.cipher()?.encrypt_xattr_name(plain.as_bytes()).into_bytes()
+                enc.cipher()?
+                    .encrypt_xattr_name(plain.as_bytes())
+                    .into_bytes()
             }
         };
         CString::new(b).map_err(|_| errno(libc::EINVAL))
@@ -493,7 +505,9 @@ impl Names {
     /// kmsfs did not make are left out; names that do not decrypt too, with a log line.
     pub fn plain_xattr_list(&self, list: Vec<u8>) -> Vec<u8> {
         let Some(enc) = &self.enc else { return list };
-        let Ok(cipher) = enc.cipher() else { return Vec::new() };
+        let Ok(cipher) = enc.cipher() else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
             match cipher.decrypt_xattr_name(name) {
@@ -832,12 +846,19 @@ mod tests {
         let before = n.backing(d.as_fd(), OsStr::new("a")).expect("backing");
         let handle = n.key_handle().expect("encrypted names have a key");
         handle.rekey(Err(crate::keys::KeyError::Unreachable("down".into())));
-        assert!(n.backing(d.as_fd(), OsStr::new("a")).is_ok(), "unreachable KMS keeps the key");
+        assert!(
+            n.backing(d.as_fd(), OsStr::new("a")).is_ok(),
+            "unreachable KMS keeps the key"
+        );
         handle.rekey(Err(crate::keys::KeyError::Refused("disabled".into())));
         let err = n.backing(d.as_fd(), OsStr::new("a")).expect_err("refused");
         assert_eq!(err.raw_os_error(), Some(libc::EACCES));
         handle.rekey(Ok(key));
-        assert_eq!(n.backing(d.as_fd(), OsStr::new("a")).expect("allowed again"), before);
+        assert_eq!(
+            n.backing(d.as_fd(), OsStr::new("a"))
+                .expect("allowed again"),
+            before
+        );
     }
 
     #[test]
