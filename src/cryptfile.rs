@@ -214,6 +214,21 @@ impl CryptFile {
     /// A file whose backing size is invalid (cut, torn by a crash, extended, foreign) still
     /// reads up to its last whole block; any read reaching its end fails, naming that block.
     pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, CryptError> {
+        loop {
+            // Size and header under one read lock: a write or truncate cannot change the size
+            // between computing it and opening the final block.
+            let state = self.state.read();
+            if state.is_none() && len > 0 && self.backing_len()? > 0 {
+                drop(state);
+                self.ensure_loaded()?;
+                continue;
+            }
+            return self.read_locked(&state, offset, len);
+        }
+    }
+
+    /// `read` with the state lock held.
+    fn read_locked(&self, state: &Option<Keyed>, offset: u64, len: usize) -> Result<Vec<u8>, CryptError> {
         let backing = self.backing_len()?;
         let layout = &self.vault.layout;
         let (size, damaged_end) = match layout.plain_size(backing) {
@@ -231,8 +246,6 @@ impl CryptFile {
             );
             return Err(self.integrity(Some(layout.block_of(size - 1)), what));
         }
-        self.ensure_loaded()?;
-        let state = self.state.read();
         let keyed = state
             .as_ref()
             .ok_or_else(|| self.integrity(None, "header vanished"))?;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use fuser::FileType;
 use parking_lot::Mutex;
@@ -23,7 +23,9 @@ pub struct DirHandle {
 pub struct Handles {
     next: AtomicU64,
     files: Mutex<HashMap<u64, Arc<CryptFile>>>,
-    by_inode: Mutex<HashMap<u64, Weak<CryptFile>>>,
+    /// Per inode: its shared file and how many handles have it open (counted, not inferred
+    /// from the `Arc`: a request still answering holds a reference after a close).
+    by_inode: Mutex<HashMap<u64, (Arc<CryptFile>, usize)>>,
     dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
 }
 
@@ -39,11 +41,14 @@ impl Handles {
         make: impl FnOnce() -> Result<CryptFile, E>,
     ) -> Result<(u64, Arc<CryptFile>), E> {
         let mut by_inode = self.by_inode.lock();
-        let file = match by_inode.get(&ino).and_then(Weak::upgrade) {
-            Some(f) => f,
+        let file = match by_inode.get_mut(&ino) {
+            Some((f, handles)) => {
+                *handles += 1;
+                f.clone()
+            }
             None => {
                 let f = Arc::new(make()?);
-                by_inode.insert(ino, Arc::downgrade(&f));
+                by_inode.insert(ino, (f.clone(), 1));
                 f
             }
         };
@@ -54,7 +59,7 @@ impl Handles {
 
     /// The open file of inode `ino`, if any handle has it open.
     pub fn file_of_inode(&self, ino: u64) -> Option<Arc<CryptFile>> {
-        self.by_inode.lock().get(&ino).and_then(Weak::upgrade)
+        self.by_inode.lock().get(&ino).map(|(f, _)| f.clone())
     }
 
     /// The file behind handle `fh`.
@@ -66,8 +71,9 @@ impl Handles {
     pub fn release_file(&self, ino: u64, fh: u64) -> Option<Arc<CryptFile>> {
         let file = self.files.lock().remove(&fh)?;
         let mut by_inode = self.by_inode.lock();
-        // Two references left: ours and the one in `by_inode`'s upgrade path is weak, so 1.
-        if Arc::strong_count(&file) == 1 {
+        let Some((_, handles)) = by_inode.get_mut(&ino) else { return Some(file) };
+        *handles = handles.saturating_sub(1);
+        if *handles == 0 {
             by_inode.remove(&ino);
             return Some(file);
         }
@@ -93,12 +99,7 @@ impl Handles {
 
     /// Inodes with at least one open file handle.
     pub fn open_inodes(&self) -> Vec<u64> {
-        let by_inode = self.by_inode.lock();
-        by_inode
-            .iter()
-            .filter(|(_, f)| f.strong_count() > 0)
-            .map(|(ino, _)| *ino)
-            .collect()
+        self.by_inode.lock().keys().copied().collect()
     }
 
     /// Number of open file handles.
