@@ -228,7 +228,12 @@ impl CryptFile {
     }
 
     /// `read` with the state lock held.
-    fn read_locked(&self, state: &Option<Keyed>, offset: u64, len: usize) -> Result<Vec<u8>, CryptError> {
+    fn read_locked(
+        &self,
+        state: &Option<Keyed>,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, CryptError> {
         let backing = self.backing_len()?;
         let layout = &self.vault.layout;
         let (size, damaged_end) = match layout.plain_size(backing) {

@@ -108,11 +108,17 @@ fn wrong_encryption_context_is_refused() {
     let err = a
         .decrypt(&generated.wrapped, &other_file)
         .expect_err("wrong context");
-    assert!(matches!(err, KeyError::Refused(_) | KeyError::BadWrappedKey(_)), "{err}");
+    assert!(
+        matches!(err, KeyError::Refused(_) | KeyError::BadWrappedKey(_)),
+        "{err}"
+    );
     let err = a
         .decrypt(&generated.wrapped, &EncryptionContext::default())
         .expect_err("no context");
-    assert!(matches!(err, KeyError::Refused(_) | KeyError::BadWrappedKey(_)), "{err}");
+    assert!(
+        matches!(err, KeyError::Refused(_) | KeyError::BadWrappedKey(_)),
+        "{err}"
+    );
 }
 
 #[test]
@@ -127,7 +133,10 @@ fn blob_under_another_key_is_refused() {
     let err = trusted
         .decrypt(&foreign.wrapped, &ctx())
         .expect_err("foreign blob");
-    assert!(matches!(err, KeyError::Refused(_) | KeyError::BadWrappedKey(_)), "{err}");
+    assert!(
+        matches!(err, KeyError::Refused(_) | KeyError::BadWrappedKey(_)),
+        "{err}"
+    );
 
     // moto's ReEncrypt ignores SourceKeyId and decrypts anything: the reply's KeyId check is
     // what refuses it.

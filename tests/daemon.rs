@@ -7,25 +7,40 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
-use common::mount::{MountGuard, Rng, Vault, assert_contents};
 use common::moto::{MotoServer, Proxy, options};
+use common::mount::{MountGuard, Rng, Vault, assert_contents};
 use kmsfs::format::header::{FileHeader, HEADER_SIZE};
 use kmsfs::keys::aws::{AwsKmsProvider, KmsTimeouts};
 use kmsfs::keys::{EncryptionContext, KeyProvider};
 
 fn status(v: &Vault, m: &MountGuard) -> serde_json::Value {
-    let out = v.command(["status".as_ref(), m.path().as_os_str(), "--json".as_ref()]).output().expect("run status");
-    assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = v
+        .command(["status".as_ref(), m.path().as_os_str(), "--json".as_ref()])
+        .output()
+        .expect("run status");
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("status is JSON")
 }
 
 fn forget(v: &Vault, m: &MountGuard) {
-    let out = v.command(["forget".as_ref(), m.path().as_os_str()]).output().expect("run forget");
-    assert!(out.status.success(), "forget failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = v
+        .command(["forget".as_ref(), m.path().as_os_str()])
+        .output()
+        .expect("run forget");
+    assert!(
+        out.status.success(),
+        "forget failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn num(j: &serde_json::Value, k: &str) -> u64 {
-    j[k].as_u64().unwrap_or_else(|| panic!("status lacks {k}: {j}"))
+    j[k].as_u64()
+        .unwrap_or_else(|| panic!("status lacks {k}: {j}"))
 }
 
 #[test]
@@ -36,18 +51,31 @@ fn status_reports_the_mount_and_its_counters_change_with_use() {
     let data = Rng::new(1).bytes(10_000);
     fs::write(m.join("f"), &data).expect("write");
     let before = status(&v, &m);
-    for k in ["provider", "key_id", "kms_calls", "kms_errors", "cache_capacity", "uptime_s"] {
+    for k in [
+        "provider",
+        "key_id",
+        "kms_calls",
+        "kms_errors",
+        "cache_capacity",
+        "uptime_s",
+    ] {
         assert!(before.get(k).is_some(), "status lacks {k}: {before}");
     }
     assert_eq!(before["provider"], "local");
     assert_eq!(num(&before, "ttl_s"), 123);
-    assert_eq!(num(&before, "pid"), u64::from(m.daemon_pid().expect("daemon pid")));
+    assert_eq!(
+        num(&before, "pid"),
+        u64::from(m.daemon_pid().expect("daemon pid"))
+    );
     assert_eq!(num(&before, "tamper_events"), 0);
     for _ in 0..5 {
         assert_contents(&m.join("f"), &data);
     }
     let after = status(&v, &m);
-    assert!(num(&after, "hits") > num(&before, "hits"), "reads did not count as cache hits: {after}");
+    assert!(
+        num(&after, "hits") > num(&before, "hits"),
+        "reads did not count as cache hits: {after}"
+    );
     assert!(num(&after, "cache_entries") >= 1);
     // A file held open shows in open_files.
     let held = fs::File::open(m.join("f")).expect("open");
@@ -61,7 +89,10 @@ fn status_of_something_else_is_a_clear_error() {
     let v = Vault::new();
     let out = v.command(["status", "/"]).output().expect("run status");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("kmsfs"), "no one-line error");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("kmsfs"),
+        "no one-line error"
+    );
 }
 
 /// The vault with the AWS provider, reached through a counting proxy in front of moto.
@@ -82,7 +113,12 @@ fn aws_vault() -> AwsVault {
         .with_env("AWS_REGION", "us-east-1")
         .with_env("AWS_ENDPOINT_URL_KMS", &proxy.url());
     vault.init(&["--kms-key-id", &key, "--plaintext-names"]);
-    AwsVault { moto, proxy, key, vault }
+    AwsVault {
+        moto,
+        proxy,
+        key,
+        vault,
+    }
 }
 
 #[test]
@@ -96,9 +132,17 @@ fn forget_forces_a_new_decrypt() {
     assert_contents(&m.join("f"), &data);
     assert_eq!(a.proxy.count("Decrypt"), 0, "a cached key needs no Decrypt");
     forget(&a.vault, &m);
-    assert_eq!(num(&status(&a.vault, &m), "cache_entries"), 0, "forget left keys cached");
+    assert_eq!(
+        num(&status(&a.vault, &m), "cache_entries"),
+        0,
+        "forget left keys cached"
+    );
     assert_contents(&m.join("f"), &data);
-    assert_eq!(a.proxy.count("Decrypt"), 1, "after forget the next read unwraps again");
+    assert_eq!(
+        a.proxy.count("Decrypt"),
+        1,
+        "after forget the next read unwraps again"
+    );
     m.unmount();
 }
 
@@ -109,12 +153,18 @@ fn writable_memory(pid: u32) -> Vec<u8> {
     let mut out = Vec::new();
     for line in maps.lines() {
         let mut f = line.split_whitespace();
-        let (Some(range), Some(perms)) = (f.next(), f.next()) else { continue };
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
         if !perms.starts_with("rw") {
             continue;
         }
-        let Some((a, b)) = range.split_once('-') else { continue };
-        let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else { continue };
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
+            continue;
+        };
         let mut buf = vec![0u8; (b - a) as usize];
         if mem.seek(SeekFrom::Start(a)).is_ok() && mem.read_exact(&mut buf).is_ok() {
             out.extend_from_slice(&buf);
@@ -129,7 +179,9 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 fn base64(bytes: &[u8]) -> Vec<u8> {
     use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes).into_bytes()
+    base64::engine::general_purpose::STANDARD
+        .encode(bytes)
+        .into_bytes()
 }
 
 #[test]
@@ -150,23 +202,37 @@ fn after_forget_no_copy_of_a_data_key_is_left_in_the_daemon() {
         .and_then(|mut f| f.read_exact(&mut header))
         .expect("read header");
     let h = FileHeader::decode(&header).expect("header");
-    let provider: Arc<dyn KeyProvider> =
-        Arc::new(AwsKmsProvider::new(&a.key, options(&a.moto.url(), KmsTimeouts::default())).expect("provider"));
+    let provider: Arc<dyn KeyProvider> = Arc::new(
+        AwsKmsProvider::new(&a.key, options(&a.moto.url(), KmsTimeouts::default()))
+            .expect("provider"),
+    );
     let key = provider
-        .decrypt(h.wrapped_key(), &EncryptionContext::for_file(&h.volume_id, &h.file_id))
+        .decrypt(
+            h.wrapped_key(),
+            &EncryptionContext::for_file(&h.volume_id, &h.file_id),
+        )
         .expect("unwrap the file key");
     let raw = key.expose().to_vec();
     let b64 = base64(&raw);
 
     let before = writable_memory(pid);
-    assert!(contains(&before, &raw), "the scan should find the key while it is cached (else it proves nothing)");
+    assert!(
+        contains(&before, &raw),
+        "the scan should find the key while it is cached (else it proves nothing)"
+    );
 
     forget(&a.vault, &m);
     let after = writable_memory(pid);
     let raw_left = contains(&after, &raw);
     let b64_left = contains(&after, &b64);
     println!("after forget: raw key in memory: {raw_left}, base64 key in memory: {b64_left}");
-    assert!(!raw_left, "a raw copy of the data key survived forget in daemon {pid}");
-    assert!(!b64_left, "a base64 copy of the data key (the KMS reply) survived forget in daemon {pid}");
+    assert!(
+        !raw_left,
+        "a raw copy of the data key survived forget in daemon {pid}"
+    );
+    assert!(
+        !b64_left,
+        "a base64 copy of the data key (the KMS reply) survived forget in daemon {pid}"
+    );
     m.unmount();
 }

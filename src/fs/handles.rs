@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use fuser::FileType;
 use parking_lot::Mutex;
@@ -71,7 +71,9 @@ impl Handles {
     pub fn release_file(&self, ino: u64, fh: u64) -> Option<Arc<CryptFile>> {
         let file = self.files.lock().remove(&fh)?;
         let mut by_inode = self.by_inode.lock();
-        let Some((_, handles)) = by_inode.get_mut(&ino) else { return Some(file) };
+        let Some((_, handles)) = by_inode.get_mut(&ino) else {
+            return Some(file);
+        };
         *handles = handles.saturating_sub(1);
         if *handles == 0 {
             by_inode.remove(&ino);
