@@ -81,6 +81,14 @@ impl DataKey {
     }
 
     fn from_array(array: &[u8; KEY_LEN]) -> Self {
+        let key = Self::build(array);
+        // The key schedule was computed in `build`'s frame and its callees', below this one.
+        scrub_stack();
+        key
+    }
+
+    #[inline(never)]
+    fn build(array: &[u8; KEY_LEN]) -> Self {
         let mut bytes = Box::new(Zeroizing::new([0u8; KEY_LEN]));
         lock_in_memory(&*bytes);
         bytes.copy_from_slice(array);
@@ -141,6 +149,15 @@ impl DataKey {
                 CryptoError::Authentication
             })
     }
+}
+
+/// Overwrite the stack below the caller's frame, where finished callees (key schedules, SDK
+/// decoders) may have left key material: called after every key is made or unwrapped.
+#[inline(never)]
+pub fn scrub_stack() {
+    let mut buf = [0u8; 32 * 1024];
+    zeroize::Zeroize::zeroize(&mut buf[..]);
+    std::hint::black_box(&buf);
 }
 
 /// A block's AAD: "KMSFS-B1" ‖ volume id ‖ file id ‖ block index (u64 LE).

@@ -320,6 +320,7 @@ impl KeyCache {
         }
         self.counters.kms_decrypt.fetch_add(1, Ordering::Relaxed);
         let result = self.provider.decrypt(wrapped, ctx).map(Arc::new);
+        crate::crypto::scrub_stack();
         match &result {
             Ok(key) => self.insert(file_id, key.clone()),
             Err(e) => {
@@ -347,7 +348,9 @@ impl KeyCache {
         ctx: &EncryptionContext,
     ) -> Result<(Arc<DataKey>, Vec<u8>), KeyError> {
         self.counters.kms_generate.fetch_add(1, Ordering::Relaxed);
-        let generated = self.provider.generate_data_key(ctx).inspect_err(|_| {
+        let generated = self.provider.generate_data_key(ctx);
+        crate::crypto::scrub_stack();
+        let generated = generated.inspect_err(|_| {
             self.counters.kms_errors.fetch_add(1, Ordering::Relaxed);
         })?;
         let key = Arc::new(generated.key);

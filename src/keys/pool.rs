@@ -159,7 +159,9 @@ impl KeyPool {
         let file_id: Id =
             crate::crypto::random_array().map_err(|e| super::KeyError::Config(e.to_string()))?;
         let ctx = EncryptionContext::for_file(&self.volume_id, &file_id);
-        match self.provider.generate_data_key(&ctx) {
+        let generated = self.provider.generate_data_key(&ctx);
+        crate::crypto::scrub_stack();
+        match generated {
             Ok(g) => {
                 self.generated.fetch_add(1, Ordering::Relaxed);
                 Ok(PooledKey {
