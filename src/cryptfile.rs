@@ -410,7 +410,11 @@ impl CryptFile {
     /// GlusterFS and NFS honour) and drop a cached header that another host has replaced, so a
     /// read-modify-write never mixes two file ids. On one host the `RwLock` already serializes.
     fn lock_for_change(&self, state: &mut Option<Keyed>) -> Result<BackingLock<'_>, CryptError> {
-        let lock = BackingLock::acquire(&self.file)?;
+        let shared = self
+            .vault
+            .shared_store
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let lock = BackingLock::acquire(&self.file, shared)?;
         if let Some(keyed) = state.as_ref() {
             let mut id = [0u8; 16];
             let n = read_full(&self.file, &mut id, 32)?;
@@ -629,17 +633,31 @@ pub fn key_is_cached(file: &CryptFile) -> bool {
 /// An exclusive whole-file OFD lock on a backing file, released on drop.
 struct BackingLock<'a> {
     file: Option<&'a File>,
+    /// On a shared store: drop stale cached pages after locking, flush before unlocking, so
+    /// the next host's read-modify-write starts from what this one wrote (as NFS does).
+    shared: bool,
 }
 
 impl<'a> BackingLock<'a> {
-    fn acquire(file: &'a File) -> std::io::Result<Self> {
+    fn acquire(file: &'a File, shared: bool) -> std::io::Result<Self> {
         static UNSUPPORTED: std::sync::atomic::AtomicBool =
             std::sync::atomic::AtomicBool::new(false);
         if UNSUPPORTED.load(std::sync::atomic::Ordering::Relaxed) {
-            return Ok(BackingLock { file: None });
+            return Ok(BackingLock { file: None, shared });
         }
         match ofd_lock(file, libc::F_WRLCK as libc::c_short, libc::F_OFD_SETLKW) {
-            Ok(()) => Ok(BackingLock { file: Some(file) }),
+            Ok(()) => {
+                if shared {
+                    // SAFETY: valid fd; advice only.
+                    unsafe {
+                        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED)
+                    };
+                }
+                Ok(BackingLock {
+                    file: Some(file),
+                    shared,
+                })
+            }
             Err(e)
                 if matches!(
                     e.raw_os_error(),
@@ -651,7 +669,7 @@ impl<'a> BackingLock<'a> {
                     "the backing file system has no POSIX locks ({e}): concurrent writers on several hosts are not serialized"
                 );
                 UNSUPPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
-                Ok(BackingLock { file: None })
+                Ok(BackingLock { file: None, shared })
             }
             Err(e) => Err(e),
         }
@@ -661,6 +679,11 @@ impl<'a> BackingLock<'a> {
 impl Drop for BackingLock<'_> {
     fn drop(&mut self) {
         if let Some(f) = self.file {
+            if self.shared {
+                if let Err(e) = f.sync_data() {
+                    tracing::error!("flushing a shared backing file before unlocking: {e}");
+                }
+            }
             let _ = ofd_lock(f, libc::F_UNLCK as libc::c_short, libc::F_OFD_SETLK);
         }
     }

@@ -746,3 +746,89 @@ fn a_wrapped_key_spliced_from_another_file_is_an_integrity_error() {
         "the spliced key is logged as an integrity error:\n{log}"
     );
 }
+
+/// Write `n` files of a few KiB into directory `dir` of a fresh mount; returns their contents.
+fn fill_dir(v: &Vault, dir: &str, n: usize, seed: u64) -> Vec<(String, Vec<u8>)> {
+    let mut rng = Rng::new(seed);
+    let files: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| (format!("{dir}/f{i:04}"), rng.bytes(2000 + i)))
+        .collect();
+    let m = v.mount(&[]);
+    fs::create_dir(m.join(dir)).expect("mkdir");
+    for (name, data) in &files {
+        fs::write(m.join(name), data).expect("write");
+    }
+    m.unmount();
+    files
+}
+
+#[test]
+fn a_sequential_cold_reader_gets_the_directory_keys_prefetched() {
+    let kms = Kms::start();
+    let v = kms.vault();
+    let files = fill_dir(&v, "tree", 300, 9);
+    let m = v.mount(&[]);
+    kms.quiet_and_reset();
+    kms.proxy.set_delay(Duration::from_millis(20));
+    for (name, data) in &files {
+        assert!(
+            read_file(&m.join(name)).expect("cold read") == *data,
+            "{name} differs"
+        );
+    }
+    kms.proxy.set_delay(Duration::ZERO);
+    let in_flight = kms.proxy.max_in_flight_for(DECRYPT);
+    println!(
+        "cold read of 300 files: {} file-key Decrypts, at most {in_flight} in flight",
+        kms.file_decrypts()
+    );
+    assert!(
+        in_flight >= 8,
+        "prefetch kept only {in_flight} Decrypts in flight"
+    );
+    assert!(
+        kms.file_decrypts() <= 300,
+        "keys unwrapped twice: {:?}",
+        kms.proxy.counts()
+    );
+    m.unmount();
+}
+
+#[test]
+fn bucket_key_mode_makes_one_decrypt_per_mount_however_many_files() {
+    let kms = Kms::start();
+    let v = Vault::new()
+        .with_env("AWS_ACCESS_KEY_ID", "testing")
+        .with_env("AWS_SECRET_ACCESS_KEY", "testing")
+        .with_env("AWS_REGION", common::moto::REGION)
+        .with_env("AWS_ENDPOINT_URL_KMS", &kms.proxy.url());
+    v.init(&["--kms-key-id", &kms.key, "--bucket-key"]);
+    kms.proxy.reset();
+    let files = fill_dir(&v, "tree", 200, 10);
+    assert_eq!(
+        kms.proxy.count("GenerateDataKey"),
+        0,
+        "new files' keys are made locally: {:?}",
+        kms.proxy.counts()
+    );
+    kms.proxy.reset();
+    let m = v.mount(&[]);
+    for (name, data) in &files {
+        assert!(
+            read_file(&m.join(name)).expect("cold read") == *data,
+            "{name} differs"
+        );
+    }
+    assert_eq!(
+        kms.proxy.count_with(DECRYPT, "bucket"),
+        1,
+        "one bucket-key Decrypt: {:?}",
+        kms.proxy.counts()
+    );
+    assert_eq!(
+        kms.file_decrypts(),
+        0,
+        "no per-file Decrypt in bucket-key mode"
+    );
+    m.unmount();
+}
