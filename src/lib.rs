@@ -11,4 +11,5 @@ pub mod format;
 pub mod fs;
 pub mod keys;
 pub mod names;
+pub mod sys;
 pub mod vault;

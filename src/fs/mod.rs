@@ -10,7 +10,6 @@ pub mod errno;
 pub mod handles;
 pub mod inodes;
 pub mod prefetch;
-pub mod sys;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -32,6 +31,7 @@ use fuser::{
 use crate::cryptfile::{CryptError, CryptFile, Vault};
 use crate::keys::KeyError;
 use crate::names::{BackingName, Names};
+use crate::sys;
 use handles::{DirHandle, Handles};
 use inodes::{Inode, InodeTable};
 

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use parking_lot::Mutex as PlMutex;
 
-use super::sys;
 use crate::cryptfile::{Vault, prefetch_key};
+use crate::sys;
 
 /// Cold opens in one directory that start its prefetch.
 const COLD_OPENS_TO_TRIGGER: u32 = 3;

@@ -25,7 +25,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::num::NonZeroUsize;
 use std::ops::Deref;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -35,6 +35,7 @@ use parking_lot::Mutex;
 
 use crate::crypto::DataKey;
 use crate::keys::{EncryptionContext, KeyProvider};
+use crate::sys::{self, cstr, proc_path, stat_fd as stat};
 use crate::vault::{META_DIR, VaultConfig};
 pub use cipher::{DIRIV_NAME, DirIv, NameCipher};
 
@@ -619,10 +620,6 @@ fn errno(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
 }
 
-fn cstr(s: &OsStr) -> io::Result<CString> {
-    CString::new(s.as_bytes()).map_err(|_| errno(libc::EINVAL))
-}
-
 fn cvt(rc: libc::c_int) -> io::Result<()> {
     if rc == -1 {
         Err(io::Error::last_os_error())
@@ -631,24 +628,9 @@ fn cvt(rc: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// openat(2) with no creation mode.
 fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int) -> io::Result<OwnedFd> {
-    openat_mode(dir, name, flags, 0)
-}
-
-fn openat_mode(
-    dir: BorrowedFd<'_>,
-    name: &OsStr,
-    flags: libc::c_int,
-    mode: u32,
-) -> io::Result<OwnedFd> {
-    let c = cstr(name)?;
-    // SAFETY: valid fd and C string.
-    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just returned by openat and is owned by no one else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    sys::openat(dir, name, flags, 0)
 }
 
 fn unlinkat(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int) -> io::Result<()> {
@@ -681,26 +663,6 @@ fn renameat2(
             flags,
         )
     })
-}
-
-fn proc_path(fd: BorrowedFd<'_>) -> CString {
-    // A decimal number never holds a NUL.
-    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
-}
-
-fn stat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
-    // SAFETY: zeroed stat is a valid out buffer.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: valid fd, empty C string, valid out pointer.
-    cvt(unsafe {
-        libc::fstatat(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            &mut st,
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
-    Ok(st)
 }
 
 fn chmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
@@ -762,7 +724,7 @@ fn read_diriv(dir: BorrowedFd<'_>) -> io::Result<DirIv> {
 /// Create `name` in `dir` (mode 0444, must not exist) holding `data`, on disk before returning:
 /// a lost IV or sidecar would lose names.
 fn write_new(dir: BorrowedFd<'_>, name: &OsStr, data: &[u8]) -> io::Result<()> {
-    let fd = openat_mode(
+    let fd = sys::openat(
         dir,
         name,
         libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
@@ -960,7 +922,7 @@ mod tests {
         let long = OsString::from("L".repeat(200));
         let from = n.backing(d.as_fd(), &long).expect("from");
         n.create(d.as_fd(), &from, |b| {
-            openat_mode(d.as_fd(), b, libc::O_CREAT | libc::O_WRONLY, 0o644).map(drop)
+            sys::openat(d.as_fd(), b, libc::O_CREAT | libc::O_WRONLY, 0o644).map(drop)
         })
         .expect("create");
         let to = n.backing(sd.as_fd(), &long).expect("to");
