@@ -107,11 +107,7 @@ fn aws_vault() -> AwsVault {
     let moto = MotoServer::start();
     let key = moto.create_key();
     let proxy = Proxy::forward_to(moto.addr());
-    let vault = Vault::new()
-        .with_env("AWS_ACCESS_KEY_ID", "testing")
-        .with_env("AWS_SECRET_ACCESS_KEY", "testing")
-        .with_env("AWS_REGION", "us-east-1")
-        .with_env("AWS_ENDPOINT_URL_KMS", &proxy.url());
+    let vault = Vault::new().with_kms(&proxy.url());
     vault.init(&["--kms-key-id", &key, "--plaintext-names"]);
     AwsVault {
         moto,

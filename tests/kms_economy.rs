@@ -56,26 +56,7 @@ impl Kms {
 
     /// A vault whose `kmsfs` commands reach KMS only through the proxy, initialised with the key.
     fn vault(&self) -> Vault {
-        let v = Vault::new();
-        // Empty AWS config files of our own: nothing from the host's ~/.aws leaks in.
-        let (config, credentials) = (
-            v.root().join("aws-config"),
-            v.root().join("aws-credentials"),
-        );
-        for f in [&config, &credentials] {
-            fs::write(f, "").expect("empty AWS config file");
-        }
-        let v = v
-            .with_env("AWS_ACCESS_KEY_ID", "testing")
-            .with_env("AWS_SECRET_ACCESS_KEY", "testing")
-            .with_env("AWS_REGION", common::moto::REGION)
-            .with_env("AWS_ENDPOINT_URL_KMS", &self.proxy.url())
-            .with_env("AWS_EC2_METADATA_DISABLED", "true")
-            .with_env("AWS_CONFIG_FILE", &config.display().to_string())
-            .with_env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                &credentials.display().to_string(),
-            );
+        let v = Vault::new().with_kms(&self.proxy.url());
         v.init(&["--kms-key-id", &self.key]);
         v
     }
@@ -797,11 +778,7 @@ fn a_sequential_cold_reader_gets_the_directory_keys_prefetched() {
 #[test]
 fn bucket_key_mode_makes_one_decrypt_per_mount_however_many_files() {
     let kms = Kms::start();
-    let v = Vault::new()
-        .with_env("AWS_ACCESS_KEY_ID", "testing")
-        .with_env("AWS_SECRET_ACCESS_KEY", "testing")
-        .with_env("AWS_REGION", common::moto::REGION)
-        .with_env("AWS_ENDPOINT_URL_KMS", &kms.proxy.url());
+    let v = Vault::new().with_kms(&kms.proxy.url());
     v.init(&["--kms-key-id", &kms.key, "--bucket-key"]);
     kms.proxy.reset();
     let files = fill_dir(&v, "tree", 200, 10);

@@ -456,11 +456,7 @@ fn read_only_mount_reads_but_refuses_writes() {
 fn aws_provider_end_to_end_against_moto() {
     let moto = MotoServer::start();
     let key = moto.create_key();
-    let v = Vault::new()
-        .with_env("AWS_ACCESS_KEY_ID", "testing")
-        .with_env("AWS_SECRET_ACCESS_KEY", "testing")
-        .with_env("AWS_REGION", "us-east-1")
-        .with_env("AWS_ENDPOINT_URL_KMS", &moto.url());
+    let v = Vault::new().with_kms(&moto.url());
     v.init(&["--kms-key-id", &key]);
     assert!(!v.key_file.exists(), "a KMS vault needs no local key file");
     let mut rng = Rng::new(7);

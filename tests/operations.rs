@@ -782,24 +782,7 @@ impl Kms {
     }
 
     fn vault(&self) -> Vault {
-        let v = Vault::new();
-        let (config, credentials) = (
-            v.root().join("aws-config"),
-            v.root().join("aws-credentials"),
-        );
-        for f in [&config, &credentials] {
-            fs::write(f, "").expect("empty AWS config file");
-        }
-        v.with_env("AWS_ACCESS_KEY_ID", "testing")
-            .with_env("AWS_SECRET_ACCESS_KEY", "testing")
-            .with_env("AWS_REGION", common::moto::REGION)
-            .with_env("AWS_ENDPOINT_URL_KMS", &self.proxy.url())
-            .with_env("AWS_EC2_METADATA_DISABLED", "true")
-            .with_env("AWS_CONFIG_FILE", &config.display().to_string())
-            .with_env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                &credentials.display().to_string(),
-            )
+        Vault::new().with_kms(&self.proxy.url())
     }
 
     /// A provider for `key` talking to the proxy (checks the KeyId of every reply).

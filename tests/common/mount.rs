@@ -85,6 +85,29 @@ impl Vault {
         self
     }
 
+    /// Let this vault's `kmsfs` commands reach KMS only at `endpoint` (moto or a proxy in front
+    /// of it), with moto's dummy credentials and empty AWS config files of their own, so
+    /// nothing from the host's ~/.aws or instance metadata leaks in.
+    pub fn with_kms(self, endpoint: &str) -> Vault {
+        let (config, credentials) = (
+            self.root().join("aws-config"),
+            self.root().join("aws-credentials"),
+        );
+        for f in [&config, &credentials] {
+            std::fs::write(f, "").expect("empty AWS config file");
+        }
+        self.with_env("AWS_ACCESS_KEY_ID", "testing")
+            .with_env("AWS_SECRET_ACCESS_KEY", "testing")
+            .with_env("AWS_REGION", super::moto::REGION)
+            .with_env("AWS_ENDPOINT_URL_KMS", endpoint)
+            .with_env("AWS_EC2_METADATA_DISABLED", "true")
+            .with_env("AWS_CONFIG_FILE", &config.display().to_string())
+            .with_env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                &credentials.display().to_string(),
+            )
+    }
+
     /// Let other users reach the mount point and the backing dir (mode 0755 on the temp root,
     /// which `TempDir` makes 0700).
     pub fn open_to_others(&self) {
