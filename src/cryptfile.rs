@@ -5,6 +5,7 @@
 //! always encodes the plain size and `getattr` needs no header. One `RwLock` per file lets
 //! reads run in parallel while writes and truncates are exclusive.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -21,8 +22,11 @@ use crate::keys::{EncryptionContext, KeyCache, KeyError};
 
 /// Blocks sealed or opened per backing I/O call, bounding memory for huge writes and holes.
 const BATCH_BLOCKS: u64 = 256;
-/// Reads of at least this many blocks are decrypted on two cores.
+/// Reads and writes of at least this many blocks are decrypted or sealed on two cores.
 const PARALLEL_MIN_BLOCKS: u64 = 32;
+/// The plaintext of blocks in a gap a write or truncate opens.
+static ZEROS: [u8; crate::format::layout::MAX_BLOCK_SIZE as usize] =
+    [0; crate::format::layout::MAX_BLOCK_SIZE as usize];
 
 /// The cores worth using for one request.
 fn parallelism() -> usize {
@@ -428,6 +432,10 @@ impl CryptFile {
     /// Set the plain size: cut (re-sealing the new final block) or extend with zeros.
     pub fn truncate(&self, new_size: u64) -> Result<(), CryptError> {
         let mut state = self.state.write();
+        if new_size == 0 && self.backing_len()? == 0 {
+            *state = None;
+            return Ok(());
+        }
         let _lock = self.lock_for_change(&mut state)?;
         if new_size == 0 {
             // An empty file has no header; its next write makes a new file id and key. This
@@ -553,41 +561,92 @@ impl CryptFile {
         let mut index = first;
         while index <= last {
             let batch_end = last.min(index + BATCH_BLOCKS - 1);
-            let mut out =
-                Vec::with_capacity(((batch_end - index + 1) * layout.stored_block_size()) as usize);
+            // Each block's new plaintext: borrowed from `data` or the zero page when the write
+            // or a gap covers it whole; only the (at most two) partly written blocks that hold
+            // old data are decrypted and merged.
+            let mut plains: Vec<Cow<'_, [u8]>> =
+                Vec::with_capacity((batch_end - index + 1) as usize);
             for i in index..=batch_end {
                 let blen = layout.block_len(i, new_size);
                 let bstart = layout.plain_offset(i);
                 let from = offset.max(bstart).min(bstart + blen as u64);
                 let to = data_end.min(bstart + blen as u64).max(from);
-                let fully_written = from == bstart && to == bstart + blen as u64;
-                let mut plain = if i < old_count && !fully_written {
-                    self.read_block(&cipher, i, size)?
+                let src = if to > from {
+                    &data[(from - offset) as usize..(to - offset) as usize]
                 } else {
-                    Vec::new()
+                    &[]
                 };
-                plain.resize(blen, 0);
-                if to > from {
-                    let src = &data[(from - offset) as usize..(to - offset) as usize];
+                plains.push(if src.len() == blen {
+                    Cow::Borrowed(src)
+                } else if i >= old_count && src.is_empty() {
+                    Cow::Borrowed(&ZEROS[..blen])
+                } else {
+                    let mut plain = self.read_block(&cipher, i, size)?;
+                    plain.resize(blen, 0);
                     plain[(from - bstart) as usize..(to - bstart) as usize].copy_from_slice(src);
+                    Cow::Owned(plain)
+                });
+            }
+            let header = new_header.take();
+            let head_len = header.as_ref().map_or(0, |h| h.len());
+            let sealed_len: usize = plains
+                .iter()
+                .map(|p| p.len() + BLOCK_OVERHEAD as usize)
+                .sum();
+            let mut out = vec![0u8; head_len + sealed_len];
+            let sealed = self.seal_blocks(&cipher, index, &plains, &mut out[head_len..], true);
+            for p in &mut plains {
+                if let Cow::Owned(merged) = p {
+                    merged.fill(0);
                 }
-                cipher
-                    .seal(i, &plain, &mut out)
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                plain.fill(0);
             }
-            let at = layout.backing_offset(index);
-            if let Some(h) = new_header.take() {
-                // The first write of a file puts header and blocks down in one call.
-                let mut both = Vec::with_capacity(h.len() + out.len());
-                both.extend_from_slice(&h);
-                both.extend_from_slice(&out);
-                self.file.write_all_at(&both, 0)?;
-            } else {
-                self.file.write_all_at(&out, at)?;
-            }
+            sealed?;
+            // The first write of a file puts header and blocks down in one call.
+            let at = match header {
+                Some(h) => {
+                    out[..head_len].copy_from_slice(&h);
+                    0
+                }
+                None => layout.backing_offset(index),
+            };
+            self.file.write_all_at(&out, at)?;
             index = batch_end + 1;
         }
+        Ok(())
+    }
+
+    /// Seal blocks `first..` from `plains` into `out` (exactly their stored sizes). Large runs
+    /// are split in two and sealed on two cores at once.
+    fn seal_blocks(
+        &self,
+        cipher: &BlockCipher,
+        first: u64,
+        plains: &[Cow<'_, [u8]>],
+        out: &mut [u8],
+        may_split: bool,
+    ) -> Result<(), CryptError> {
+        let sealing_failed = |e: crypto::CryptoError| std::io::Error::other(e.to_string());
+        if may_split && plains.len() as u64 >= PARALLEL_MIN_BLOCKS && parallelism() > 1 {
+            let mid = plains.len() / 2;
+            let at: usize = plains[..mid]
+                .iter()
+                .map(|p| p.len() + BLOCK_OVERHEAD as usize)
+                .sum();
+            let (p1, p2) = plains.split_at(mid);
+            let (o1, o2) = out.split_at_mut(at);
+            return std::thread::scope(|scope| {
+                let second =
+                    scope.spawn(|| self.seal_blocks(cipher, first + mid as u64, p2, o2, false));
+                let r1 = self.seal_blocks(cipher, first, p1, o1, false);
+                let r2 = second.join().unwrap_or_else(|_| {
+                    Err(std::io::Error::other("encryption thread failed").into())
+                });
+                r1.and(r2)
+            });
+        }
+        cipher
+            .seal_run(first, plains, out)
+            .map_err(sealing_failed)?;
         Ok(())
     }
 }

@@ -8,6 +8,7 @@ mod init;
 mod logging;
 mod mount;
 mod provider;
+mod readahead;
 mod rewrap;
 mod runtime_dir;
 mod unmount;
@@ -126,6 +127,10 @@ struct MountArgs {
     /// FUSE worker threads.
     #[arg(long, value_name = "N", default_value_t = 8)]
     threads: usize,
+    /// Kernel readahead of the mount in KiB (set through sysfs; needs root, else the kernel's
+    /// 128 KiB stays). Large reads keep several FUSE requests, and both cores, busy.
+    #[arg(long, value_name = "KIB", default_value_t = 4096)]
+    readahead: u32,
     /// Log to this file (default: stderr with -f, else syslog).
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
@@ -364,6 +369,7 @@ fn fstab_form(argv: Vec<std::ffi::OsString>) -> Result<Option<Vec<std::ffi::OsSt
                 "host_id" => with("--host-id")?,
                 "threads" => with("--threads")?,
                 "attr_ttl" => with("--attr-ttl")?,
+                "readahead" => with("--readahead")?,
                 "log_file" => with("--log-file")?,
                 "log_level" => with("--log-level")?,
                 "allow_other" => flag("--allow-other"),

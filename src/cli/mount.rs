@@ -8,7 +8,7 @@ use std::time::Duration;
 use fuser::{Config, MountOption, Session, SessionACL};
 
 use super::daemon::{self, Ready};
-use super::{CliResult, MountArgs, control, logging, provider, runtime_dir};
+use super::{CliResult, MountArgs, control, logging, provider, readahead, runtime_dir};
 use crate::cryptfile::Vault;
 use crate::format::header::ProviderId;
 use crate::fs::{FsOptions, KmsFs};
@@ -203,8 +203,26 @@ fn serve(
     .map_err(|e| format!("cannot open the control socket: {e}"))?;
     runtime_dir::record(mnt, std::process::id())
         .map_err(|e| format!("cannot record the mount: {e}"))?;
-    tracing::info!(vault = %vault_dir.display(), mountpoint = %mnt.display(), "mounted");
-    ready.ok();
+    // Report ready only once the kernel has finished the FUSE handshake, which the session
+    // serves below; the readahead window can only be widened after it.
+    let mut ready = std::mem::replace(ready, Ready::none());
+    let (ready_mnt, readahead_kib) = (mnt.to_path_buf(), args.readahead);
+    std::thread::Builder::new()
+        .name("kmsfs-ready".into())
+        .spawn(move || {
+            // The stat waits for the handshake; a mount that cannot answer it is not usable.
+            if let Err(e) = std::fs::metadata(&ready_mnt) {
+                ready.fail(&format!("mount {} not usable: {e}", ready_mnt.display()));
+                return;
+            }
+            match readahead::set(&ready_mnt, readahead_kib) {
+                Ok(()) => tracing::debug!(kib = readahead_kib, "readahead set"),
+                Err(e) => tracing::info!("readahead stays at the kernel default: {e}"),
+            }
+            tracing::info!(mountpoint = %ready_mnt.display(), "mounted");
+            ready.ok();
+        })
+        .map_err(|e| e.to_string())?;
 
     std::thread::Builder::new()
         .name("kmsfs-signals".into())

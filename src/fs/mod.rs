@@ -742,17 +742,8 @@ impl Filesystem for KmsFs {
         }
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        // Writes go straight to the backing file; nothing is buffered here.
-        reply.ok();
-    }
+    // No `flush`: writes go straight to the backing file, so nothing is buffered here, and the
+    // default ENOSYS tells the kernel to stop sending one round trip per close.
 
     fn release(
         &self,
@@ -959,7 +950,8 @@ impl Filesystem for KmsFs {
             let p = self.inode(parent)?;
             let bname = self.new_name(&p, name)?;
             let excl = flags & libc::O_EXCL;
-            self.names
+            let created = self
+                .names
                 .create(p.fd(), &bname, |b| {
                     sys::openat(
                         p.fd(),
@@ -967,17 +959,25 @@ impl Filesystem for KmsFs {
                         libc::O_CREAT | libc::O_RDWR | libc::O_NOFOLLOW | excl,
                         mode & !umask,
                     )
-                    .map(drop)
                 })
                 .map_err(e_io)?;
             self.chown_new(req, &p, &bname)?;
             let attr = self.lookup_backing(&p, &bname)?;
-            let inode = self.inode(attr.ino)?;
-            let (fh, file) = self.open_crypt(attr.ino.0, &inode)?;
+            // The descriptor the create returned serves the file, unless it is open already.
+            let (fh, file) = self.handles.open_file(attr.ino.0, || {
+                Ok::<_, Errno>(CryptFile::new(File::from(created), self.vault.clone()))
+            })?;
             if flags & libc::O_TRUNC != 0 {
-                file.truncate(0).map_err(|e| errno::crypt(&e))?;
+                // Cheap for a new file: an empty backing file needs no lock and no syscall.
+                if let Err(e) = file.truncate(0) {
+                    self.release(attr.ino.0, fh);
+                    return Err(errno::crypt(&e));
+                }
+                if attr.size > 0 {
+                    let inode = self.inode(attr.ino)?;
+                    return Ok((self.attr_of(attr.ino.0, inode.fd())?, fh));
+                }
             }
-            let attr = self.attr_of(attr.ino.0, inode.fd())?;
             Ok((attr, fh))
         })();
         match r {
