@@ -15,6 +15,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use crate::crypto::{self, BlockCipher};
+use crate::direct_read::{self, DirectReader};
 use crate::format::header::{FileHeader, HEADER_SIZE, ProviderId};
 use crate::format::layout::BLOCK_OVERHEAD;
 use crate::format::{FormatError, Id, Layout};
@@ -32,6 +33,32 @@ static ZEROS: [u8; crate::format::layout::MAX_BLOCK_SIZE as usize] =
 fn parallelism() -> usize {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Reads and writes in progress in this process.
+static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts one read or write in progress while it lives.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Whether a run of `blocks` blocks is worth a second thread: it is large, and cores are idle
+/// (with several requests in flight, as under readahead, each already has a core).
+fn split_worthwhile(blocks: u64) -> bool {
+    blocks >= PARALLEL_MIN_BLOCKS
+        && IN_FLIGHT.load(std::sync::atomic::Ordering::Relaxed) < parallelism()
 }
 
 /// A run of blocks being read: which blocks, the file size, and the plain range asked for.
@@ -118,8 +145,25 @@ struct Keyed {
 #[derive(Debug)]
 pub struct CryptFile {
     file: File,
+    direct: DirectReader,
     vault: Arc<Vault>,
     state: RwLock<Option<Keyed>>,
+}
+
+/// Stored blocks as read from the backing file.
+enum StoredBytes {
+    Buffered(Vec<u8>),
+    Direct(direct_read::Stored),
+}
+
+impl std::ops::Deref for StoredBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            StoredBytes::Buffered(v) => v,
+            StoredBytes::Direct(d) => d,
+        }
+    }
 }
 
 impl CryptFile {
@@ -135,6 +179,7 @@ impl CryptFile {
         }
         CryptFile {
             file,
+            direct: DirectReader::default(),
             vault,
             state: RwLock::new(None),
         }
@@ -236,6 +281,7 @@ impl CryptFile {
     /// A file whose backing size is invalid (cut, torn by a crash, extended, foreign) still
     /// reads up to its last whole block; any read reaching its end fails, naming that block.
     pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, CryptError> {
+        let _busy = InFlight::enter();
         loop {
             // Size and header under one read lock: a write or truncate cannot change the size
             // between computing it and opening the final block.
@@ -311,7 +357,7 @@ impl CryptFile {
     ) -> Result<(), CryptError> {
         let layout = &self.vault.layout;
         let count = span.last - span.first + 1;
-        if may_split && count >= PARALLEL_MIN_BLOCKS && parallelism() > 1 {
+        if may_split && split_worthwhile(count) {
             // Every block before the last is full, so the split points are plain arithmetic.
             let mid = span.first + count / 2;
             let at_stored = ((mid - span.first) * layout.stored_block_size()) as usize;
@@ -347,13 +393,22 @@ impl CryptFile {
             let block = stored
                 .get(at..at + slen)
                 .ok_or_else(|| self.integrity(Some(i), "block cut short"))?;
-            cipher
-                .open(i, block, &mut plain[..blen])
-                .map_err(|e| self.integrity(Some(i), e.to_string()))?;
             let bstart = layout.plain_offset(i);
             let from = (span.offset.max(bstart) - bstart) as usize;
             let to = (span.end.min(bstart + blen as u64) - bstart) as usize;
-            out[put..put + (to - from)].copy_from_slice(&plain[from..to]);
+            // A block the read covers whole is opened straight into the reply.
+            let whole = from == 0 && to == blen;
+            let target = if whole {
+                &mut out[put..put + blen]
+            } else {
+                &mut plain[..blen]
+            };
+            cipher
+                .open(i, block, target)
+                .map_err(|e| self.integrity(Some(i), e.to_string()))?;
+            if !whole {
+                out[put..put + (to - from)].copy_from_slice(&plain[from..to]);
+            }
             put += to - from;
             at += slen;
         }
@@ -361,21 +416,39 @@ impl CryptFile {
         Ok(())
     }
 
-    /// The stored bytes of blocks `first..=last` of a file of plain size `size`, in one pread.
-    fn read_stored(&self, first: u64, last: u64, size: u64) -> Result<Vec<u8>, CryptError> {
+    /// The stored bytes of blocks `first..=last` of a file of plain size `size`, in one read
+    /// (large cold reads straight from the disk, see `direct_read`).
+    fn read_stored(&self, first: u64, last: u64, size: u64) -> Result<StoredBytes, CryptError> {
         let layout = &self.vault.layout;
         let start = layout.backing_offset(first);
         let end =
             layout.backing_offset(last) + BLOCK_OVERHEAD + layout.block_len(last, size) as u64;
-        let mut buf = vec![0u8; (end - start) as usize];
-        let n = read_full(&self.file, &mut buf, start)?;
-        if n < buf.len() {
+        let len = (end - start) as usize;
+        // Shared stores drop their page cache on their own terms; keep them buffered.
+        let direct = len >= direct_read::MIN_DIRECT_LEN
+            && !self
+                .vault
+                .shared_store
+                .load(std::sync::atomic::Ordering::Relaxed);
+        let bytes = match direct
+            .then(|| self.direct.read(&self.file, start, len))
+            .flatten()
+        {
+            Some(stored) => StoredBytes::Direct(stored?),
+            None => {
+                let mut buf = vec![0u8; len];
+                let n = read_full(&self.file, &mut buf, start)?;
+                buf.truncate(n);
+                StoredBytes::Buffered(buf)
+            }
+        };
+        if bytes.len() < len {
             return Err(self.integrity(
-                Some(layout.block_of(layout.plain_offset(first) + n as u64)),
+                Some(layout.block_of(layout.plain_offset(first) + bytes.len() as u64)),
                 "block cut short",
             ));
         }
-        Ok(buf)
+        Ok(bytes)
     }
 
     /// Decrypt block `index` of a file of plain size `size` (empty if it does not exist).
@@ -402,6 +475,7 @@ impl CryptFile {
         if data.is_empty() {
             return Ok(0);
         }
+        let _busy = InFlight::enter();
         let mut state = self.state.write();
         let _lock = self.lock_for_change(&mut state)?;
         let size = self.size()?;
@@ -626,7 +700,7 @@ impl CryptFile {
         may_split: bool,
     ) -> Result<(), CryptError> {
         let sealing_failed = |e: crypto::CryptoError| std::io::Error::other(e.to_string());
-        if may_split && plains.len() as u64 >= PARALLEL_MIN_BLOCKS && parallelism() > 1 {
+        if may_split && split_worthwhile(plains.len() as u64) {
             let mid = plains.len() / 2;
             let at: usize = plains[..mid]
                 .iter()

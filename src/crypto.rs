@@ -153,10 +153,12 @@ impl DataKey {
             .checked_sub(TAG_LEN)
             .filter(|&n| n == out.len())
             .ok_or(CryptoError::Malformed)?;
-        out.copy_from_slice(&sealed[..body]);
         let tag = Tag::try_from(&sealed[body..]).map_err(|_| CryptoError::Malformed)?;
+        // Decrypt from `sealed` straight into `out`: no copy first.
+        let inout = aes_gcm_siv::aead::inout::InOutBuf::new(&sealed[..body], &mut *out)
+            .map_err(|_| CryptoError::Malformed)?;
         self.cipher
-            .decrypt_inout_detached(&Nonce::from(*nonce), aad, out.into(), &tag)
+            .decrypt_inout_detached(&Nonce::from(*nonce), aad, inout, &tag)
             .map_err(|_| {
                 out.fill(0);
                 CryptoError::Authentication

@@ -7,6 +7,7 @@ pub mod alloc;
 pub mod cli;
 pub mod cryptfile;
 pub mod crypto;
+pub mod direct_read;
 pub mod format;
 pub mod fs;
 pub mod keys;

@@ -282,6 +282,80 @@ fn tampered_block_reads_as_eio_and_the_mount_stays_up() {
     m.unmount();
 }
 
+/// Flush `path` and drop its pages from the page cache, so the next read comes from the disk.
+fn evict(path: &Path) {
+    let f = File::open(path).expect("open backing file");
+    f.sync_all().expect("fsync backing file");
+    // SAFETY: valid fd; advice only.
+    let rc = unsafe {
+        libc::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+            0,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
+    assert_eq!(rc, 0, "fadvise");
+}
+
+#[test]
+fn cold_large_reads_come_from_the_disk_intact_and_tampering_there_is_eio() {
+    let v = local_vault();
+    let data = Rng::new(11).bytes((8 << 20) + 12_345);
+    let m = v.mount(&[]);
+    fs::write(m.join("big"), &data).expect("write big");
+    m.unmount();
+    let backing = v
+        .backing_files()
+        .into_iter()
+        .max_by_key(|p| p.metadata().expect("stat").len())
+        .expect("a backing file");
+    evict(&backing);
+    // Cold, through readahead (large requests, read from the disk) and at odd offsets.
+    let m = v.mount(&[]);
+    assert_contents(&m.join("big"), &data);
+    let f = File::open(m.join("big")).expect("open");
+    let mut buf = vec![0u8; 300_001];
+    f.read_exact_at(&mut buf, 5_000_017)
+        .expect("read at an odd offset");
+    assert_eq!(buf, data[5_000_017..5_300_018]);
+    drop(f);
+    m.unmount();
+
+    // One flipped bit on the disk, six MiB in: EIO naming the block, never other bytes.
+    let layout = Layout::new(HEADER_SIZE as u64, 4096).expect("default layout");
+    let block = 6 * 256 + 7;
+    let at = layout.backing_offset(block) + 100;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&backing)
+        .expect("open backing");
+    let mut byte = [0u8; 1];
+    f.read_exact_at(&mut byte, at).expect("read byte");
+    f.write_all_at(&[byte[0] ^ 1], at).expect("flip byte");
+    drop(f);
+    evict(&backing);
+    let m = v.mount(&[]);
+    assert_errno(
+        fs::read(m.join("big")),
+        libc::EIO,
+        "read of a file damaged on disk",
+    );
+    let named = v
+        .log()
+        .lines()
+        .any(|l| l.contains(&format!("block {block}")));
+    assert!(named, "no log line names block {block}:\n{}", v.log());
+    let mut head = vec![0u8; 1 << 20];
+    File::open(m.join("big"))
+        .expect("open")
+        .read_exact_at(&mut head, 0)
+        .expect("intact head");
+    assert_eq!(head, data[..1 << 20]);
+    m.unmount();
+}
+
 #[test]
 fn foreign_backing_file_reads_as_eio() {
     // Plain names, so a file dropped into the backing dir shows up under its own name.
