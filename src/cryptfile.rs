@@ -280,8 +280,24 @@ impl CryptFile {
     ///
     /// A file whose backing size is invalid (cut, torn by a crash, extended, foreign) still
     /// reads up to its last whole block; any read reaching its end fails, naming that block.
+    ///
+    /// On a shared store, a read that fails authentication may have raced another host's write
+    /// (readers take no lock): it is read once more under the backing lock before it counts as
+    /// damage, so readers on other hosts see old or new data, not `EIO`.
     pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, CryptError> {
         let _busy = InFlight::enter();
+        let events = self.tamper_events();
+        match self.read_once(offset, len) {
+            Err(CryptError::Integrity { .. }) if self.shared() => {
+                let counted = self.tamper_events().saturating_sub(events);
+                self.reread_under_lock(offset, len, counted)
+            }
+            r => r,
+        }
+    }
+
+    /// `read` without the retry.
+    fn read_once(&self, offset: u64, len: usize) -> Result<Vec<u8>, CryptError> {
         loop {
             // Size and header under one read lock: a write or truncate cannot change the size
             // between computing it and opening the final block.
@@ -488,11 +504,16 @@ impl CryptFile {
     /// GlusterFS and NFS honour) and drop a cached header that another host has replaced, so a
     /// read-modify-write never mixes two file ids. On one host the `RwLock` already serializes.
     fn lock_for_change(&self, state: &mut Option<Keyed>) -> Result<BackingLock<'_>, CryptError> {
-        let shared = self
-            .vault
-            .shared_store
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let lock = BackingLock::acquire(&self.file, shared)?;
+        self.lock_backing(state, true)
+    }
+
+    /// `lock_for_change` with an exclusive (`write`) or shared lock.
+    fn lock_backing(
+        &self,
+        state: &mut Option<Keyed>,
+        write: bool,
+    ) -> Result<BackingLock<'_>, CryptError> {
+        let lock = BackingLock::acquire(&self.file, self.shared(), write)?;
         if let Some(keyed) = state.as_ref() {
             let mut id = [0u8; 16];
             let n = read_full(&self.file, &mut id, 32)?;
@@ -501,6 +522,42 @@ impl CryptFile {
             }
         }
         Ok(lock)
+    }
+
+    /// The second try of a failed read on a shared store: under a shared lock on the backing
+    /// file no other host is halfway through a write, the pages are fresh and a header another
+    /// host replaced is reloaded. Success means the first try raced a write: its `counted`
+    /// integrity events are taken back. Failure is damage.
+    fn reread_under_lock(
+        &self,
+        offset: u64,
+        len: usize,
+        counted: u64,
+    ) -> Result<Vec<u8>, CryptError> {
+        let mut state = self.state.write();
+        let _lock = self.lock_backing(&mut state, false)?;
+        if state.is_none() && len > 0 && self.backing_len()? > 0 {
+            *state = Some(self.load()?);
+        }
+        let result = self.read_locked(&state, offset, len);
+        if result.is_ok() {
+            self.vault
+                .tamper_events
+                .fetch_sub(counted, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn shared(&self) -> bool {
+        self.vault
+            .shared_store
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn tamper_events(&self) -> u64 {
+        self.vault
+            .tamper_events
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Set the plain size: cut (re-sealing the new final block) or extend with zeros.
@@ -763,22 +820,31 @@ pub fn key_is_cached(file: &CryptFile) -> bool {
     }
 }
 
-/// An exclusive whole-file OFD lock on a backing file, released on drop.
+/// A whole-file OFD lock on a backing file, exclusive for changes or shared for a second try
+/// at a read, released on drop.
 struct BackingLock<'a> {
     file: Option<&'a File>,
-    /// On a shared store: drop stale cached pages after locking, flush before unlocking, so
-    /// the next host's read-modify-write starts from what this one wrote (as NFS does).
+    /// On a shared store: drop stale cached pages after locking, flush (a write lock) before
+    /// unlocking, so the next host's read-modify-write or read starts from what this one wrote
+    /// (as NFS does).
     shared: bool,
+    write: bool,
 }
 
 impl<'a> BackingLock<'a> {
-    fn acquire(file: &'a File, shared: bool) -> std::io::Result<Self> {
+    fn acquire(file: &'a File, shared: bool, write: bool) -> std::io::Result<Self> {
         static UNSUPPORTED: std::sync::atomic::AtomicBool =
             std::sync::atomic::AtomicBool::new(false);
+        let none = BackingLock {
+            file: None,
+            shared,
+            write,
+        };
         if UNSUPPORTED.load(std::sync::atomic::Ordering::Relaxed) {
-            return Ok(BackingLock { file: None, shared });
+            return Ok(none);
         }
-        match ofd_lock(file, libc::F_WRLCK as libc::c_short, libc::F_OFD_SETLKW) {
+        let kind = if write { libc::F_WRLCK } else { libc::F_RDLCK };
+        match ofd_lock(file, kind as libc::c_short, libc::F_OFD_SETLKW) {
             Ok(()) => {
                 if shared {
                     // SAFETY: valid fd; advice only.
@@ -788,7 +854,7 @@ impl<'a> BackingLock<'a> {
                 }
                 Ok(BackingLock {
                     file: Some(file),
-                    shared,
+                    ..none
                 })
             }
             Err(e)
@@ -802,7 +868,7 @@ impl<'a> BackingLock<'a> {
                     "the backing file system has no POSIX locks ({e}): concurrent writers on several hosts are not serialized"
                 );
                 UNSUPPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
-                Ok(BackingLock { file: None, shared })
+                Ok(none)
             }
             Err(e) => Err(e),
         }
@@ -812,7 +878,7 @@ impl<'a> BackingLock<'a> {
 impl Drop for BackingLock<'_> {
     fn drop(&mut self) {
         if let Some(f) = self.file {
-            if self.shared {
+            if self.shared && self.write {
                 if let Err(e) = f.sync_data() {
                     tracing::error!("flushing a shared backing file before unlocking: {e}");
                 }
@@ -1071,6 +1137,45 @@ mod tests {
         longer.extend_from_slice(&good[b0..b0 + sb]);
         fx.set_backing(&longer);
         expect_integrity(&fx.open(), "stray block");
+    }
+
+    #[test]
+    fn shared_store_reads_retry_under_the_lock() {
+        // Host B keeps the file open while host A replaces it (O_TRUNC, new file id and key):
+        // B's cached header no longer opens the blocks, and on a shared store the read is
+        // retried under the backing lock with the new header instead of failing.
+        let fx = fixture(512);
+        fx.vault
+            .shared_store
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let (a, b) = (fx.open(), fx.open());
+        a.write(0, &pattern(3000, 1)).expect("first version");
+        assert_eq!(b.read(0, 5000).expect("B reads v1"), pattern(3000, 1));
+        a.truncate(0).expect("truncate");
+        a.write(0, &pattern(2500, 2)).expect("second version");
+        assert_eq!(b.read(0, 5000).expect("B reads v2"), pattern(2500, 2));
+        let events = std::sync::atomic::Ordering::Relaxed;
+        assert_eq!(
+            fx.vault.tamper_events.load(events),
+            0,
+            "a race is no damage"
+        );
+        // Real damage still fails after the retry, and counts.
+        let mut bad = fx.backing();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        fx.set_backing(&bad);
+        expect_integrity(&b, "damaged after the retry");
+        assert!(fx.vault.tamper_events.load(events) > 0);
+        // Not shared: no retry, the stale header fails.
+        fx.vault
+            .shared_store
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let c = fx.open();
+        assert_eq!(c.read(0, 10).expect("C reads"), pattern(10, 2));
+        a.truncate(0).expect("truncate");
+        a.write(0, &pattern(2500, 3)).expect("third version");
+        expect_integrity(&c, "stale header, no retry");
     }
 
     #[test]
