@@ -776,6 +776,54 @@ fn a_sequential_cold_reader_gets_the_directory_keys_prefetched() {
 }
 
 #[test]
+fn a_tree_walk_gets_the_next_sibling_directories_prefetched() {
+    let kms = Kms::start();
+    let v = kms.vault();
+    let mut tree = Vec::new();
+    for d in 0..6 {
+        tree.extend(fill_dir(&v, &format!("d{d}"), 20, 20 + d));
+    }
+    let m = v.mount(&[]);
+    // Walk in directory order, as find, tar and cp -r do.
+    let dirs: Vec<String> = fs::read_dir(m.path())
+        .expect("list root")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    let files_of = |d: &str| -> Vec<(String, Vec<u8>)> {
+        let prefix = format!("{d}/");
+        tree.iter()
+            .filter(|(n, _)| n.starts_with(&prefix))
+            .cloned()
+            .collect()
+    };
+
+    kms.quiet_and_reset();
+    for d in &dirs[..2] {
+        for (name, data) in files_of(d) {
+            assert!(
+                read_file(&m.join(&name)).expect("cold read") == data,
+                "{name} differs"
+            );
+        }
+    }
+    // Two walked siblings start a lookahead of two more directories: 4 × 20 keys, no more.
+    kms.settle(Duration::from_millis(700));
+    assert_eq!(kms.file_decrypts(), 80, "{:?}", kms.proxy.counts());
+    // Their keys are cached: they read while the KMS hangs.
+    kms.proxy.set_hang(true);
+    for d in &dirs[2..4] {
+        for (name, data) in files_of(d) {
+            assert!(
+                read_file(&m.join(&name)).expect("prefetched read") == data,
+                "{name} differs"
+            );
+        }
+    }
+    kms.proxy.set_hang(false);
+    m.unmount();
+}
+
+#[test]
 fn bucket_key_mode_makes_one_decrypt_per_mount_however_many_files() {
     let kms = Kms::start();
     let v = Vault::new().with_kms(&kms.proxy.url());

@@ -17,9 +17,9 @@ use crate::keys::pool::KeyPool;
 use crate::keys::{KeyCache, KeyProvider};
 
 /// Threads refilling the data-key pool: enough to overlap KMS latency.
-const POOL_WORKERS: usize = 8;
+const POOL_WORKERS: usize = 16;
 /// Directory key prefetch: unwraps in flight at once.
-const PREFETCH_WORKERS: usize = 8;
+const PREFETCH_WORKERS: usize = 32;
 use crate::names::Names;
 use crate::vault::{self, MountLock, TrustedKey, VaultConfig};
 

@@ -666,9 +666,13 @@ impl Filesystem for KmsFs {
             }
             let (fh, file) = self.open_crypt(ino.0, &inode)?;
             if let Some(p) = &self.prefetch {
-                if !crate::cryptfile::key_is_cached(&file) {
-                    if let Some(dir) = self.inodes.get(inode.parent()) {
-                        p.cold_open(inode.parent(), dir.fd());
+                if let Some(dir) = self.inodes.get(inode.parent()) {
+                    let parent = self.inodes.get(dir.parent());
+                    let parent_fd = parent.as_ref().filter(|_| !dir.is_root).map(|p| p.fd());
+                    if crate::cryptfile::key_is_cached(&file) {
+                        p.warm_open(dir.fd(), parent_fd);
+                    } else {
+                        p.cold_open(dir.fd(), parent_fd);
                     }
                 }
             }

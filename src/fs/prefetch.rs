@@ -2,11 +2,16 @@
 //! `cp -r`, `grep -r`) would pay one KMS round trip per file. After a few cold opens in one
 //! directory, the other files' keys there are unwrapped ahead, several at once, on threads of
 //! their own (never the FUSE workers), at most `MAX_FILES_PER_DIR` per directory.
+//!
+//! A reader walking a tree triggers this in one sibling directory after another. Once two
+//! subdirectories of one parent have triggered, the next `LOOKAHEAD_DIRS` siblings are
+//! prefetched too, and the reader's first open in each of them extends the lookahead by one,
+//! so a tree walk stays ahead of the reader without speculating on directories nobody walks.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 
@@ -17,6 +22,10 @@ use crate::sys;
 
 /// Cold opens in one directory that start its prefetch.
 const COLD_OPENS_TO_TRIGGER: u32 = 3;
+/// Subdirectories of one parent that must trigger before their siblings are prefetched.
+const TRIGGERS_TO_WALK: u32 = 2;
+/// Sibling directories prefetched ahead of a tree walk.
+const LOOKAHEAD_DIRS: usize = 2;
 /// Most files prefetched per directory.
 const MAX_FILES_PER_DIR: usize = 1024;
 /// Directories remembered (trigger counts and done marks), bounding memory.
@@ -25,15 +34,41 @@ const MAX_DIRS: usize = 10_000;
 enum Job {
     /// List this directory and queue its files.
     Dir(OwnedFd),
+    /// Prefetch up to this many not yet prefetched subdirectories of this directory.
+    Siblings(OwnedFd, usize),
     /// Fetch the key of this file.
     File(Arc<OwnedFd>, std::ffi::OsString),
 }
 
-/// The prefetcher: trigger counts per directory and a pool of worker threads.
+/// What the prefetcher knows about directories, by backing inode number.
+#[derive(Default)]
+struct Dirs {
+    /// Cold opens seen per directory not yet prefetched.
+    cold: HashMap<u64, u32>,
+    /// Directories prefetched (or queued).
+    done: HashSet<u64>,
+    /// Directories prefetched ahead of a walk, whose first open extends the walk.
+    ahead: HashSet<u64>,
+    /// Triggered subdirectories per parent directory.
+    triggered_children: HashMap<u64, u32>,
+}
+
+impl Dirs {
+    /// Mark `dir` prefetched; false if it already was.
+    fn claim(&mut self, dir: u64) -> bool {
+        if self.done.len() >= MAX_DIRS {
+            self.done.clear();
+            self.ahead.clear();
+        }
+        self.cold.remove(&dir);
+        self.done.insert(dir)
+    }
+}
+
+/// The prefetcher: what it knows of directories and a pool of worker threads.
 pub struct Prefetcher {
     jobs: Mutex<Sender<Job>>,
-    cold: PlMutex<std::collections::HashMap<u64, u32>>,
-    done: PlMutex<HashSet<u64>>,
+    dirs: Arc<PlMutex<Dirs>>,
 }
 
 impl std::fmt::Debug for Prefetcher {
@@ -42,55 +77,103 @@ impl std::fmt::Debug for Prefetcher {
     }
 }
 
+/// The backing inode number of a directory.
+fn dir_id(dir: BorrowedFd<'_>) -> Option<u64> {
+    sys::stat_fd(dir).ok().map(|st| st.st_ino)
+}
+
+/// A readable descriptor of the directory behind an O_PATH one.
+fn open_dir(dir: BorrowedFd<'_>) -> Option<OwnedFd> {
+    sys::reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY).ok()
+}
+
 impl Prefetcher {
     /// A prefetcher for `vault` with `workers` threads (unwraps in flight at once).
     pub fn start(vault: Arc<Vault>, workers: usize) -> std::io::Result<Self> {
         let (tx, rx) = channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
+        let dirs = Arc::new(PlMutex::new(Dirs::default()));
         for i in 0..workers.max(1) {
-            let (rx, tx, vault) = (rx.clone(), tx.clone(), vault.clone());
+            let (rx, tx, vault, dirs) = (rx.clone(), tx.clone(), vault.clone(), dirs.clone());
             std::thread::Builder::new()
                 .name(format!("kmsfs-prefetch-{i}"))
-                .spawn(move || worker(&rx, &tx, &vault))?;
+                .spawn(move || worker(&rx, &tx, &vault, &dirs))?;
         }
         Ok(Prefetcher {
             jobs: Mutex::new(tx),
-            cold: Default::default(),
-            done: Default::default(),
+            dirs,
         })
     }
 
-    /// A file was opened cold (its key needed the KMS) in directory `dir_ino` (O_PATH `dir`).
-    pub fn cold_open(&self, dir_ino: u64, dir: std::os::fd::BorrowedFd<'_>) {
-        if self.done.lock().contains(&dir_ino) {
-            return;
+    fn send(&self, job: Job) {
+        if let Ok(tx) = self.jobs.lock() {
+            let _ = tx.send(job);
         }
-        let mut cold = self.cold.lock();
-        if cold.len() >= MAX_DIRS {
-            cold.clear();
-        }
-        let n = cold.entry(dir_ino).or_insert(0);
-        *n += 1;
-        if *n < COLD_OPENS_TO_TRIGGER {
-            return;
-        }
-        cold.remove(&dir_ino);
-        drop(cold);
-        let mut done = self.done.lock();
-        if done.len() >= MAX_DIRS {
-            done.clear();
-        }
-        done.insert(dir_ino);
-        drop(done);
-        if let Ok(fd) = sys::reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY) {
-            if let Ok(tx) = self.jobs.lock() {
-                let _ = tx.send(Job::Dir(fd));
+    }
+
+    /// A file was opened cold (its key needed the KMS) in directory `dir` (O_PATH), whose
+    /// parent is `parent`.
+    pub fn cold_open(&self, dir: BorrowedFd<'_>, parent: Option<BorrowedFd<'_>>) {
+        let Some(id) = dir_id(dir) else { return };
+        let parent_id = parent.and_then(dir_id);
+        let walk = {
+            let mut dirs = self.dirs.lock();
+            if dirs.done.contains(&id) {
+                return;
             }
+            if dirs.cold.len() >= MAX_DIRS {
+                dirs.cold.clear();
+                dirs.triggered_children.clear();
+            }
+            let n = dirs.cold.entry(id).or_insert(0);
+            *n += 1;
+            if *n < COLD_OPENS_TO_TRIGGER || !dirs.claim(id) {
+                return;
+            }
+            parent_id.is_some_and(|p| {
+                let t = dirs.triggered_children.entry(p).or_insert(0);
+                *t += 1;
+                *t >= TRIGGERS_TO_WALK
+            })
+        };
+        if let Some(fd) = open_dir(dir) {
+            self.send(Job::Dir(fd));
+        }
+        if walk {
+            if let Some(fd) = parent.and_then(open_dir) {
+                self.send(Job::Siblings(fd, LOOKAHEAD_DIRS));
+            }
+        }
+    }
+
+    /// A file was opened whose key was cached, in directory `dir` (O_PATH) under `parent`: if
+    /// the reader just reached a directory prefetched ahead of it, look one directory further.
+    pub fn warm_open(&self, dir: BorrowedFd<'_>, parent: Option<BorrowedFd<'_>>) {
+        if self.dirs.lock().ahead.is_empty() {
+            return;
+        }
+        let Some(id) = dir_id(dir) else { return };
+        if !self.dirs.lock().ahead.remove(&id) {
+            return;
+        }
+        if let Some(fd) = parent.and_then(open_dir) {
+            self.send(Job::Siblings(fd, 1));
         }
     }
 }
 
-fn worker(rx: &Mutex<Receiver<Job>>, tx: &Sender<Job>, vault: &Vault) {
+/// The entries of directory `dir` that `keep` accepts, in directory order.
+fn entries(dir: &OwnedFd, keep: impl Fn(&std::fs::FileType) -> bool) -> Vec<std::fs::DirEntry> {
+    let path = format!("/proc/self/fd/{}", dir.as_raw_fd());
+    let Ok(list) = std::fs::read_dir(path) else {
+        return Vec::new();
+    };
+    list.flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| keep(&t)))
+        .collect()
+}
+
+fn worker(rx: &Mutex<Receiver<Job>>, tx: &Sender<Job>, vault: &Vault, dirs: &PlMutex<Dirs>) {
     loop {
         let job = match rx.lock() {
             Ok(rx) => rx.recv(),
@@ -100,19 +183,37 @@ fn worker(rx: &Mutex<Receiver<Job>>, tx: &Sender<Job>, vault: &Vault) {
             Err(_) => return,
             Ok(Job::Dir(fd)) => {
                 let dir = Arc::new(fd);
-                let path = std::path::PathBuf::from(std::ffi::OsStr::new(&format!(
-                    "/proc/self/fd/{}",
-                    std::os::fd::AsRawFd::as_raw_fd(&dir)
-                )));
-                let Ok(entries) = std::fs::read_dir(&path) else {
-                    continue;
-                };
-                let files = entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-                    .take(MAX_FILES_PER_DIR);
-                for e in files {
+                for e in entries(&dir, |t| t.is_file())
+                    .into_iter()
+                    .take(MAX_FILES_PER_DIR)
+                {
                     let _ = tx.send(Job::File(dir.clone(), e.file_name()));
+                }
+            }
+            Ok(Job::Siblings(parent, n)) => {
+                let mut queued = 0;
+                for e in entries(&parent, |t| t.is_dir()) {
+                    if queued == n {
+                        break;
+                    }
+                    // The vault's own directory holds no files of the user.
+                    if e.file_name().as_encoded_bytes().starts_with(b".kmsfs") {
+                        continue;
+                    }
+                    let id = std::os::unix::fs::DirEntryExt::ino(&e);
+                    {
+                        let mut dirs = dirs.lock();
+                        if !dirs.claim(id) {
+                            continue;
+                        }
+                        dirs.ahead.insert(id);
+                    }
+                    let name = e.file_name();
+                    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+                    if let Ok(fd) = sys::openat(parent.as_fd(), OsStr::new(&name), flags, 0) {
+                        let _ = tx.send(Job::Dir(fd));
+                        queued += 1;
+                    }
                 }
             }
             Ok(Job::File(dir, name)) => {
