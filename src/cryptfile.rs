@@ -148,6 +148,9 @@ pub struct CryptFile {
     direct: DirectReader,
     vault: Arc<Vault>,
     state: RwLock<Option<Keyed>>,
+    /// Shared stores: the backing file's size and times when this host last dropped its cached
+    /// pages (see `drop_stale_pages`).
+    seen: parking_lot::Mutex<Option<[i64; 5]>>,
 }
 
 /// Stored blocks as read from the backing file.
@@ -182,6 +185,7 @@ impl CryptFile {
             direct: DirectReader::default(),
             vault,
             state: RwLock::new(None),
+            seen: Default::default(),
         }
     }
 
@@ -286,6 +290,9 @@ impl CryptFile {
     /// damage, so readers on other hosts see old or new data, not `EIO`.
     pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, CryptError> {
         let _busy = InFlight::enter();
+        if self.shared() {
+            self.drop_stale_pages()?;
+        }
         let events = self.tamper_events();
         match self.read_once(offset, len) {
             Err(CryptError::Integrity { .. }) if self.shared() => {
@@ -546,6 +553,30 @@ impl CryptFile {
                 .fetch_sub(counted, std::sync::atomic::Ordering::Relaxed);
         }
         result
+    }
+
+    /// Shared stores: drop the backing file's cached pages if it changed (size, mtime or ctime)
+    /// since they were last dropped. Another host's writes do not invalidate them, and a file
+    /// opened again while a handle keeps it open on this host is served by the same
+    /// `CryptFile`: without this, that open would read what was cached before the other
+    /// host's write and close (close-to-open).
+    fn drop_stale_pages(&self) -> Result<(), CryptError> {
+        use std::os::unix::fs::MetadataExt;
+        let m = self.file.metadata()?;
+        let stamp = [
+            m.size() as i64,
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        ];
+        let mut seen = self.seen.lock();
+        if *seen != Some(stamp) {
+            // SAFETY: valid fd; advice only.
+            unsafe { libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            *seen = Some(stamp);
+        }
+        Ok(())
     }
 
     fn shared(&self) -> bool {
