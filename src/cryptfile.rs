@@ -35,6 +35,25 @@ fn parallelism() -> usize {
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// Large writes that extend a file (a stream being written) start their own writeback.
+const STREAM_WRITEBACK_MIN: usize = 256 * 1024;
+
+/// Start writing `len` bytes at `offset` of `file` to the disk without waiting. A file written
+/// as a stream then reaches the disk while the rest is still being encrypted, instead of all
+/// at the final fsync (the kernel would wait for its dirty limits); overwrites in place are
+/// left to the kernel, which may merge them.
+fn start_writeback(file: &File, offset: u64, len: usize) {
+    // SAFETY: valid fd; the call only schedules I/O.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
+}
+
 /// Reads and writes in progress in this process.
 static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -772,6 +791,9 @@ impl CryptFile {
                 None => layout.backing_offset(index),
             };
             self.file.write_all_at(&out, at)?;
+            if new_size > size && out.len() >= STREAM_WRITEBACK_MIN {
+                start_writeback(&self.file, at, out.len());
+            }
             index = batch_end + 1;
         }
         Ok(())
