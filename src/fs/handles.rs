@@ -14,8 +14,21 @@ use crate::cryptfile::CryptFile;
 /// A snapshot of a directory's entries, taken at opendir.
 #[derive(Debug)]
 pub struct DirHandle {
-    /// (backing inode number, type, plain name), "." and ".." first.
-    pub entries: Vec<(u64, FileType, OsString)>,
+    /// "." and ".." first, then one entry per listed file.
+    pub entries: Vec<DirEntry>,
+}
+
+/// One entry of a directory snapshot.
+#[derive(Debug)]
+pub struct DirEntry {
+    /// The backing inode number (what plain `readdir` reports).
+    pub ino: u64,
+    /// The entry's type.
+    pub kind: FileType,
+    /// The name the user sees.
+    pub name: OsString,
+    /// The name in the backing directory (`readdirplus` looks it up).
+    pub backing: OsString,
 }
 
 /// All open handles.

@@ -11,7 +11,7 @@ pub mod handles;
 pub mod inodes;
 pub mod prefetch;
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -24,15 +24,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::cryptfile::{CryptError, CryptFile, Vault};
 use crate::keys::KeyError;
 use crate::names::{BackingName, Names};
 use crate::sys;
-use handles::{DirHandle, Handles};
+use handles::{DirEntry, DirHandle, Handles};
 use inodes::{Inode, InodeTable};
 
 /// Options of the front end.
@@ -360,10 +360,13 @@ impl KmsFs {
         )))
         .map_err(e_io)?;
         let lister = self.names.lister(inode.fd(), inode.is_root).map_err(e_io)?;
-        let mut entries = vec![
-            (1, FileType::Directory, OsString::from(".")),
-            (1, FileType::Directory, OsString::from("..")),
-        ];
+        let dot = |name: &str| DirEntry {
+            ino: 1,
+            kind: FileType::Directory,
+            name: name.into(),
+            backing: name.into(),
+        };
+        let mut entries = vec![dot("."), dot("..")];
         for entry in dir {
             let entry = entry.map_err(e_io)?;
             let Some(name) = lister.plain(&entry.file_name()) else {
@@ -374,7 +377,12 @@ impl KmsFs {
                 .ok()
                 .and_then(FileType::from_std)
                 .unwrap_or(FileType::RegularFile);
-            entries.push((entry.ino(), kind, name));
+            entries.push(DirEntry {
+                ino: entry.ino(),
+                kind,
+                name,
+                backing: entry.file_name(),
+            });
         }
         Ok(DirHandle { entries })
     }
@@ -433,6 +441,10 @@ fn xattr_bytes(get: impl Fn(*mut libc::c_void, usize) -> libc::ssize_t) -> Resul
 impl Filesystem for KmsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_readahead(1 << 20);
+        // The kernel asks for attributes with the entries when a lookup of them would follow.
+        let _ = config.add_capabilities(
+            fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
+        );
         Ok(())
     }
 
@@ -798,8 +810,47 @@ impl Filesystem for KmsFs {
         let Some(dir) = self.handles.dir(fh.0) else {
             return reply.error(Errno::EBADF);
         };
-        for (i, (ino, kind, name)) in dir.entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*ino), i as u64 + 1, *kind, name) {
+        for (i, e) in dir.entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(e.ino), i as u64 + 1, e.kind, &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    /// Entries with their attributes, sparing `ls -l`, `find`, `stat` and openers of every
+    /// file one LOOKUP each. Every entry but "." and ".." counts as a lookup of its inode.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let (Some(dir), Ok(parent)) = (self.handles.dir(fh.0), self.inode(ino)) else {
+            return reply.error(Errno::EBADF);
+        };
+        let ttl = self.opts.attr_ttl;
+        for (i, e) in dir.entries.iter().enumerate().skip(offset as usize) {
+            let next = i as u64 + 1;
+            if i < 2 {
+                // The kernel takes nothing from "." and ".." but their names.
+                let Ok(attr) = self.attr_of(ino.0, parent.fd()) else {
+                    continue;
+                };
+                if reply.add(ino, next, &e.name, &ttl, &attr, Generation(0)) {
+                    break;
+                }
+                continue;
+            }
+            // An entry removed since opendir is left out.
+            let Ok(attr) = self.lookup_backing(&parent, &e.backing) else {
+                continue;
+            };
+            if reply.add(attr.ino, next, &e.name, &ttl, &attr, Generation(0)) {
+                // Not sent: the kernel will not count this lookup.
+                self.inodes.forget(attr.ino.0, 1);
                 break;
             }
         }
