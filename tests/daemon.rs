@@ -14,16 +14,7 @@ use kmsfs::keys::aws::{AwsKmsProvider, KmsTimeouts};
 use kmsfs::keys::{EncryptionContext, KeyProvider};
 
 fn status(v: &Vault, m: &MountGuard) -> serde_json::Value {
-    let out = v
-        .command(["status".as_ref(), m.path().as_os_str(), "--json".as_ref()])
-        .output()
-        .expect("run status");
-    assert!(
-        out.status.success(),
-        "status failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("status is JSON")
+    v.status_json(m.path())
 }
 
 fn forget(v: &Vault, m: &MountGuard) {

@@ -152,25 +152,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 /// `kmsfs status MNT --json` of a mount of `v`.
 fn status_json(v: &Vault, mnt: &Path) -> serde_json::Value {
-    let out = v
-        .command([
-            std::ffi::OsStr::new("status"),
-            mnt.as_os_str(),
-            std::ffi::OsStr::new("--json"),
-        ])
-        .output()
-        .expect("run kmsfs status");
-    assert!(
-        out.status.success(),
-        "kmsfs status failed: {}",
-        common::mount::stderr(&out)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "kmsfs status --json: {e}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    v.status_json(mnt)
 }
 
 /// Every regular file under the backing dir `dir`, recursively, but not the vault's own

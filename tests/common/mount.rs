@@ -228,6 +228,25 @@ impl Vault {
     }
 
     /// The daemon's log so far (empty when there is none yet).
+    /// `kmsfs status --json` of the mount at `mnt`.
+    pub fn status_json(&self, mnt: &Path) -> serde_json::Value {
+        let out = self
+            .command([OsStr::new("status"), mnt.as_os_str(), OsStr::new("--json")])
+            .output()
+            .expect("run kmsfs status");
+        assert!(
+            out.status.success(),
+            "kmsfs status failed: {}",
+            stderr(&out)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "kmsfs status --json: {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_file).unwrap_or_default()
     }
