@@ -244,6 +244,17 @@ impl CryptFile {
         self.state.read().as_ref().map(|k| k.header.file_id)
     }
 
+    /// The file id of the loaded header, or else the one the backing file's header names
+    /// (not authenticated; no key needed). None for an empty or foreign file.
+    pub fn stored_file_id(&self) -> Option<Id> {
+        if let Some(id) = self.file_id() {
+            return Some(id);
+        }
+        let mut buf = vec![0u8; HEADER_SIZE];
+        let n = read_full(&self.file, &mut buf, 0).ok()?;
+        FileHeader::decode(&buf[..n]).ok().map(|h| h.file_id)
+    }
+
     /// The block cipher of a loaded file, its key from the cache (or the KMS after expiry).
     fn cipher(&self, keyed: &Keyed) -> Result<BlockCipher, CryptError> {
         let key = self.key_for(&keyed.header)?;
@@ -859,18 +870,9 @@ pub fn prefetch_key(file: &File, vault: &Vault) -> Result<bool, KeyError> {
 /// Whether the key of the open file is cached (false for a file whose header is not loaded
 /// and whose key would need the KMS). Reads the header, no KMS call.
 pub fn key_is_cached(file: &CryptFile) -> bool {
-    if let Some(id) = file.file_id() {
-        return file.vault.keys.contains(&id);
-    }
-    let mut buf = vec![0u8; HEADER_SIZE];
-    match read_full(&file.file, &mut buf, 0)
-        .ok()
-        .and_then(|n| FileHeader::decode(&buf[..n]).ok())
-    {
-        Some(h) => file.vault.keys.contains(&h.file_id),
-        // empty or foreign: no key to fetch
-        None => true,
-    }
+    // Empty or foreign: no key to fetch.
+    file.stored_file_id()
+        .is_none_or(|id| file.vault.keys.contains(&id))
 }
 
 /// A whole-file OFD lock on a backing file, exclusive for changes or shared for a second try

@@ -357,6 +357,59 @@ fn cold_large_reads_come_from_the_disk_intact_and_tampering_there_is_eio() {
 }
 
 #[test]
+fn reopening_an_unchanged_file_keeps_its_pages_while_its_key_is_fresh() {
+    let data = Rng::new(12).bytes(300_000);
+    // Key cache lookups (hits + misses) made by reading the file once: 0 when the kernel
+    // served the read from its page cache.
+    let count = |v: &Vault, m: &common::mount::MountGuard| {
+        let s = v.status_json(m.path());
+        s["hits"].as_u64().unwrap_or(0) + s["misses"].as_u64().unwrap_or(0)
+    };
+    let reads_reaching_the_daemon = |v: &Vault, m: &common::mount::MountGuard| {
+        let before = count(v, m);
+        assert_contents(&m.join("f"), &data);
+        count(v, m) - before
+    };
+    let v = local_vault();
+    let m = v.mount(&["--key-ttl", "3"]);
+    fs::write(m.join("f"), &data).expect("write");
+    assert_contents(&m.join("f"), &data);
+    assert_eq!(reads_reaching_the_daemon(&v, &m), 0, "unchanged file");
+    // A change through the mount keeps the pages in step.
+    let f = OpenOptions::new()
+        .write(true)
+        .open(m.join("f"))
+        .expect("open for writing");
+    f.write_all_at(&data[..10], 0).expect("rewrite");
+    drop(f);
+    assert_eq!(
+        reads_reaching_the_daemon(&v, &m),
+        0,
+        "after a write through the mount"
+    );
+    // Past the key's TTL the pages go, also those of a file held open meanwhile.
+    let held = File::open(m.join("f")).expect("hold open");
+    let mut buf = vec![0u8; data.len()];
+    std::thread::sleep(std::time::Duration::from_millis(3_800));
+    let before = count(&v, &m);
+    held.read_exact_at(&mut buf, 0)
+        .expect("read through the held handle");
+    assert!(buf == data, "content through the held handle");
+    assert!(count(&v, &m) > before, "pages outlived their key");
+    drop(held);
+    m.unmount();
+
+    // With --key-ttl 0 no key outlives its last close, and neither do the pages.
+    let m = v.mount(&["--key-ttl", "0"]);
+    assert_contents(&m.join("f"), &data);
+    assert!(
+        reads_reaching_the_daemon(&v, &m) > 0,
+        "pages kept past the key"
+    );
+    m.unmount();
+}
+
+#[test]
 fn foreign_backing_file_reads_as_eio() {
     // Plain names, so a file dropped into the backing dir shows up under its own name.
     let v = Vault::new();

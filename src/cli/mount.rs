@@ -187,6 +187,7 @@ fn serve(
     config.clone_fd = true;
     let (fs_vault, fs_handles, notifier_slot) =
         (fs.vault().clone(), fs.handles(), fs.notifier_slot());
+    let (expiry_vault, expiry_handles) = (fs_vault.clone(), fs_handles.clone());
     let mut session = Session::new(fs, mnt, &config)
         .map_err(|e| format!("cannot mount at {}: {e}", mnt.display()))?;
     let mut unmounter = session.unmount_callable();
@@ -235,11 +236,20 @@ fn serve(
         })
         .map_err(|e| e.to_string())?;
     let purge_keys = keys.clone();
+    let (expiry_handles, expiry_vault, expiry_notifier) =
+        (expiry_handles, expiry_vault, session.notifier());
+    // Often enough that pages are dropped well within a tenth of the TTL of their key.
+    let tick = (ttl / 8).clamp(Duration::from_millis(100), Duration::from_secs(1));
     std::thread::Builder::new()
         .name("kmsfs-key-expiry".into())
         .spawn(move || {
             loop {
-                std::thread::sleep(Duration::from_secs(1));
+                std::thread::sleep(tick);
+                crate::fs::drop_pages_of_stale_keys(
+                    &expiry_handles,
+                    &expiry_vault,
+                    &expiry_notifier,
+                );
                 purge_keys.purge_expired();
             }
         })

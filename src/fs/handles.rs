@@ -112,7 +112,16 @@ impl Handles {
         self.dirs.lock().remove(&fh);
     }
 
-    /// Inodes with at least one open file handle.
+    /// The open files, by inode.
+    pub fn open_files_by_inode(&self) -> Vec<(u64, Arc<CryptFile>)> {
+        self.by_inode
+            .lock()
+            .iter()
+            .map(|(ino, (f, _))| (*ino, f.clone()))
+            .collect()
+    }
+
+    /// The inodes with open handles.
     pub fn open_inodes(&self) -> Vec<u64> {
         self.by_inode.lock().keys().copied().collect()
     }

@@ -22,6 +22,22 @@ pub struct Inode {
     parent: std::sync::atomic::AtomicU64,
     /// Whether this is the mount's root (the vault directory).
     pub is_root: bool,
+    /// The backing file as it was when the kernel's cached pages of it were last in step.
+    cached_as: Mutex<Option<Stamp>>,
+}
+
+/// Size, mtime and ctime of a backing file: any change to it changes one of them.
+pub type Stamp = [i64; 5];
+
+/// The stamp of a backing file's stat.
+pub fn stamp(st: &libc::stat) -> Stamp {
+    [
+        st.st_size,
+        st.st_mtime,
+        st.st_mtime_nsec,
+        st.st_ctime,
+        st.st_ctime_nsec,
+    ]
 }
 
 impl Inode {
@@ -33,6 +49,12 @@ impl Inode {
     /// The inode number of the directory it was last looked up in.
     pub fn parent(&self) -> u64 {
         self.parent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Record that the kernel's cached pages match the backing file as `now`; returns whether
+    /// they matched it as it was before (the file did not change in between).
+    pub fn cached_pages_match(&self, now: Stamp) -> bool {
+        self.cached_as.lock().replace(now) == Some(now)
     }
 }
 
@@ -62,6 +84,7 @@ impl InodeTable {
             key,
             nlookup: Mutex::new(1),
             parent: ROOT.into(),
+            cached_as: Mutex::new(None),
             is_root: true,
         });
         let mut t = Tables {
@@ -107,6 +130,7 @@ impl InodeTable {
                 nlookup: Mutex::new(1),
                 parent,
                 is_root: false,
+                cached_as: Mutex::new(None),
             }),
         );
         t.by_key.insert(key, ino);

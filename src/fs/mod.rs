@@ -354,6 +354,33 @@ impl KmsFs {
         }
     }
 
+    /// After a change made through this mount (which keeps the kernel's pages in step with
+    /// it), note how the backing file looks now. Noted here, not at close: a close is answered
+    /// after the closer has moved on, and anything done to the backing file meanwhile must
+    /// still count as a change.
+    fn pages_in_step(&self, ino: u64) {
+        if let Some(inode) = self.inodes.get(ino) {
+            if let Ok(st) = sys::stat_fd(inode.fd()) {
+                inode.cached_pages_match(inodes::stamp(&st));
+            }
+        }
+    }
+
+    /// Whether an open may keep the kernel's cached pages of `inode` (else the kernel drops
+    /// them): the backing file has not changed since they were last in step, its key is still
+    /// fresh (pages are also dropped when a key expires, see `drop_pages_of_stale_keys`), and
+    /// no other host can have written it.
+    fn keep_cache(&self, inode: &Inode, key_cached: bool) -> bool {
+        let shared = self
+            .vault
+            .shared_store
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let Ok(st) = sys::stat_fd(inode.fd()) else {
+            return false;
+        };
+        inode.cached_pages_match(inodes::stamp(&st)) && key_cached && !shared
+    }
+
     fn read_dir(&self, inode: &Inode) -> Result<DirHandle> {
         let dir = std::fs::read_dir(Path::new(OsStr::from_bytes(
             sys::proc_path(inode.fd()).as_bytes(),
@@ -504,7 +531,10 @@ impl Filesystem for KmsFs {
                 fh,
             },
         ) {
-            Ok(attr) => reply.attr(&self.opts.attr_ttl, &attr),
+            Ok(attr) => {
+                self.pages_in_step(ino.0);
+                reply.attr(&self.opts.attr_ttl, &attr)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -677,11 +707,12 @@ impl Filesystem for KmsFs {
                 self.writable()?;
             }
             let (fh, file) = self.open_crypt(ino.0, &inode)?;
+            let key_cached = crate::cryptfile::key_is_cached(&file);
             if let Some(p) = &self.prefetch {
                 if let Some(dir) = self.inodes.get(inode.parent()) {
                     let parent = self.inodes.get(dir.parent());
                     let parent_fd = parent.as_ref().filter(|_| !dir.is_root).map(|p| p.fd());
-                    if crate::cryptfile::key_is_cached(&file) {
+                    if key_cached {
                         p.warm_open(dir.fd(), parent_fd);
                     } else {
                         p.cold_open(dir.fd(), parent_fd);
@@ -695,10 +726,17 @@ impl Filesystem for KmsFs {
                     return Err(errno::crypt(&e));
                 }
             }
-            Ok(fh)
+            Ok((fh, self.keep_cache(&inode, key_cached)))
         })();
         match r {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok((fh, keep)) => {
+                let flags = if keep {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(fh), flags)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -737,7 +775,7 @@ impl Filesystem for KmsFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -753,7 +791,10 @@ impl Filesystem for KmsFs {
             return reply.error(Errno::EBADF);
         };
         match file.write(offset, data) {
-            Ok(n) => reply.written(n as u32),
+            Ok(n) => {
+                self.pages_in_step(ino.0);
+                reply.written(n as u32)
+            }
             Err(e) => reply.error(errno::crypt(&e)),
         }
     }
@@ -1030,9 +1071,11 @@ impl Filesystem for KmsFs {
                 }
                 if attr.size > 0 {
                     let inode = self.inode(attr.ino)?;
+                    self.pages_in_step(attr.ino.0);
                     return Ok((self.attr_of(attr.ino.0, inode.fd())?, fh));
                 }
             }
+            self.pages_in_step(attr.ino.0);
             Ok((attr, fh))
         })();
         match r {
@@ -1078,8 +1121,26 @@ impl Filesystem for KmsFs {
             if !keep_size && end > file.size().map_err(crypt)? {
                 file.truncate(end).map_err(crypt)?;
             }
+            self.pages_in_step(ino.0);
             Ok(())
         })();
         reply_empty(reply, r);
+    }
+}
+
+/// Drop the kernel's cached pages of every open file whose key is past its TTL, so no
+/// plaintext is served from the page cache longer than its key may be used: the next read
+/// needs the key again. Called by the mount's key-expiry thread once a second.
+pub fn drop_pages_of_stale_keys(handles: &Handles, vault: &Vault, notifier: &fuser::Notifier) {
+    let stale = vault.keys.newly_stale();
+    if stale.is_empty() {
+        return;
+    }
+    for (ino, file) in handles.open_files_by_inode() {
+        if file.stored_file_id().is_some_and(|id| stale.contains(&id)) {
+            if let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0) {
+                tracing::debug!("page cache invalidation of inode {ino}: {e}");
+            }
+        }
     }
 }
