@@ -164,6 +164,9 @@ struct Keyed {
 #[derive(Debug)]
 pub struct CryptFile {
     file: File,
+    /// The kernel may hold pages of this file read since its key was last found stale (or
+    /// kept from an earlier open).
+    pages_cached: std::sync::atomic::AtomicBool,
     direct: DirectReader,
     vault: Arc<Vault>,
     state: RwLock<Option<Keyed>>,
@@ -201,6 +204,7 @@ impl CryptFile {
         }
         CryptFile {
             file,
+            pages_cached: true.into(),
             direct: DirectReader::default(),
             vault,
             state: RwLock::new(None),
@@ -216,9 +220,6 @@ impl CryptFile {
     }
 
     fn integrity(&self, block: Option<u64>, what: impl Into<String>) -> CryptError {
-        self.vault
-            .tamper_events
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         CryptError::Integrity {
             path: self.backing_path(),
             block,
@@ -323,14 +324,33 @@ impl CryptFile {
         if self.shared() {
             self.drop_stale_pages()?;
         }
-        let events = self.tamper_events();
-        match self.read_once(offset, len) {
+        let r = match self.read_once(offset, len) {
             Err(CryptError::Integrity { .. }) if self.shared() => {
-                let counted = self.tamper_events().saturating_sub(events);
-                self.reread_under_lock(offset, len, counted)
+                self.reread_under_lock(offset, len)
             }
             r => r,
+        };
+        if r.is_ok() {
+            self.pages_cached
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        self.counted(r)
+    }
+
+    /// Whether the kernel may hold pages of this file read since the last call.
+    pub fn take_pages_cached(&self) -> bool {
+        self.pages_cached
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Count an operation that fails on damage as one tamper event (`kmsfs status`).
+    fn counted<T>(&self, r: Result<T, CryptError>) -> Result<T, CryptError> {
+        if let Err(CryptError::Integrity { .. }) = &r {
+            self.vault
+                .tamper_events
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
     }
 
     /// `read` without the retry.
@@ -430,7 +450,9 @@ impl CryptFile {
                 },
             );
             return std::thread::scope(|scope| {
-                let second = scope.spawn(|| self.open_blocks(cipher, &right, s2, o2, false));
+                // No thread to be had (out of resources): the request fails, the daemon stays.
+                let second = std::thread::Builder::new()
+                    .spawn_scoped(scope, || self.open_blocks(cipher, &right, s2, o2, false))?;
                 let r1 = self.open_blocks(cipher, &left, s1, o1, false);
                 let r2 = second
                     .join()
@@ -487,7 +509,7 @@ impl CryptFile {
             .then(|| self.direct.read(&self.file, start, len))
             .flatten()
         {
-            Some(stored) => StoredBytes::Direct(stored?),
+            Some(stored) => StoredBytes::Direct(stored),
             None => {
                 let mut buf = vec![0u8; len];
                 let n = read_full(&self.file, &mut buf, start)?;
@@ -525,6 +547,16 @@ impl CryptFile {
 
     /// Write `data` at `offset`, extending the file (a gap reads as zeros).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<usize, CryptError> {
+        let r = self.write_uncounted(offset, data);
+        if r.is_ok() {
+            // Written data sits in the kernel's page cache too.
+            self.pages_cached
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.counted(r)
+    }
+
+    fn write_uncounted(&self, offset: u64, data: &[u8]) -> Result<usize, CryptError> {
         if data.is_empty() {
             return Ok(0);
         }
@@ -563,26 +595,15 @@ impl CryptFile {
 
     /// The second try of a failed read on a shared store: under a shared lock on the backing
     /// file no other host is halfway through a write, the pages are fresh and a header another
-    /// host replaced is reloaded. Success means the first try raced a write: its `counted`
-    /// integrity events are taken back. Failure is damage.
-    fn reread_under_lock(
-        &self,
-        offset: u64,
-        len: usize,
-        counted: u64,
-    ) -> Result<Vec<u8>, CryptError> {
+    /// host replaced is reloaded. Success means the first try raced a write (not counted as
+    /// tampering); failure is damage.
+    fn reread_under_lock(&self, offset: u64, len: usize) -> Result<Vec<u8>, CryptError> {
         let mut state = self.state.write();
         let _lock = self.lock_backing(&mut state, false)?;
         if state.is_none() && len > 0 && self.backing_len()? > 0 {
             *state = Some(self.load()?);
         }
-        let result = self.read_locked(&state, offset, len);
-        if result.is_ok() {
-            self.vault
-                .tamper_events
-                .fetch_sub(counted, std::sync::atomic::Ordering::Relaxed);
-        }
-        result
+        self.read_locked(&state, offset, len)
     }
 
     /// Shared stores: drop the backing file's cached pages if it changed (size, mtime or ctime)
@@ -615,14 +636,12 @@ impl CryptFile {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn tamper_events(&self) -> u64 {
-        self.vault
-            .tamper_events
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// Set the plain size: cut (re-sealing the new final block) or extend with zeros.
     pub fn truncate(&self, new_size: u64) -> Result<(), CryptError> {
+        self.counted(self.truncate_uncounted(new_size))
+    }
+
+    fn truncate_uncounted(&self, new_size: u64) -> Result<(), CryptError> {
         let mut state = self.state.write();
         if new_size == 0 && self.backing_len()? == 0 {
             *state = None;
@@ -830,8 +849,9 @@ impl CryptFile {
             let (p1, p2) = plains.split_at(mid);
             let (o1, o2) = out.split_at_mut(at);
             return std::thread::scope(|scope| {
-                let second =
-                    scope.spawn(|| self.seal_blocks(cipher, first + mid as u64, p2, o2, false));
+                let second = std::thread::Builder::new().spawn_scoped(scope, || {
+                    self.seal_blocks(cipher, first + mid as u64, p2, o2, false)
+                })?;
                 let r1 = self.seal_blocks(cipher, first, p1, o1, false);
                 let r2 = second.join().unwrap_or_else(|_| {
                     Err(std::io::Error::other("encryption thread failed").into())

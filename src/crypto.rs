@@ -122,8 +122,12 @@ impl DataKey {
         let tag = self
             .cipher
             .encrypt_inout_detached(&Nonce::from(*nonce), aad, (&mut out[start..]).into())
-            // Only fails for inputs over 2^36 bytes, far above any block or key.
-            .unwrap_or_default();
+            // Only fails for inputs over 2^36 bytes, far above any block or key; were it to,
+            // zeros with a zero tag (which never authenticate) go out, never the plaintext.
+            .unwrap_or_else(|_| {
+                out[start..].fill(0);
+                Tag::default()
+            });
         out.extend_from_slice(&tag);
     }
 
@@ -132,11 +136,18 @@ impl DataKey {
     pub fn seal_into(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], plain: &[u8], out: &mut [u8]) {
         let (body, tag_out) = out.split_at_mut(plain.len());
         body.copy_from_slice(plain);
-        let tag = self
-            .cipher
-            .encrypt_inout_detached(&Nonce::from(*nonce), aad, body.into())
-            // Only fails for inputs over 2^36 bytes, far above any block or key.
-            .unwrap_or_default();
+        let tag =
+            match self
+                .cipher
+                .encrypt_inout_detached(&Nonce::from(*nonce), aad, (&mut *body).into())
+            {
+                Ok(tag) => tag,
+                // As in `seal_detached`: never the plaintext.
+                Err(_) => {
+                    body.fill(0);
+                    Tag::default()
+                }
+            };
         tag_out.copy_from_slice(&tag);
     }
 
@@ -160,6 +171,8 @@ impl DataKey {
         self.cipher
             .decrypt_inout_detached(&Nonce::from(*nonce), aad, inout, &tag)
             .map_err(|_| {
+                // Essential: on a bad tag the crate leaves the unauthenticated plaintext in
+                // `out` (decrypted from `sealed`, not re-encrypted, as in and out differ).
                 out.fill(0);
                 CryptoError::Authentication
             })

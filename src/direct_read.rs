@@ -10,6 +10,7 @@ use std::ops::Deref;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Alignment O_DIRECT needs for offsets, lengths and buffers (a page covers every common
 /// logical block size).
@@ -21,13 +22,16 @@ pub const MIN_DIRECT_LEN: usize = 128 * 1024;
 #[derive(Debug, Default)]
 pub struct DirectReader {
     fd: OnceLock<Option<File>>,
+    failed: AtomicBool,
 }
 
 impl DirectReader {
     /// Read `len` bytes at `offset` of `file` from the disk. `None` when the page cache holds
-    /// the range or the backing file system cannot do O_DIRECT: the caller reads buffered.
-    pub fn read(&self, file: &File, offset: u64, len: usize) -> Option<std::io::Result<Stored>> {
-        if mostly_cached(file, offset, len) {
+    /// the range, when the backing file system cannot do O_DIRECT (its first failure turns it
+    /// off for this file), or when fewer bytes came back (the end of the file, or damage): the
+    /// caller then reads buffered, and judges.
+    pub fn read(&self, file: &File, offset: u64, len: usize) -> Option<Stored> {
+        if self.failed.load(Ordering::Relaxed) || mostly_cached(file, offset, len) {
             return None;
         }
         let direct = self
@@ -42,15 +46,19 @@ impl DirectReader {
         let skip = offset as usize - from;
         let span = (skip + len).div_ceil(ALIGN) * ALIGN;
         let mut buf = AlignedBuf::take(span);
-        let Some(bytes) = buf.bytes_mut() else {
-            return Some(Err(std::io::Error::from(std::io::ErrorKind::OutOfMemory)));
+        let bytes = buf.bytes_mut()?;
+        let n = match direct_read(direct, bytes, from as u64) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!("O_DIRECT reads off for this file: {e}");
+                self.failed.store(true, Ordering::Relaxed);
+                return None;
+            }
         };
-        let result = direct_read(direct, bytes, from as u64).map(|n| n.saturating_sub(skip));
-        Some(result.map(|n| Stored {
-            buf,
-            at: skip,
-            len: n.min(len),
-        }))
+        if n < skip + len {
+            return None;
+        }
+        Some(Stored { buf, at: skip, len })
     }
 }
 
@@ -232,11 +240,17 @@ mod tests {
             (1, 131_072),
             (599_000, 5_000),
         ] {
+            let end = offset + len;
+            if end > data.len() {
+                assert!(
+                    reader.read(&file, offset as u64, len).is_none(),
+                    "short read"
+                );
+                continue;
+            }
             let Some(got) = reader.read(&file, offset as u64, len) else {
                 return; // no O_DIRECT on this file system
             };
-            let got = got.expect("read");
-            let end = (offset + len).min(data.len());
             assert_eq!(&got[..], &data[offset..end], "at {offset}+{len}");
         }
     }

@@ -86,6 +86,24 @@ pub fn daemonize() -> Result<Ready, i32> {
     }
 }
 
+/// Allow as many open files as the hard limit: the daemon holds a descriptor per inode the
+/// kernel knows (a listing with attributes counts every entry), far beyond the usual soft 1024.
+pub fn raise_open_file_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid rlimit buffer.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!(
+                    "cannot raise the open file limit: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
 /// Keep keys out of core dumps and ptrace: not dumpable, no core files.
 pub fn harden() {
     // SAFETY: plain prctl/setrlimit calls with valid arguments.

@@ -86,6 +86,7 @@ fn serve(
     };
     logging::init(sink, &args.log_level)?;
     daemon::harden();
+    daemon::raise_open_file_limit();
     lock.write_pid(std::process::id())
         .map_err(|e| e.to_string())?;
     let kms_provider = match early {
@@ -211,9 +212,14 @@ fn serve(
     std::thread::Builder::new()
         .name("kmsfs-ready".into())
         .spawn(move || {
-            // The stat waits for the handshake; a mount that cannot answer it is not usable.
+            // The stat waits for the handshake; a mount that cannot answer it is not usable,
+            // and one that is gone meanwhile shows the directory under it.
             if let Err(e) = std::fs::metadata(&ready_mnt) {
                 ready.fail(&format!("mount {} not usable: {e}", ready_mnt.display()));
+                return;
+            }
+            if fs_type(&ready_mnt) != Some(FUSE_MAGIC) {
+                ready.fail(&format!("mount {} vanished", ready_mnt.display()));
                 return;
             }
             match readahead::set(&ready_mnt, readahead_kib) {
@@ -296,20 +302,26 @@ fn spawn_name_key_refresh(
         .map_err(|e| e.to_string())
 }
 
+/// The statfs magic number of FUSE file systems.
+const FUSE_MAGIC: i64 = 0x6573_5546;
+
 /// Whether `dir` is on a file system other hosts may write too (FUSE, e.g. GlusterFS or
 /// rclone; NFS; CephFS; SMB).
 fn is_shared_store(dir: &Path) -> bool {
     const SHARED: &[i64] = &[
-        0x6573_5546, /* FUSE */
+        FUSE_MAGIC,
         0x6969,      /* NFS */
         0x00c3_6400, /* Ceph */
         0xfe53_4d42, /* SMB2 */
         0xff53_4d42, /* CIFS */
     ];
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
+    fs_type(dir).is_some_and(|t| SHARED.contains(&t))
+}
+
+/// The statfs type of the file system holding `dir`.
+fn fs_type(dir: &Path) -> Option<i64> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
     // SAFETY: zeroed statfs is a valid out buffer; valid C string.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && SHARED.contains(&(st.f_type as i64))
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0).then_some(st.f_type as i64)
 }

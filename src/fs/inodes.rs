@@ -29,6 +29,11 @@ pub struct Inode {
 /// Size, mtime and ctime of a backing file: any change to it changes one of them.
 pub type Stamp = [i64; 5];
 
+/// The (st_dev, st_ino) that identifies a backing object.
+pub fn key_of(st: &libc::stat) -> (u64, u64) {
+    (st.st_dev, st.st_ino)
+}
+
 /// The stamp of a backing file's stat.
 pub fn stamp(st: &libc::stat) -> Stamp {
     [
@@ -46,9 +51,25 @@ impl Inode {
         self.fd.as_fd()
     }
 
+    /// The backing object's (st_dev, st_ino).
+    pub fn key(&self) -> (u64, u64) {
+        self.key
+    }
+
     /// The inode number of the directory it was last looked up in.
     pub fn parent(&self) -> u64 {
         self.parent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// After a change through the mount: the pages are in step with `after` if they were with
+    /// `before`, else unknown.
+    pub fn note_change(&self, before: Option<Stamp>, after: Option<Stamp>) {
+        let mut cached_as = self.cached_as.lock();
+        *cached_as = if before.is_some() && *cached_as == before {
+            after
+        } else {
+            None
+        };
     }
 
     /// Record that the kernel's cached pages match the backing file as `now`; returns whether
@@ -77,7 +98,7 @@ pub const ROOT: u64 = 1;
 impl InodeTable {
     /// A table holding the root, backed by `root_fd`.
     pub fn new(root_fd: OwnedFd, st: &libc::stat) -> Self {
-        let key = (st.st_dev, st.st_ino);
+        let key = key_of(st);
         let root = Arc::new(Inode {
             ino: ROOT,
             fd: root_fd,
@@ -107,7 +128,7 @@ impl InodeTable {
     /// directory `parent`), returning its inode number; a known object keeps its number and
     /// the new fd is closed.
     pub fn remember(&self, fd: OwnedFd, st: &libc::stat, parent: u64) -> u64 {
-        let key = (st.st_dev, st.st_ino);
+        let key = key_of(st);
         let mut t = self.tables.lock();
         if let Some(&ino) = t.by_key.get(&key) {
             if let Some(inode) = t.by_ino.get(&ino) {

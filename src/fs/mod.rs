@@ -354,10 +354,22 @@ impl KmsFs {
         }
     }
 
-    /// After a change made through this mount (which keeps the kernel's pages in step with
-    /// it), note how the backing file looks now. Noted here, not at close: a close is answered
-    /// after the closer has moved on, and anything done to the backing file meanwhile must
-    /// still count as a change.
+    /// Run `change`, made through this mount (which keeps the kernel's pages in step with it),
+    /// and note how the backing file looks after it; but only if it looked as last noted
+    /// before it: otherwise something else changed it and its cached pages are not trusted.
+    /// Noted here, not at close: a close is answered after the closer has moved on.
+    fn change_in_step<R>(&self, ino: u64, change: impl FnOnce() -> R) -> R {
+        let inode = self.inodes.get(ino);
+        let stamp_now = |i: &Inode| sys::stat_fd(i.fd()).ok().map(|st| inodes::stamp(&st));
+        let before = inode.as_deref().and_then(stamp_now);
+        let r = change();
+        if let Some(inode) = inode {
+            inode.note_change(before, stamp_now(&inode));
+        }
+        r
+    }
+
+    /// Note how a new file looks: the kernel has no pages of it yet.
     fn pages_in_step(&self, ino: u64) {
         if let Some(inode) = self.inodes.get(ino) {
             if let Ok(st) = sys::stat_fd(inode.fd()) {
@@ -519,22 +531,17 @@ impl Filesystem for KmsFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.do_setattr(
-            ino,
-            AttrChange {
-                mode,
-                uid,
-                gid,
-                size,
-                atime,
-                mtime,
-                fh,
-            },
-        ) {
-            Ok(attr) => {
-                self.pages_in_step(ino.0);
-                reply.attr(&self.opts.attr_ttl, &attr)
-            }
+        let change = AttrChange {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+            fh,
+        };
+        match self.change_in_step(ino.0, || self.do_setattr(ino, change)) {
+            Ok(attr) => reply.attr(&self.opts.attr_ttl, &attr),
             Err(e) => reply.error(e),
         }
     }
@@ -790,11 +797,8 @@ impl Filesystem for KmsFs {
         let Some(file) = self.handles.file(fh.0) else {
             return reply.error(Errno::EBADF);
         };
-        match file.write(offset, data) {
-            Ok(n) => {
-                self.pages_in_step(ino.0);
-                reply.written(n as u32)
-            }
+        match self.change_in_step(ino.0, || file.write(offset, data)) {
+            Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno::crypt(&e)),
         }
     }
@@ -873,6 +877,7 @@ impl Filesystem for KmsFs {
             return reply.error(Errno::EBADF);
         };
         let ttl = self.opts.attr_ttl;
+        let mut added = 0;
         for (i, e) in dir.entries.iter().enumerate().skip(offset as usize) {
             let next = i as u64 + 1;
             if i < 2 {
@@ -883,17 +888,24 @@ impl Filesystem for KmsFs {
                 if reply.add(ino, next, &e.name, &ttl, &attr, Generation(0)) {
                     break;
                 }
+                added += 1;
                 continue;
             }
-            // An entry removed since opendir is left out.
-            let Ok(attr) = self.lookup_backing(&parent, &e.backing) else {
-                continue;
+            let attr = match self.lookup_backing(&parent, &e.backing) {
+                Ok(attr) => attr,
+                // Removed since opendir: left out.
+                Err(err) if err == Errno::ENOENT || err == Errno::ESTALE => continue,
+                // Anything else (e.g. out of descriptors) must not shorten the listing
+                // silently: end this batch (the kernel asks again from here) or fail it.
+                Err(err) if added == 0 => return reply.error(err),
+                Err(_) => break,
             };
             if reply.add(attr.ino, next, &e.name, &ttl, &attr, Generation(0)) {
                 // Not sent: the kernel will not count this lookup.
                 self.inodes.forget(attr.ino.0, 1);
                 break;
             }
+            added += 1;
         }
         reply.ok();
     }
@@ -1059,10 +1071,18 @@ impl Filesystem for KmsFs {
                 .map_err(e_io)?;
             self.chown_new(req, &p, &bname)?;
             let attr = self.lookup_backing(&p, &bname)?;
-            // The descriptor the create returned serves the file, unless it is open already.
-            let (fh, file) = self.handles.open_file(attr.ino.0, || {
-                Ok::<_, Errno>(CryptFile::new(File::from(created), self.vault.clone()))
-            })?;
+            let inode = self.inode(attr.ino)?;
+            // The descriptor the create returned serves the file, unless it is open already
+            // or the name meanwhile leads elsewhere (another host renamed or replaced it).
+            let same =
+                sys::stat_fd(created.as_fd()).is_ok_and(|st| inodes::key_of(&st) == inode.key());
+            let (fh, file) = if same {
+                self.handles.open_file(attr.ino.0, || {
+                    Ok::<_, Errno>(CryptFile::new(File::from(created), self.vault.clone()))
+                })?
+            } else {
+                self.open_crypt(attr.ino.0, &inode)?
+            };
             if flags & libc::O_TRUNC != 0 {
                 // Cheap for a new file: an empty backing file needs no lock and no syscall.
                 if let Err(e) = file.truncate(0) {
@@ -1070,7 +1090,6 @@ impl Filesystem for KmsFs {
                     return Err(errno::crypt(&e));
                 }
                 if attr.size > 0 {
-                    let inode = self.inode(attr.ino)?;
                     self.pages_in_step(attr.ino.0);
                     return Ok((self.attr_of(attr.ino.0, inode.fd())?, fh));
                 }
@@ -1100,7 +1119,7 @@ impl Filesystem for KmsFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let r = (|| {
+        let r = self.change_in_step(ino.0, || {
             self.writable()?;
             let file = self
                 .handles
@@ -1121,23 +1140,22 @@ impl Filesystem for KmsFs {
             if !keep_size && end > file.size().map_err(crypt)? {
                 file.truncate(end).map_err(crypt)?;
             }
-            self.pages_in_step(ino.0);
             Ok(())
-        })();
+        });
         reply_empty(reply, r);
     }
 }
 
-/// Drop the kernel's cached pages of every open file whose key is past its TTL, so no
-/// plaintext is served from the page cache longer than its key may be used: the next read
-/// needs the key again. Called by the mount's key-expiry thread once a second.
+/// Drop the kernel's cached pages of every open file whose key is no longer fresh in the cache
+/// (past its TTL, evicted, forgotten), so no plaintext is served from the page cache longer
+/// than its key may be used: the next read needs the key again. Called by the mount's
+/// key-expiry thread several times per TTL.
 pub fn drop_pages_of_stale_keys(handles: &Handles, vault: &Vault, notifier: &fuser::Notifier) {
-    let stale = vault.keys.newly_stale();
-    if stale.is_empty() {
-        return;
-    }
     for (ino, file) in handles.open_files_by_inode() {
-        if file.stored_file_id().is_some_and(|id| stale.contains(&id)) {
+        let stale = file
+            .stored_file_id()
+            .is_some_and(|id| !vault.keys.contains(&id));
+        if stale && file.take_pages_cached() {
             if let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0) {
                 tracing::debug!("page cache invalidation of inode {ino}: {e}");
             }

@@ -34,8 +34,9 @@ const MAX_DIRS: usize = 10_000;
 enum Job {
     /// List this directory and queue its files.
     Dir(OwnedFd),
-    /// Prefetch up to this many not yet prefetched subdirectories of this directory.
-    Siblings(OwnedFd, usize),
+    /// Prefetch up to this many not yet prefetched subdirectories of this directory, those
+    /// listed after the one with this inode number first (the way the reader is going).
+    Siblings(OwnedFd, usize, u64),
     /// Fetch the key of this file.
     File(Arc<OwnedFd>, std::ffi::OsString),
 }
@@ -141,7 +142,7 @@ impl Prefetcher {
         }
         if walk {
             if let Some(fd) = parent.and_then(open_dir) {
-                self.send(Job::Siblings(fd, LOOKAHEAD_DIRS));
+                self.send(Job::Siblings(fd, LOOKAHEAD_DIRS, id));
             }
         }
     }
@@ -157,7 +158,7 @@ impl Prefetcher {
             return;
         }
         if let Some(fd) = parent.and_then(open_dir) {
-            self.send(Job::Siblings(fd, 1));
+            self.send(Job::Siblings(fd, 1, id));
         }
     }
 }
@@ -190,9 +191,17 @@ fn worker(rx: &Mutex<Receiver<Job>>, tx: &Sender<Job>, vault: &Vault, dirs: &PlM
                     let _ = tx.send(Job::File(dir.clone(), e.file_name()));
                 }
             }
-            Ok(Job::Siblings(parent, n)) => {
+            Ok(Job::Siblings(parent, n, from)) => {
                 let mut queued = 0;
-                for e in entries(&parent, |t| t.is_dir()) {
+                let mut subdirs = entries(&parent, |t| t.is_dir());
+                // Those after `from` first, then the rest (when `from` is gone or last).
+                if let Some(at) = subdirs
+                    .iter()
+                    .position(|e| std::os::unix::fs::DirEntryExt::ino(e) == from)
+                {
+                    subdirs.rotate_left(at + 1);
+                }
+                for e in subdirs {
                     if queued == n {
                         break;
                     }

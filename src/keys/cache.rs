@@ -38,8 +38,6 @@ struct Entry {
     key: Arc<DataKey>,
     unwrapped_at: Instant,
     retry_at: Option<Instant>,
-    /// `newly_stale` has reported this unwrap past its TTL.
-    stale_reported: bool,
 }
 
 type FlightResult = Option<Result<Arc<DataKey>, KeyError>>;
@@ -397,7 +395,6 @@ impl KeyCache {
                 key,
                 unwrapped_at: Instant::now(),
                 retry_at: None,
-                stale_reported: false,
             },
         );
     }
@@ -421,23 +418,6 @@ impl KeyCache {
         for id in dead {
             entries.pop(&id);
         }
-    }
-
-    /// The files whose cached keys went past their TTL since the last call (each unwrap is
-    /// reported once): the mount drops their cached pages.
-    pub fn newly_stale(&self) -> std::collections::HashSet<Id> {
-        if self.ttl.is_zero() {
-            return Default::default();
-        }
-        let now = Instant::now();
-        let mut stale = std::collections::HashSet::new();
-        for (id, e) in self.entries.lock().iter_mut() {
-            if !e.stale_reported && !self.is_fresh(e, now) {
-                e.stale_reported = true;
-                stale.insert(*id);
-            }
-        }
-        stale
     }
 
     /// Drop every key (forget, unmount). Keys still borrowed by an in-flight operation are
@@ -552,19 +532,6 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         c.get(&[1; 16], &[3], &ctx()).expect("after expiry");
         assert_eq!(p.decrypts.load(Ordering::SeqCst), 2);
-    }
-
-    #[test]
-    fn each_unwrap_is_reported_stale_once() {
-        let (_, c) = setup(30, 60_000, 10);
-        c.get(&[1; 16], &[3], &ctx()).expect("first");
-        assert!(c.newly_stale().is_empty(), "fresh");
-        std::thread::sleep(Duration::from_millis(40));
-        assert_eq!(c.newly_stale(), [[1; 16]].into_iter().collect());
-        assert!(c.newly_stale().is_empty(), "reported once");
-        c.get(&[1; 16], &[3], &ctx()).expect("unwrapped again");
-        std::thread::sleep(Duration::from_millis(40));
-        assert_eq!(c.newly_stale().len(), 1, "the new unwrap expires too");
     }
 
     #[test]
