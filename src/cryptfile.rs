@@ -172,7 +172,7 @@ pub struct CryptFile {
     state: RwLock<Option<Keyed>>,
     /// Shared stores: the backing file's size and times when this host last dropped its cached
     /// pages (see `drop_stale_pages`).
-    seen: parking_lot::Mutex<Option<[i64; 5]>>,
+    seen: parking_lot::Mutex<Option<crate::sys::Stamp>>,
 }
 
 /// Stored blocks as read from the backing file.
@@ -612,15 +612,7 @@ impl CryptFile {
     /// `CryptFile`: without this, that open would read what was cached before the other
     /// host's write and close (close-to-open).
     fn drop_stale_pages(&self) -> Result<(), CryptError> {
-        use std::os::unix::fs::MetadataExt;
-        let m = self.file.metadata()?;
-        let stamp = [
-            m.size() as i64,
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec(),
-        ];
+        let stamp = crate::sys::stamp(&crate::sys::stat_fd(std::os::fd::AsFd::as_fd(&self.file))?);
         let mut seen = self.seen.lock();
         if *seen != Some(stamp) {
             // SAFETY: valid fd; advice only.

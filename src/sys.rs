@@ -69,3 +69,17 @@ pub fn stat_fd(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
 pub fn raw(fd: BorrowedFd<'_>) -> RawFd {
     fd.as_raw_fd()
 }
+
+/// Size, mtime and ctime of a file: any change to its content changes one of them.
+pub type Stamp = [i64; 5];
+
+/// The stamp of a file's stat.
+pub fn stamp(st: &libc::stat) -> Stamp {
+    [
+        st.st_size,
+        st.st_mtime,
+        st.st_mtime_nsec,
+        st.st_ctime,
+        st.st_ctime_nsec,
+    ]
+}

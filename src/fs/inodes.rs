@@ -23,26 +23,12 @@ pub struct Inode {
     /// Whether this is the mount's root (the vault directory).
     pub is_root: bool,
     /// The backing file as it was when the kernel's cached pages of it were last in step.
-    cached_as: Mutex<Option<Stamp>>,
+    cached_as: Mutex<Option<crate::sys::Stamp>>,
 }
-
-/// Size, mtime and ctime of a backing file: any change to it changes one of them.
-pub type Stamp = [i64; 5];
 
 /// The (st_dev, st_ino) that identifies a backing object.
 pub fn key_of(st: &libc::stat) -> (u64, u64) {
     (st.st_dev, st.st_ino)
-}
-
-/// The stamp of a backing file's stat.
-pub fn stamp(st: &libc::stat) -> Stamp {
-    [
-        st.st_size,
-        st.st_mtime,
-        st.st_mtime_nsec,
-        st.st_ctime,
-        st.st_ctime_nsec,
-    ]
 }
 
 impl Inode {
@@ -63,7 +49,7 @@ impl Inode {
 
     /// After a change through the mount: the pages are in step with `after` if they were with
     /// `before`, else unknown.
-    pub fn note_change(&self, before: Option<Stamp>, after: Option<Stamp>) {
+    pub fn note_change(&self, before: Option<crate::sys::Stamp>, after: Option<crate::sys::Stamp>) {
         let mut cached_as = self.cached_as.lock();
         *cached_as = if before.is_some() && *cached_as == before {
             after
@@ -74,7 +60,7 @@ impl Inode {
 
     /// Record that the kernel's cached pages match the backing file as `now`; returns whether
     /// they matched it as it was before (the file did not change in between).
-    pub fn cached_pages_match(&self, now: Stamp) -> bool {
+    pub fn cached_pages_match(&self, now: crate::sys::Stamp) -> bool {
         self.cached_as.lock().replace(now) == Some(now)
     }
 }

@@ -360,7 +360,7 @@ impl KmsFs {
     /// Noted here, not at close: a close is answered after the closer has moved on.
     fn change_in_step<R>(&self, ino: u64, change: impl FnOnce() -> R) -> R {
         let inode = self.inodes.get(ino);
-        let stamp_now = |i: &Inode| sys::stat_fd(i.fd()).ok().map(|st| inodes::stamp(&st));
+        let stamp_now = |i: &Inode| sys::stat_fd(i.fd()).ok().map(|st| sys::stamp(&st));
         let before = inode.as_deref().and_then(stamp_now);
         let r = change();
         if let Some(inode) = inode {
@@ -373,7 +373,7 @@ impl KmsFs {
     fn pages_in_step(&self, ino: u64) {
         if let Some(inode) = self.inodes.get(ino) {
             if let Ok(st) = sys::stat_fd(inode.fd()) {
-                inode.cached_pages_match(inodes::stamp(&st));
+                inode.cached_pages_match(sys::stamp(&st));
             }
         }
     }
@@ -390,7 +390,7 @@ impl KmsFs {
         let Ok(st) = sys::stat_fd(inode.fd()) else {
             return false;
         };
-        inode.cached_pages_match(inodes::stamp(&st)) && key_cached && !shared
+        inode.cached_pages_match(sys::stamp(&st)) && key_cached && !shared
     }
 
     fn read_dir(&self, inode: &Inode) -> Result<DirHandle> {
