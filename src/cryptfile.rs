@@ -337,6 +337,11 @@ impl CryptFile {
         self.counted(r)
     }
 
+    /// Whether the kernel may hold pages of this file read since the last `take_pages_cached`.
+    pub fn pages_may_be_cached(&self) -> bool {
+        self.pages_cached.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Whether the kernel may hold pages of this file read since the last call.
     pub fn take_pages_cached(&self) -> bool {
         self.pages_cached

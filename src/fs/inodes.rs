@@ -47,6 +47,13 @@ impl Inode {
         self.parent.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The backing object's stamp as it is now (None when it cannot be stat'ed).
+    pub fn backing_stamp(&self) -> Option<crate::sys::Stamp> {
+        crate::sys::stat_fd(self.fd())
+            .ok()
+            .map(|st| crate::sys::stamp(&st))
+    }
+
     /// After a change through the mount: the pages are in step with `after` if they were with
     /// `before`, else unknown.
     pub fn note_change(&self, before: Option<crate::sys::Stamp>, after: Option<crate::sys::Stamp>) {

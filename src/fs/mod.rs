@@ -360,37 +360,35 @@ impl KmsFs {
     /// Noted here, not at close: a close is answered after the closer has moved on.
     fn change_in_step<R>(&self, ino: u64, change: impl FnOnce() -> R) -> R {
         let inode = self.inodes.get(ino);
-        let stamp_now = |i: &Inode| sys::stat_fd(i.fd()).ok().map(|st| sys::stamp(&st));
-        let before = inode.as_deref().and_then(stamp_now);
+        let before = inode.as_deref().and_then(Inode::backing_stamp);
         let r = change();
         if let Some(inode) = inode {
-            inode.note_change(before, stamp_now(&inode));
+            inode.note_change(before, inode.backing_stamp());
         }
         r
     }
 
     /// Note how a new file looks: the kernel has no pages of it yet.
-    fn pages_in_step(&self, ino: u64) {
-        if let Some(inode) = self.inodes.get(ino) {
-            if let Ok(st) = sys::stat_fd(inode.fd()) {
-                inode.cached_pages_match(sys::stamp(&st));
-            }
+    fn pages_in_step(&self, inode: &Inode) {
+        if let Some(now) = inode.backing_stamp() {
+            inode.cached_pages_match(now);
         }
     }
 
     /// Whether an open may keep the kernel's cached pages of `inode` (else the kernel drops
-    /// them): the backing file has not changed since they were last in step, its key is still
-    /// fresh (pages are also dropped when a key expires, see `drop_pages_of_stale_keys`), and
-    /// no other host can have written it.
-    fn keep_cache(&self, inode: &Inode, key_cached: bool) -> bool {
+    /// them): the backing file has not changed since they were last in step, no other host
+    /// can have written it, and its key is still fresh (`key_cached`, asked last: it may read
+    /// the header; pages are also dropped when a key goes stale, see
+    /// `drop_pages_of_stale_keys`).
+    fn keep_cache(&self, inode: &Inode, key_cached: impl FnOnce() -> bool) -> bool {
         let shared = self
             .vault
             .shared_store
             .load(std::sync::atomic::Ordering::Relaxed);
-        let Ok(st) = sys::stat_fd(inode.fd()) else {
+        let Some(now) = inode.backing_stamp() else {
             return false;
         };
-        inode.cached_pages_match(sys::stamp(&st)) && key_cached && !shared
+        inode.cached_pages_match(now) && !shared && key_cached()
     }
 
     fn read_dir(&self, inode: &Inode) -> Result<DirHandle> {
@@ -714,12 +712,14 @@ impl Filesystem for KmsFs {
                 self.writable()?;
             }
             let (fh, file) = self.open_crypt(ino.0, &inode)?;
-            let key_cached = crate::cryptfile::key_is_cached(&file);
+            // Asked at most once, and only when needed: it may read the header.
+            let key_cached = std::cell::OnceCell::new();
+            let key_cached = || *key_cached.get_or_init(|| crate::cryptfile::key_is_cached(&file));
             if let Some(p) = &self.prefetch {
                 if let Some(dir) = self.inodes.get(inode.parent()) {
                     let parent = self.inodes.get(dir.parent());
                     let parent_fd = parent.as_ref().filter(|_| !dir.is_root).map(|p| p.fd());
-                    if key_cached {
+                    if key_cached() {
                         p.warm_open(dir.fd(), parent_fd);
                     } else {
                         p.cold_open(dir.fd(), parent_fd);
@@ -1090,11 +1090,11 @@ impl Filesystem for KmsFs {
                     return Err(errno::crypt(&e));
                 }
                 if attr.size > 0 {
-                    self.pages_in_step(attr.ino.0);
+                    self.pages_in_step(&inode);
                     return Ok((self.attr_of(attr.ino.0, inode.fd())?, fh));
                 }
             }
-            self.pages_in_step(attr.ino.0);
+            self.pages_in_step(&inode);
             Ok((attr, fh))
         })();
         match r {
@@ -1152,6 +1152,10 @@ impl Filesystem for KmsFs {
 /// key-expiry thread several times per TTL.
 pub fn drop_pages_of_stale_keys(handles: &Handles, vault: &Vault, notifier: &fuser::Notifier) {
     for (ino, file) in handles.open_files_by_inode() {
+        // Nothing read since the last drop: no need to read the header to find the key.
+        if !file.pages_may_be_cached() {
+            continue;
+        }
         let stale = file
             .stored_file_id()
             .is_some_and(|id| !vault.keys.contains(&id));
