@@ -78,6 +78,8 @@ struct AttrChange {
     atime: Option<TimeOrNow>,
     mtime: Option<TimeOrNow>,
     fh: Option<FileHandle>,
+    /// A truncate that must also clear set-ID bits (see `kill_suid_sgid`).
+    kill_suid_sgid: bool,
 }
 
 fn e_io(e: io::Error) -> Errno {
@@ -253,6 +255,35 @@ impl KmsFs {
         })
     }
 
+    /// Clear set-user-ID, and set-group-ID when the group may execute, and (plaintext names
+    /// only: no other mode stores it) file capabilities: what Linux does when a caller without
+    /// CAP_FSETID writes or truncates a file. Under FUSE_HANDLE_KILLPRIV_V2 the kernel leaves
+    /// this to us; the daemon's own root writes to the backing file would not do it.
+    fn kill_suid_sgid(&self, inode: &Inode) -> Result<()> {
+        let mode = sys::stat_fd(inode.fd()).map_err(e_io)?.st_mode;
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            return Ok(());
+        }
+        let mut kill = libc::S_ISUID;
+        if mode & libc::S_IXGRP != 0 {
+            kill |= libc::S_ISGID;
+        }
+        let path = sys::proc_path(inode.fd());
+        if mode & kill != 0 {
+            // SAFETY: valid C string.
+            sys::cvt(unsafe { libc::chmod(path.as_ptr(), mode & 0o7777 & !kill) }).map_err(e_io)?;
+        }
+        let caps = c"security.capability";
+        // SAFETY: valid C strings; a null buffer of length 0 asks only for the size.
+        if !self.names.is_encrypted()
+            && unsafe { libc::getxattr(path.as_ptr(), caps.as_ptr(), std::ptr::null_mut(), 0) } > 0
+        {
+            // SAFETY: valid C strings.
+            sys::cvt(unsafe { libc::removexattr(path.as_ptr(), caps.as_ptr()) }).map_err(e_io)?;
+        }
+        Ok(())
+    }
+
     fn do_setattr(&self, ino: INodeNo, change: AttrChange) -> Result<FileAttr> {
         let AttrChange {
             mode,
@@ -262,6 +293,7 @@ impl KmsFs {
             atime,
             mtime,
             fh,
+            kill_suid_sgid,
         } = change;
         let inode = self.inode(ino)?;
         let is_link =
@@ -306,6 +338,9 @@ impl KmsFs {
                 }
             };
             file.truncate(size).map_err(|e| errno::crypt(&e))?;
+            if kill_suid_sgid {
+                self.kill_suid_sgid(&inode)?;
+            }
         }
         if atime.is_some() || mtime.is_some() {
             let ts = |t: Option<TimeOrNow>| match t {
@@ -482,6 +517,9 @@ impl Filesystem for KmsFs {
         let _ = config.add_capabilities(
             fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
         );
+        // We clear set-user/group-ID bits on write and truncate ourselves (`kill_suid_sgid`),
+        // which spares every write() the kernel's GETXATTR "security.capability" round trip.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         Ok(())
     }
 
@@ -513,7 +551,7 @@ impl Filesystem for KmsFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -537,6 +575,9 @@ impl Filesystem for KmsFs {
             atime,
             mtime,
             fh,
+            // fuser does not pass FATTR_KILL_SUIDGID on; the kernel sets it on a truncate by a
+            // caller without CAP_FSETID, which for all practical purposes means non-root.
+            kill_suid_sgid: size.is_some() && req.uid() != 0,
         };
         match self.change_in_step(ino.0, || self.do_setattr(ino, change)) {
             Ok(attr) => reply.attr(&self.opts.attr_ttl, &attr),
@@ -786,7 +827,7 @@ impl Filesystem for KmsFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -797,6 +838,11 @@ impl Filesystem for KmsFs {
         let Some(file) = self.handles.file(fh.0) else {
             return reply.error(Errno::EBADF);
         };
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            if let Err(e) = self.inode(ino).and_then(|i| self.kill_suid_sgid(&i)) {
+                return reply.error(e);
+            }
+        }
         match self.change_in_step(ino.0, || file.write(offset, data)) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno::crypt(&e)),
