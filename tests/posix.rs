@@ -718,3 +718,51 @@ fn without_allow_other_other_users_are_shut_out() {
     assert!(ok, "nobody cannot list the backing dir either: {err}");
     m.unmount();
 }
+
+#[test]
+fn writes_and_truncates_by_others_clear_set_id_bits_and_root_keeps_them() {
+    // kmsfs takes over this from the kernel (FUSE_HANDLE_KILLPRIV_V2).
+    let v = Vault::new();
+    v.init(&[]);
+    v.open_to_others();
+    let m = v.mount(&["--allow-other"]);
+    let mode_of = |p: &Path| fs::metadata(p).expect("stat").mode() & 0o7777;
+    let set = |p: &Path, mode: u32| {
+        fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    let f = m.join("prog");
+    fs::write(&f, b"v1").expect("write");
+
+    set(&f, 0o6777);
+    fs::write(&f, b"root writes").expect("root write");
+    assert_eq!(mode_of(&f), 0o6777, "a root write keeps the set-ID bits");
+
+    let (ok, err) = as_nobody(&format!("printf x >> '{}'", f.display()));
+    assert!(ok, "nobody appends: {err}");
+    assert_eq!(
+        mode_of(&f),
+        0o777,
+        "a write by nobody clears both set-ID bits"
+    );
+
+    // Set-group-ID without group execute is mandatory locking's mark, not a privilege: kept.
+    set(&f, 0o6767);
+    let (ok, err) = as_nobody(&format!("printf y >> '{}'", f.display()));
+    assert!(ok, "nobody appends: {err}");
+    assert_eq!(
+        mode_of(&f),
+        0o2767,
+        "only set-user-ID goes when group cannot execute"
+    );
+
+    set(&f, 0o6777);
+    let (ok, err) = as_nobody(&format!("truncate -s 1 '{}'", f.display()));
+    assert!(ok, "nobody truncates: {err}");
+    assert_eq!(
+        mode_of(&f),
+        0o777,
+        "a truncate by nobody clears the set-ID bits"
+    );
+    assert_contents(&f, b"r");
+    m.unmount();
+}

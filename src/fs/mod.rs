@@ -1053,6 +1053,22 @@ impl Filesystem for KmsFs {
         }
     }
 
+    /// No ioctl is supported (ENOTTY); answered here so that `isatty()` on every open, as
+    /// Python and stdio do, is not logged as an unimplemented operation.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let r = match self.xattr_path(ino) {
             // Symlinks have no user xattrs: list nothing rather than fail `ls -l`.
