@@ -83,3 +83,39 @@ pub fn stamp(st: &libc::stat) -> Stamp {
         st.st_ctime_nsec,
     ]
 }
+
+/// unlinkat(2).
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid fd and C string.
+    cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) }).map(drop)
+}
+
+/// mkdirat(2).
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid fd and C string.
+    cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode) }).map(drop)
+}
+
+/// renameat2(2) (`flags`: RENAME_NOREPLACE, RENAME_EXCHANGE, ...).
+pub fn renameat2(
+    a: BorrowedFd<'_>,
+    an: &OsStr,
+    b: BorrowedFd<'_>,
+    bn: &OsStr,
+    flags: u32,
+) -> io::Result<()> {
+    let (ac, bc) = (cstr(an)?, cstr(bn)?);
+    // SAFETY: valid fds and C strings.
+    cvt(unsafe {
+        libc::renameat2(
+            a.as_raw_fd(),
+            ac.as_ptr(),
+            b.as_raw_fd(),
+            bc.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}

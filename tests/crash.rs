@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1367,4 +1367,96 @@ fn reads_racing_appends_and_truncates_never_fail() {
         logged.is_empty(),
         "integrity errors logged for an undamaged file"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Spare backing files (`--spare-files`) across unmount and kill -9.
+
+/// The spares waiting in the vault's `.kmsfs/spares`.
+fn spares_of(v: &Vault) -> Vec<PathBuf> {
+    fs::read_dir(v.backing.join(".kmsfs/spares"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn spare_files_become_new_files_and_none_outlive_the_mount_or_a_crash() {
+    let v = Vault::new();
+    v.init(&[]);
+    let m = v.mount(&["--spare-files", "8"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while spares_of(&v).len() < 8 {
+        assert!(Instant::now() < deadline, "the pool never filled");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // More creates than spares: the pool refills, and every file is a proper new file.
+    for i in 0..20 {
+        let p = m.join(format!("f{i}"));
+        fs::write(&p, format!("file {i}")).expect("create");
+        let md = fs::metadata(&p).expect("stat");
+        assert_eq!(md.permissions().mode() & 0o7777, 0o644, "mode of f{i}");
+        let age = std::time::SystemTime::now()
+            .duration_since(md.modified().expect("mtime"))
+            .unwrap_or_default();
+        assert!(
+            age < Duration::from_secs(5),
+            "f{i} has the spare's old mtime"
+        );
+    }
+    let listed: Vec<_> = fs::read_dir(m.path())
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(listed.len(), 20, "spares are never listed: {listed:?}");
+    for i in 0..20 {
+        assert_contents(&m.join(format!("f{i}")), format!("file {i}").as_bytes());
+    }
+    // O_EXCL on an existing name fails and the file keeps its content.
+    let excl = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(m.join("f0"));
+    assert_eq!(
+        excl.map(|_| ()).map_err(|e| e.kind()),
+        Err(io::ErrorKind::AlreadyExists)
+    );
+    assert_contents(&m.join("f0"), b"file 0");
+    m.unmount();
+    assert_eq!(
+        spares_of(&v),
+        Vec::<PathBuf>::new(),
+        "unmount removes the spares"
+    );
+
+    // A crash leaves spares behind; the next mount clears them before making its own.
+    let m = v.mount(&["--spare-files", "8"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while spares_of(&v).len() < 8 {
+        assert!(Instant::now() < deadline, "the pool never filled");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill_daemon(&m);
+    drop(m);
+    fs::write(v.backing.join(".kmsfs/spares/s999"), b"stale").expect("plant a stale spare");
+    let m = v.mount(&["--spare-files", "8"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let left = spares_of(&v);
+    assert!(
+        left.len() <= 8 && !left.iter().any(|p| p.ends_with("s999")),
+        "stale spares survive a remount: {left:?}"
+    );
+    fs::write(m.join("after"), b"x").expect("create after the crash");
+    assert_contents(&m.join("after"), b"x");
+    m.unmount();
+
+    // --spare-files 0: no pool at all.
+    let m = v.mount(&["--spare-files", "0"]);
+    fs::write(m.join("plain-create"), b"y").expect("create without spares");
+    assert_eq!(
+        spares_of(&v),
+        Vec::<PathBuf>::new(),
+        "--spare-files 0 makes none"
+    );
+    m.unmount();
 }

@@ -131,6 +131,10 @@ struct MountArgs {
     /// 128 KiB stays). Large reads keep several FUSE requests, and both cores, busy.
     #[arg(long, value_name = "KIB", default_value_t = 4096)]
     readahead: u32,
+    /// Empty backing files made ahead so a create is a rename, not an inode allocation (0:
+    /// off, e.g. when a sync tool watches the vault and should not see them come and go).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    spare_files: usize,
     /// Log to this file (default: stderr with -f, else syslog).
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
@@ -370,6 +374,7 @@ fn fstab_form(argv: Vec<std::ffi::OsString>) -> Result<Option<Vec<std::ffi::OsSt
                 "threads" => with("--threads")?,
                 "attr_ttl" => with("--attr-ttl")?,
                 "readahead" => with("--readahead")?,
+                "spare_files" => with("--spare-files")?,
                 "log_file" => with("--log-file")?,
                 "log_level" => with("--log-level")?,
                 "allow_other" => flag("--allow-other"),

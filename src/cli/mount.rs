@@ -137,7 +137,8 @@ fn serve(
         provider_id,
         keys.clone(),
     ));
-    if is_shared_store(vault_dir) {
+    let shared = is_shared_store(vault_dir);
+    if shared {
         tracing::info!(
             "the vault is on a network or FUSE file system: close-to-open consistency on"
         );
@@ -159,6 +160,12 @@ fn serve(
         },
     )
     .map_err(|e| format!("cannot open vault {}: {e}", vault_dir.display()))?;
+    // Spares are private to one host: not on a store other hosts write, not read-only.
+    if args.spare_files > 0 && !args.read_only && !shared && !has_default_acl(vault_dir) {
+        if let Err(e) = fs.enable_spares(args.spare_files) {
+            tracing::warn!("spare backing files disabled: {e}");
+        }
+    }
     // Per-file KMS mode pays a round trip per cold file: prefetch directories' keys.
     if provider_id == ProviderId::AwsKms {
         fs.enable_prefetch(PREFETCH_WORKERS)
@@ -304,6 +311,23 @@ fn spawn_name_key_refresh(
 
 /// The statfs magic number of FUSE file systems.
 const FUSE_MAGIC: i64 = 0x6573_5546;
+
+/// Whether `dir` has a default POSIX ACL, which files made in place inherit but spares
+/// (made elsewhere and renamed in) would not.
+fn has_default_acl(dir: &Path) -> bool {
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return true;
+    };
+    // SAFETY: valid C strings; a null buffer of length 0 asks only for the size.
+    unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            c"system.posix_acl_default".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        ) >= 0
+    }
+}
 
 /// Whether `dir` is on a file system other hosts may write too (FUSE, e.g. GlusterFS or
 /// rclone; NFS; CephFS; SMB).

@@ -10,6 +10,7 @@ pub mod errno;
 pub mod handles;
 pub mod inodes;
 pub mod prefetch;
+pub mod spares;
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -65,6 +66,7 @@ pub struct KmsFs {
     is_root_user: bool,
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     prefetch: Option<prefetch::Prefetcher>,
+    spares: Option<spares::Spares>,
 }
 
 type Result<T> = std::result::Result<T, Errno>;
@@ -107,6 +109,7 @@ impl KmsFs {
             is_root_user: unsafe { libc::geteuid() } == 0,
             notifier: Arc::default(),
             prefetch: None,
+            spares: None,
         })
     }
 
@@ -125,6 +128,46 @@ impl KmsFs {
     pub fn enable_prefetch(&mut self, workers: usize) -> io::Result<()> {
         self.prefetch = Some(prefetch::Prefetcher::start(self.vault.clone(), workers)?);
         Ok(())
+    }
+
+    /// Make new files from spares made ahead by a background thread (see `spares`).
+    pub fn enable_spares(&mut self, ready: usize) -> io::Result<()> {
+        let root = self
+            .inode(INodeNo(inodes::ROOT))
+            .map_err(|e| io::Error::from_raw_os_error(e.code()))?;
+        let meta = sys::openat(
+            root.fd(),
+            OsStr::new(crate::vault::META_DIR),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )?;
+        self.spares = Some(spares::Spares::start(meta.as_fd(), ready)?);
+        Ok(())
+    }
+
+    /// A new regular file `name` in `parent` with `mode`, opened read-write: a spare moved
+    /// into place when there is one (not in a set-group-ID directory, whose group a rename
+    /// would not give), else made here. `excl` is 0 or O_EXCL.
+    fn make_file(&self, parent: &Inode, name: &OsStr, mode: u32, excl: i32) -> io::Result<OwnedFd> {
+        if let Some(pool) = &self.spares {
+            let setgid = sys::stat_fd(parent.fd())?.st_mode & libc::S_ISGID != 0;
+            if let Some(spare) = pool.take().filter(|_| !setgid) {
+                match pool.place(spare, parent.fd(), name, mode) {
+                    Ok(fd) => return Ok(fd),
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) && excl != 0 => {
+                        return Err(e);
+                    }
+                    // The name exists (open it) or is on another file system: as below.
+                    Err(_) => {}
+                }
+            }
+        }
+        sys::openat(
+            parent.fd(),
+            name,
+            libc::O_CREAT | libc::O_RDWR | libc::O_NOFOLLOW | excl,
+            mode,
+        )
     }
 
     /// Where the mount puts the session's notifier once the session exists.
@@ -1123,12 +1166,7 @@ impl Filesystem for KmsFs {
             let created = self
                 .names
                 .create(p.fd(), &bname, |b| {
-                    sys::openat(
-                        p.fd(),
-                        b,
-                        libc::O_CREAT | libc::O_RDWR | libc::O_NOFOLLOW | excl,
-                        mode & !umask,
-                    )
+                    self.make_file(&p, b, mode & !umask, excl)
                 })
                 .map_err(e_io)?;
             self.chown_new(req, &p, &bname)?;

@@ -35,7 +35,7 @@ use parking_lot::Mutex;
 
 use crate::crypto::DataKey;
 use crate::keys::{EncryptionContext, KeyProvider};
-use crate::sys::{self, cstr, proc_path, stat_fd as stat};
+use crate::sys::{self, cstr, mkdirat, proc_path, renameat2, stat_fd as stat, unlinkat};
 use crate::vault::{META_DIR, VaultConfig};
 pub use cipher::{DIRIV_NAME, DirIv, NameCipher};
 
@@ -631,38 +631,6 @@ fn cvt(rc: libc::c_int) -> io::Result<()> {
 /// openat(2) with no creation mode.
 fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     sys::openat(dir, name, flags, 0)
-}
-
-fn unlinkat(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int) -> io::Result<()> {
-    let c = cstr(name)?;
-    // SAFETY: valid fd and C string.
-    cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) })
-}
-
-fn mkdirat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
-    let c = cstr(name)?;
-    // SAFETY: valid fd and C string.
-    cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode) })
-}
-
-fn renameat2(
-    a: BorrowedFd<'_>,
-    an: &OsStr,
-    b: BorrowedFd<'_>,
-    bn: &OsStr,
-    flags: u32,
-) -> io::Result<()> {
-    let (ac, bc) = (cstr(an)?, cstr(bn)?);
-    // SAFETY: valid fds and C strings.
-    cvt(unsafe {
-        libc::renameat2(
-            a.as_raw_fd(),
-            ac.as_ptr(),
-            b.as_raw_fd(),
-            bc.as_ptr(),
-            flags,
-        )
-    })
 }
 
 fn chmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
