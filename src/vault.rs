@@ -342,22 +342,34 @@ pub fn default_host_id() -> String {
 pub struct MountLock {
     file: File,
     path: PathBuf,
+    host: String,
+}
+
+/// `host_id` made safe for a file name in `.kmsfs` (per-host lock, per-host spares).
+fn host_file_part(host_id: &str) -> String {
+    host_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 impl MountLock {
     /// Path of the lock file of `vault` for `host_id`.
     pub fn path(vault: &Path, host_id: &str) -> PathBuf {
-        let safe: String = host_id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        vault.join(META_DIR).join(format!("mount-{safe}.lock"))
+        vault
+            .join(META_DIR)
+            .join(format!("mount-{}.lock", host_file_part(host_id)))
+    }
+
+    /// The holder's host id, made safe for a file name.
+    pub fn host_part(&self) -> &str {
+        &self.host
     }
 
     /// Take the lock, or say who holds it.
@@ -381,7 +393,11 @@ impl MountLock {
                 holder.trim().to_string(),
             ));
         }
-        Ok(MountLock { file, path })
+        Ok(MountLock {
+            file,
+            path,
+            host: host_file_part(host_id),
+        })
     }
 
     /// Record the daemon's pid in the lock file (after daemonizing).

@@ -1372,11 +1372,24 @@ fn reads_racing_appends_and_truncates_never_fail() {
 // ---------------------------------------------------------------------------------------------
 // Spare backing files (`--spare-files`) across unmount and kill -9.
 
-/// The spares waiting in the vault's `.kmsfs/spares`.
+/// The spares waiting in the vault's `.kmsfs/spares-HOST` directories.
 fn spares_of(v: &Vault) -> Vec<PathBuf> {
-    fs::read_dir(v.backing.join(".kmsfs/spares"))
-        .map(|rd| rd.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default()
+    let meta = fs::read_dir(v.backing.join(".kmsfs")).expect("list .kmsfs");
+    meta.flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("spares-"))
+        .flat_map(|d| fs::read_dir(d.path()).expect("list spares").flatten())
+        .map(|e| e.path())
+        .collect()
+}
+
+/// The spare directory of this host (made by the first mount).
+fn spare_dir(v: &Vault) -> PathBuf {
+    fs::read_dir(v.backing.join(".kmsfs"))
+        .expect("list .kmsfs")
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("spares-"))
+        .expect("a spares- directory")
+        .path()
 }
 
 #[test]
@@ -1438,7 +1451,7 @@ fn spare_files_become_new_files_and_none_outlive_the_mount_or_a_crash() {
     }
     kill_daemon(&m);
     drop(m);
-    fs::write(v.backing.join(".kmsfs/spares/s999"), b"stale").expect("plant a stale spare");
+    fs::write(spare_dir(&v).join("s999"), b"stale").expect("plant a stale spare");
     let m = v.mount(&["--spare-files", "8"]);
     std::thread::sleep(Duration::from_millis(200));
     let left = spares_of(&v);

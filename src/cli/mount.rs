@@ -162,7 +162,7 @@ fn serve(
     .map_err(|e| format!("cannot open vault {}: {e}", vault_dir.display()))?;
     // Spares are private to one host: not on a store other hosts write, not read-only.
     if args.spare_files > 0 && !args.read_only && !shared && !has_default_acl(vault_dir) {
-        if let Err(e) = fs.enable_spares(args.spare_files) {
+        if let Err(e) = fs.enable_spares(args.spare_files, lock.host_part()) {
             tracing::warn!("spare backing files disabled: {e}");
         }
     }

@@ -131,7 +131,8 @@ impl KmsFs {
     }
 
     /// Make new files from spares made ahead by a background thread (see `spares`).
-    pub fn enable_spares(&mut self, ready: usize) -> io::Result<()> {
+    /// `host` names this host (safe in a file name): each host has its own spares.
+    pub fn enable_spares(&mut self, ready: usize, host: &str) -> io::Result<()> {
         let root = self
             .inode(INodeNo(inodes::ROOT))
             .map_err(|e| io::Error::from_raw_os_error(e.code()))?;
@@ -141,7 +142,12 @@ impl KmsFs {
             libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
             0,
         )?;
-        self.spares = Some(spares::Spares::start(meta.as_fd(), ready)?);
+        let dir = format!("spares-{host}");
+        self.spares = Some(spares::Spares::start(
+            meta.as_fd(),
+            OsStr::new(&dir),
+            ready,
+        )?);
         Ok(())
     }
 

@@ -1,4 +1,4 @@
-//! Spare backing files: empty files made ahead of need in `.kmsfs/spares`, so that a create
+//! Spare backing files: empty files made ahead of need in `.kmsfs/spares-HOST`, so that a create
 //! is a rename into place instead of an inode allocation on the client's critical path.
 //!
 //! Allocating an inode is the dearest part of a create on the backing file system (on ext4
@@ -20,9 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::sys;
-
-/// Name of the spare directory inside the vault's meta directory.
-const DIR_NAME: &str = "spares";
 
 /// A pool of ready empty backing files and the thread that refills it.
 #[derive(Debug)]
@@ -56,10 +53,9 @@ pub struct Spare {
 }
 
 impl Spares {
-    /// Start a pool of `target` spares in `meta_dir` (the vault's `.kmsfs`), clearing spares
-    /// a crash left.
-    pub fn start(meta_dir: BorrowedFd<'_>, target: usize) -> io::Result<Spares> {
-        let name = OsStr::new(DIR_NAME);
+    /// Start a pool of `target` spares in directory `name` of `meta_dir` (the vault's
+    /// `.kmsfs`; one directory per host), clearing spares a crash left.
+    pub fn start(meta_dir: BorrowedFd<'_>, name: &OsStr, target: usize) -> io::Result<Spares> {
         match sys::mkdirat(meta_dir, name, 0o700) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
