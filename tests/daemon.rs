@@ -17,18 +17,6 @@ fn status(v: &Vault, m: &MountGuard) -> serde_json::Value {
     v.status_json(m.path())
 }
 
-fn forget(v: &Vault, m: &MountGuard) {
-    let out = v
-        .command(["forget".as_ref(), m.path().as_os_str()])
-        .output()
-        .expect("run forget");
-    assert!(
-        out.status.success(),
-        "forget failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn num(j: &serde_json::Value, k: &str) -> u64 {
     j[k].as_u64()
         .unwrap_or_else(|| panic!("status lacks {k}: {j}"))
@@ -118,7 +106,7 @@ fn forget_forces_a_new_decrypt() {
     a.proxy.reset();
     assert_contents(&m.join("f"), &data);
     assert_eq!(a.proxy.count("Decrypt"), 0, "a cached key needs no Decrypt");
-    forget(&a.vault, &m);
+    a.vault.forget(m.path());
     assert_eq!(
         num(&status(&a.vault, &m), "cache_entries"),
         0,
@@ -208,7 +196,7 @@ fn after_forget_no_copy_of_a_data_key_is_left_in_the_daemon() {
         "the scan should find the key while it is cached (else it proves nothing)"
     );
 
-    forget(&a.vault, &m);
+    a.vault.forget(m.path());
     let after = writable_memory(pid);
     let raw_left = contains(&after, &raw);
     let b64_left = contains(&after, &b64);

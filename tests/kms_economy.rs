@@ -839,3 +839,52 @@ fn bucket_key_mode_makes_one_decrypt_per_mount_however_many_files() {
     );
     m.unmount();
 }
+
+#[test]
+fn prefetch_runs_again_after_forget_and_in_a_recreated_directory() {
+    let kms = Kms::start();
+    let v = kms.vault();
+    let files = fill_dir(&v, "tree", 100, 11);
+    let m = v.mount(&[]);
+    let forget = || v.forget(m.path());
+    // Decrypts in flight at most while `files` are read cold at 20 ms KMS latency: only a
+    // prefetch keeps more than one in flight for a single reader.
+    let read_at_20ms = |files: &[(String, Vec<u8>)]| -> usize {
+        kms.quiet_and_reset();
+        kms.proxy.set_delay(Duration::from_millis(20));
+        for (name, data) in files {
+            assert!(
+                read_file(&m.join(name)).expect("read") == *data,
+                "{name} differs"
+            );
+        }
+        kms.proxy.set_delay(Duration::ZERO);
+        kms.proxy.max_in_flight_for(DECRYPT)
+    };
+    let first = read_at_20ms(&files);
+    assert!(first >= 8, "first read: {first} in flight");
+    forget();
+    let again = read_at_20ms(&files);
+    assert!(
+        again >= 8,
+        "after forget the directory is prefetched again: {again} in flight"
+    );
+
+    // A new directory in place of a deleted one (ext4 hands out its inode number again).
+    fs::remove_dir_all(m.join("tree")).expect("rm -r tree");
+    fs::create_dir(m.join("tree")).expect("mkdir tree");
+    let mut rng = Rng::new(12);
+    let fresh: Vec<(String, Vec<u8>)> = (0..100)
+        .map(|i| (format!("tree/g{i:04}"), rng.bytes(1000 + i)))
+        .collect();
+    for (name, data) in &fresh {
+        fs::write(m.join(name), data).expect("write");
+    }
+    forget();
+    let recreated = read_at_20ms(&fresh);
+    assert!(
+        recreated >= 8,
+        "a recreated directory is prefetched: {recreated} in flight"
+    );
+    m.unmount();
+}

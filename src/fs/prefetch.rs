@@ -7,6 +7,10 @@
 //! subdirectories of one parent have triggered, the next `LOOKAHEAD_DIRS` siblings are
 //! prefetched too, and the reader's first open in each of them extends the lookahead by one,
 //! so a tree walk stays ahead of the reader without speculating on directories nobody walks.
+//!
+//! A directory is prefetched once per key lifetime: the mark lapses after the key TTL, when
+//! the key cache is emptied (`kmsfs forget`), and when the directory changes or is a new one
+//! that reuses a deleted one's inode number.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -14,10 +18,12 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use parking_lot::Mutex as PlMutex;
 
 use crate::cryptfile::{Vault, prefetch_key};
+use crate::keys::cache::KeyCache;
 use crate::sys;
 
 /// Cold opens in one directory that start its prefetch.
@@ -41,13 +47,29 @@ enum Job {
     File(Arc<OwnedFd>, std::ffi::OsString),
 }
 
+/// A backing directory as it is now: its inode number and change time. A directory that
+/// gains or loses entries, or a new one that reuses a deleted one's inode number, differs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct DirVersion {
+    ino: u64,
+    ctime: (i64, i64),
+}
+
+/// A directory's prefetch: of which version, when, and in which key-cache generation.
+struct Done {
+    version: DirVersion,
+    at: Instant,
+    cache_clears: u64,
+}
+
 /// What the prefetcher knows about directories, by backing inode number.
 #[derive(Default)]
 struct Dirs {
     /// Cold opens seen per directory not yet prefetched.
     cold: HashMap<u64, u32>,
-    /// Directories prefetched (or queued).
-    done: HashSet<u64>,
+    /// Directories prefetched (or queued). A mark lapses when the directory changes, when
+    /// the keys fetched may have expired (key TTL) or when the key cache was emptied.
+    done: HashMap<u64, Done>,
     /// Directories prefetched ahead of a walk, whose first open extends the walk.
     ahead: HashSet<u64>,
     /// Triggered subdirectories per parent directory.
@@ -55,14 +77,32 @@ struct Dirs {
 }
 
 impl Dirs {
-    /// Mark `dir` prefetched; false if it already was.
-    fn claim(&mut self, dir: u64) -> bool {
+    /// Whether `dir` has a prefetch that still holds for the keys in `keys`.
+    fn is_done(&self, dir: DirVersion, keys: &KeyCache) -> bool {
+        self.done.get(&dir.ino).is_some_and(|d| {
+            d.version == dir && d.cache_clears == keys.clear_count() && d.at.elapsed() < keys.ttl()
+        })
+    }
+
+    /// Mark `dir` prefetched; false if it already was (and that still holds).
+    fn claim(&mut self, dir: DirVersion, keys: &KeyCache) -> bool {
+        if self.is_done(dir, keys) {
+            return false;
+        }
         if self.done.len() >= MAX_DIRS {
             self.done.clear();
             self.ahead.clear();
         }
-        self.cold.remove(&dir);
-        self.done.insert(dir)
+        self.cold.remove(&dir.ino);
+        self.done.insert(
+            dir.ino,
+            Done {
+                version: dir,
+                at: Instant::now(),
+                cache_clears: keys.clear_count(),
+            },
+        );
+        true
     }
 }
 
@@ -70,6 +110,7 @@ impl Dirs {
 pub struct Prefetcher {
     jobs: Mutex<Sender<Job>>,
     dirs: Arc<PlMutex<Dirs>>,
+    vault: Arc<Vault>,
 }
 
 impl std::fmt::Debug for Prefetcher {
@@ -78,9 +119,17 @@ impl std::fmt::Debug for Prefetcher {
     }
 }
 
-/// The backing inode number of a directory.
-fn dir_id(dir: BorrowedFd<'_>) -> Option<u64> {
-    sys::stat_fd(dir).ok().map(|st| st.st_ino)
+/// The current version of a directory.
+fn version_of(st: &libc::stat) -> DirVersion {
+    DirVersion {
+        ino: st.st_ino,
+        ctime: (st.st_ctime, st.st_ctime_nsec),
+    }
+}
+
+/// The backing inode number and current version of a directory.
+fn dir_id(dir: BorrowedFd<'_>) -> Option<DirVersion> {
+    sys::stat_fd(dir).ok().map(|st| version_of(&st))
 }
 
 /// A readable descriptor of the directory behind an O_PATH one.
@@ -103,6 +152,7 @@ impl Prefetcher {
         Ok(Prefetcher {
             jobs: Mutex::new(tx),
             dirs,
+            vault,
         })
     }
 
@@ -117,22 +167,23 @@ impl Prefetcher {
     pub fn cold_open(&self, dir: BorrowedFd<'_>, parent: Option<BorrowedFd<'_>>) {
         let Some(id) = dir_id(dir) else { return };
         let parent_id = parent.and_then(dir_id);
+        let keys = &self.vault.keys;
         let walk = {
             let mut dirs = self.dirs.lock();
-            if dirs.done.contains(&id) {
+            if dirs.is_done(id, keys) {
                 return;
             }
             if dirs.cold.len() >= MAX_DIRS {
                 dirs.cold.clear();
                 dirs.triggered_children.clear();
             }
-            let n = dirs.cold.entry(id).or_insert(0);
+            let n = dirs.cold.entry(id.ino).or_insert(0);
             *n += 1;
-            if *n < COLD_OPENS_TO_TRIGGER || !dirs.claim(id) {
+            if *n < COLD_OPENS_TO_TRIGGER || !dirs.claim(id, keys) {
                 return;
             }
             parent_id.is_some_and(|p| {
-                let t = dirs.triggered_children.entry(p).or_insert(0);
+                let t = dirs.triggered_children.entry(p.ino).or_insert(0);
                 *t += 1;
                 *t >= TRIGGERS_TO_WALK
             })
@@ -142,7 +193,7 @@ impl Prefetcher {
         }
         if walk {
             if let Some(fd) = parent.and_then(open_dir) {
-                self.send(Job::Siblings(fd, LOOKAHEAD_DIRS, id));
+                self.send(Job::Siblings(fd, LOOKAHEAD_DIRS, id.ino));
             }
         }
     }
@@ -154,11 +205,11 @@ impl Prefetcher {
             return;
         }
         let Some(id) = dir_id(dir) else { return };
-        if !self.dirs.lock().ahead.remove(&id) {
+        if !self.dirs.lock().ahead.remove(&id.ino) {
             return;
         }
         if let Some(fd) = parent.and_then(open_dir) {
-            self.send(Job::Siblings(fd, 1, id));
+            self.send(Job::Siblings(fd, 1, id.ino));
         }
     }
 }
@@ -209,20 +260,23 @@ fn worker(rx: &Mutex<Receiver<Job>>, tx: &Sender<Job>, vault: &Vault, dirs: &PlM
                     if e.file_name().as_encoded_bytes().starts_with(b".kmsfs") {
                         continue;
                     }
-                    let id = std::os::unix::fs::DirEntryExt::ino(&e);
-                    {
-                        let mut dirs = dirs.lock();
-                        if !dirs.claim(id) {
-                            continue;
-                        }
-                        dirs.ahead.insert(id);
-                    }
                     let name = e.file_name();
                     let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-                    if let Ok(fd) = sys::openat(parent.as_fd(), OsStr::new(&name), flags, 0) {
-                        let _ = tx.send(Job::Dir(fd));
-                        queued += 1;
+                    let Ok(fd) = sys::openat(parent.as_fd(), OsStr::new(&name), flags, 0) else {
+                        continue;
+                    };
+                    let Some(id) = dir_id(fd.as_fd()) else {
+                        continue;
+                    };
+                    {
+                        let mut dirs = dirs.lock();
+                        if !dirs.claim(id, &vault.keys) {
+                            continue;
+                        }
+                        dirs.ahead.insert(id.ino);
                     }
+                    let _ = tx.send(Job::Dir(fd));
+                    queued += 1;
                 }
             }
             Ok(Job::File(dir, name)) => {

@@ -102,6 +102,8 @@ pub struct KeyCache {
     max_waiters: usize,
     waiters: AtomicUsize,
     counters: Counters,
+    /// How many times the cache was emptied (`clear`).
+    clears: AtomicU64,
 }
 
 /// One caller counted as waiting on the KMS, for as long as it lives.
@@ -158,7 +160,19 @@ impl KeyCache {
             max_waiters: usize::MAX,
             waiters: AtomicUsize::new(0),
             counters: Counters::default(),
+            clears: AtomicU64::new(0),
         }
+    }
+
+    /// How long a key stays cached after its unwrap.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// How many times the cache was emptied: what was fetched before a change of this number
+    /// is gone.
+    pub fn clear_count(&self) -> u64 {
+        self.clears.load(Ordering::Relaxed)
     }
 
     /// Let at most `n` callers wait on the KMS at once; beyond that a caller only joins an
@@ -423,6 +437,7 @@ impl KeyCache {
     /// Drop every key (forget, unmount). Keys still borrowed by an in-flight operation are
     /// zeroized when that operation ends.
     pub fn clear(&self) {
+        self.clears.fetch_add(1, Ordering::Relaxed);
         self.entries.lock().clear();
         self.failures.lock().clear();
         self.provider.forget();

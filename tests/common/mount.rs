@@ -227,6 +227,16 @@ impl Vault {
             .collect()
     }
 
+    /// Run `kmsfs forget` on the mount at `mnt` (drop every cached key) and assert it worked.
+    pub fn forget(&self, mnt: &Path) {
+        let out = run(&mut self.command(["forget".as_ref(), mnt.as_os_str()]));
+        assert!(
+            out.status.success(),
+            "kmsfs forget failed: {}",
+            stderr(&out)
+        );
+    }
+
     /// The daemon's log so far (empty when there is none yet).
     /// `kmsfs status --json` of the mount at `mnt`.
     pub fn status_json(&self, mnt: &Path) -> serde_json::Value {
