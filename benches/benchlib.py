@@ -109,6 +109,17 @@ def read_all(dest, jobs=1):
     print(f"{time.perf_counter() - t:.6f}")
 
 
+def append(dest, n=20000):
+    """A log writer: `n` appends of 100 bytes to one new file, one write(2) each."""
+    line = b"x" * 99 + b"\n"
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
+    t = time.perf_counter()
+    for _ in range(n):
+        os.write(fd, line)
+    print(f"{time.perf_counter() - t:.6f}")
+    os.close(fd)
+
+
 def fio_iops(path):
     with open(path) as f:
         text = f.read()
@@ -221,6 +232,7 @@ WORKLOADS = {
     "seqwrite": ("seq write {size} MiB + fsync", "MB/s", True, "≥ 1.5× gc", lambda r: r >= 1.5),
     "seqread": ("seq read {size} MiB, cold", "MB/s", True, "≥ 2× gc", lambda r: r >= 2.0),
     "randread": ("rand 4 KiB read, {rand} s", "IOPS", True, "≥ 1.2× gc", lambda r: r >= 1.2),
+    "append": ("20,000 appends of 100 B to one file", "s", False, "", None),
     "create": ("create+write+fsync {files} files", "s", False, "≤ 0.5× gc", lambda r: r <= 0.5),
     "stat": ("stat {files} files, cold", "s", False, "≤ 1× gc", lambda r: r <= 1.0),
     "read": ("read {files} files, cold", "s", False, "≤ 1× gc", lambda r: r <= 1.0),
@@ -389,6 +401,8 @@ def main():
         stat_all(a[1], a[2])
     elif cmd == "read":
         read_all(a[1], int(a[2]) if len(a) > 2 else 1)
+    elif cmd == "append":
+        append(a[1])
     elif cmd == "fio-iops":
         fio_iops(a[1])
     elif cmd == "status-get":
