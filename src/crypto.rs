@@ -3,8 +3,7 @@
 //! Errors say only "authentication failed": which byte or why is not something to tell an
 //! attacker (the caller logs which file and block).
 
-use aes_gcm_siv::aead::{AeadInOut, KeyInit};
-use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
+use aws_lc_rs::aead::{AES_256_GCM_SIV, Aad, LessSafeKey, Nonce, UnboundKey};
 use zeroize::Zeroizing;
 
 use crate::format::header::{FileHeader, HEADER_TAG_LEN};
@@ -37,12 +36,14 @@ pub enum CryptoError {
     Random,
 }
 
-/// A 256-bit key with its expanded AES key schedule; both live on the heap in `mlock`ed
-/// pages (so moving a `DataKey` copies no key material and it is never swapped out) and are
-/// zeroized on drop.
+/// A 256-bit key and its AES-256-GCM-SIV context. The key bytes live on the heap in an
+/// `mlock`ed page and are zeroized on drop; the context (key schedule) is aws-lc's, on its
+/// heap, which aws-lc wipes when it frees it. aws-lc's AES-GCM-SIV (AES-NI, CLMUL assembly)
+/// opens 4 KiB blocks about twice as fast as the `aes-gcm-siv` crate here; that crate stays
+/// as the independent implementation the tests check this one against.
 pub struct DataKey {
     bytes: Box<Zeroizing<[u8; KEY_LEN]>>,
-    cipher: Box<Aes256GcmSiv>,
+    cipher: LessSafeKey,
 }
 
 /// Lock the pages holding `value` into RAM; warns once when RLIMIT_MEMLOCK forbids it. Pages
@@ -67,20 +68,14 @@ impl std::fmt::Debug for DataKey {
     }
 }
 
-impl Clone for DataKey {
-    fn clone(&self) -> Self {
-        DataKey::from_array(&self.bytes)
-    }
-}
-
 impl DataKey {
     /// A key from raw bytes (copied; wipe the source yourself).
     pub fn from_slice(bytes: &[u8]) -> Result<Self, CryptoError> {
         let array: &[u8; KEY_LEN] = bytes.try_into().map_err(|_| CryptoError::KeyLength)?;
-        Ok(DataKey::from_array(array))
+        DataKey::from_array(array)
     }
 
-    fn from_array(array: &[u8; KEY_LEN]) -> Self {
+    fn from_array(array: &[u8; KEY_LEN]) -> Result<Self, CryptoError> {
         let key = Self::build(array);
         // The key schedule was computed in `build`'s frame and its callees', below this one.
         scrub_stack();
@@ -88,20 +83,23 @@ impl DataKey {
     }
 
     #[inline(never)]
-    fn build(array: &[u8; KEY_LEN]) -> Self {
+    fn build(array: &[u8; KEY_LEN]) -> Result<Self, CryptoError> {
         let mut bytes = Box::new(Zeroizing::new([0u8; KEY_LEN]));
         lock_in_memory(&*bytes);
         bytes.copy_from_slice(array);
-        let cipher = Box::new(Aes256GcmSiv::new(&(**bytes).into()));
-        lock_in_memory(&*cipher);
-        DataKey { bytes, cipher }
+        let unbound =
+            UnboundKey::new(&AES_256_GCM_SIV, &bytes[..]).map_err(|_| CryptoError::KeyLength)?;
+        Ok(DataKey {
+            bytes,
+            cipher: LessSafeKey::new(unbound),
+        })
     }
 
     /// A fresh random key.
     pub fn generate() -> Result<Self, CryptoError> {
         let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
         getrandom::fill(&mut bytes[..]).map_err(|_| CryptoError::Random)?;
-        Ok(DataKey::from_array(&bytes))
+        DataKey::from_array(&bytes)
     }
 
     /// The raw key bytes, for wrapping by a key provider only.
@@ -118,17 +116,8 @@ impl DataKey {
         out: &mut Vec<u8>,
     ) {
         let start = out.len();
-        out.extend_from_slice(plain);
-        let tag = self
-            .cipher
-            .encrypt_inout_detached(&Nonce::from(*nonce), aad, (&mut out[start..]).into())
-            // Only fails for inputs over 2^36 bytes, far above any block or key; were it to,
-            // zeros with a zero tag (which never authenticate) go out, never the plaintext.
-            .unwrap_or_else(|_| {
-                out[start..].fill(0);
-                Tag::default()
-            });
-        out.extend_from_slice(&tag);
+        out.resize(start + plain.len() + TAG_LEN, 0);
+        self.seal_into(nonce, aad, plain, &mut out[start..]);
     }
 
     /// Seal `plain` with `aad` under `nonce` into `out` (exactly `plain.len() + 16` bytes):
@@ -136,19 +125,20 @@ impl DataKey {
     pub fn seal_into(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], plain: &[u8], out: &mut [u8]) {
         let (body, tag_out) = out.split_at_mut(plain.len());
         body.copy_from_slice(plain);
-        let tag =
-            match self
-                .cipher
-                .encrypt_inout_detached(&Nonce::from(*nonce), aad, (&mut *body).into())
-            {
-                Ok(tag) => tag,
-                // As in `seal_detached`: never the plaintext.
-                Err(_) => {
-                    body.fill(0);
-                    Tag::default()
-                }
-            };
-        tag_out.copy_from_slice(&tag);
+        let sealed = self.cipher.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(*nonce),
+            Aad::from(aad),
+            body,
+        );
+        match sealed {
+            Ok(tag) => tag_out.copy_from_slice(tag.as_ref()),
+            // Only for inputs far above any block or key; were it to fail, zeros with a zero
+            // tag (which never authenticate) go out, never the plaintext.
+            Err(_) => {
+                body.fill(0);
+                tag_out.fill(0);
+            }
+        }
     }
 
     /// Open ciphertext ‖ tag (`sealed`) into `out`, which must be `sealed.len() - 16` long.
@@ -164,15 +154,17 @@ impl DataKey {
             .checked_sub(TAG_LEN)
             .filter(|&n| n == out.len())
             .ok_or(CryptoError::Malformed)?;
-        let tag = Tag::try_from(&sealed[body..]).map_err(|_| CryptoError::Malformed)?;
         // Decrypt from `sealed` straight into `out`: no copy first.
-        let inout = aes_gcm_siv::aead::inout::InOutBuf::new(&sealed[..body], &mut *out)
-            .map_err(|_| CryptoError::Malformed)?;
         self.cipher
-            .decrypt_inout_detached(&Nonce::from(*nonce), aad, inout, &tag)
+            .open_separate_gather(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::from(aad),
+                &sealed[..body],
+                &sealed[body..],
+                out,
+            )
             .map_err(|_| {
-                // Essential: on a bad tag the crate leaves the unauthenticated plaintext in
-                // `out` (decrypted from `sealed`, not re-encrypted, as in and out differ).
+                // Essential: on a bad tag `out` may hold unauthenticated plaintext.
                 out.fill(0);
                 CryptoError::Authentication
             })
@@ -323,6 +315,60 @@ mod tests {
     fn cipher(file: u8) -> BlockCipher {
         let key = DataKey::from_slice(&[5; 32]).expect("key");
         BlockCipher::new(Arc::new(key), [1; 16], [file; 16])
+    }
+
+    /// aws-lc's AES-256-GCM-SIV against the independent RustCrypto `aes-gcm-siv`: the same
+    /// bytes for every length around the block and AES boundaries, each opens the other's,
+    /// and any flipped bit fails with the output zeroed.
+    #[test]
+    fn matches_the_independent_aes_gcm_siv_implementation() {
+        use aes_gcm_siv::aead::{AeadInOut, KeyInit};
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut bytes = |n: usize| -> Vec<u8> { (0..n).map(|_| next() as u8).collect() };
+        for len in [
+            0, 1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 255, 1000, 4095, 4096,
+        ] {
+            for aad_len in [0, 1, 16, 48, 67] {
+                let key_bytes = bytes(32);
+                let nonce: [u8; NONCE_LEN] = bytes(NONCE_LEN).try_into().expect("nonce");
+                let (aad, plain) = (bytes(aad_len), bytes(len));
+                let key = DataKey::from_slice(&key_bytes).expect("key");
+                let mut ours = Vec::new();
+                key.seal_detached(&nonce, &aad, &plain, &mut ours);
+
+                let reference = aes_gcm_siv::Aes256GcmSiv::new_from_slice(&key_bytes).expect("key");
+                let mut theirs = plain.clone();
+                let tag = reference
+                    .encrypt_inout_detached(&nonce.into(), &aad, (&mut theirs[..]).into())
+                    .expect("seal");
+                theirs.extend_from_slice(&tag);
+                assert_eq!(ours, theirs, "len {len}, aad {aad_len}");
+
+                let mut out = vec![0u8; len];
+                key.open_detached(&nonce, &aad, &theirs, &mut out)
+                    .expect("open");
+                assert_eq!(out, plain);
+                for bit in [0, 8 * len / 2, 8 * (len + TAG_LEN) - 1] {
+                    let mut bad = ours.clone();
+                    bad[bit / 8] ^= 1 << (bit % 8);
+                    let mut out = vec![0xAA; len];
+                    assert_eq!(
+                        key.open_detached(&nonce, &aad, &bad, &mut out),
+                        Err(CryptoError::Authentication)
+                    );
+                    assert!(
+                        out.iter().all(|&b| b == 0),
+                        "output left after a failed open"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

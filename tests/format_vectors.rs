@@ -571,7 +571,11 @@ fn whole_file_vectors_parse_through_the_layout() {
         let layout = h.layout().expect("layout");
         assert_eq!(layout.backing_size(plain_size), backing.len() as u64);
         assert_eq!(layout.plain_size(backing.len() as u64), Ok(plain_size));
-        let cipher = BlockCipher::new(Arc::new(key.clone()), h.volume_id, h.file_id);
+        let cipher = BlockCipher::new(
+            Arc::new(DataKey::from_slice(key.expose()).expect("key")),
+            h.volume_id,
+            h.file_id,
+        );
         let mut plain = Vec::new();
         for index in 0..layout.block_count(plain_size) {
             let len = layout.block_len(index, plain_size);

@@ -67,7 +67,7 @@ pub const LINK_MAX: usize = 4095;
 pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
 /// Encrypts and decrypts names under one volume's name key (zeroized on drop).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct NameCipher {
     key: DataKey,
 }

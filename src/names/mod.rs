@@ -771,7 +771,7 @@ mod tests {
     #[test]
     fn a_refused_name_key_stops_name_operations_until_allowed() {
         let key = DataKey::generate().expect("key");
-        let n = Names::encrypted(key.clone());
+        let n = Names::encrypted(DataKey::from_slice(key.expose()).expect("key"));
         let (_t, d) = dir_with_iv(&[3; 16]);
         let before = n.backing(d.as_fd(), OsStr::new("a")).expect("backing");
         let handle = n.key_handle().expect("encrypted names have a key");
