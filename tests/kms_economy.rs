@@ -17,7 +17,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::moto::{MotoServer, Proxy};
-use common::mount::{Rng, Vault, assert_contents, is_mounted};
+use common::mount::{MountGuard, Rng, Vault, assert_contents, is_mounted};
 
 const DECRYPT: &str = "Decrypt";
 /// The encryption-context key naming a file: present in a file key's KMS requests, absent
@@ -725,22 +725,28 @@ fn fill_dir(v: &Vault, dir: &str, n: usize, seed: u64) -> Vec<(String, Vec<u8>)>
     files
 }
 
-#[test]
-fn a_sequential_cold_reader_gets_the_directory_keys_prefetched() {
-    let kms = Kms::start();
-    let v = kms.vault();
-    let files = fill_dir(&v, "tree", 300, 9);
-    let m = v.mount(&[]);
+/// Read `files` through `m` with the KMS 20 ms away, checking every byte; the most Decrypts
+/// that were in flight at once (only a prefetch keeps more than one in flight for one reader).
+fn read_at_20ms(kms: &Kms, m: &MountGuard, files: &[(String, Vec<u8>)]) -> usize {
     kms.quiet_and_reset();
     kms.proxy.set_delay(Duration::from_millis(20));
-    for (name, data) in &files {
+    for (name, data) in files {
         assert!(
             read_file(&m.join(name)).expect("cold read") == *data,
             "{name} differs"
         );
     }
     kms.proxy.set_delay(Duration::ZERO);
-    let in_flight = kms.proxy.max_in_flight_for(DECRYPT);
+    kms.proxy.max_in_flight_for(DECRYPT)
+}
+
+#[test]
+fn a_sequential_cold_reader_gets_the_directory_keys_prefetched() {
+    let kms = Kms::start();
+    let v = kms.vault();
+    let files = fill_dir(&v, "tree", 300, 9);
+    let m = v.mount(&[]);
+    let in_flight = read_at_20ms(&kms, &m, &files);
     println!(
         "cold read of 300 files: {} file-key Decrypts, at most {in_flight} in flight",
         kms.file_decrypts()
@@ -847,20 +853,7 @@ fn prefetch_runs_again_after_forget_and_in_a_recreated_directory() {
     let files = fill_dir(&v, "tree", 100, 11);
     let m = v.mount(&[]);
     let forget = || v.forget(m.path());
-    // Decrypts in flight at most while `files` are read cold at 20 ms KMS latency: only a
-    // prefetch keeps more than one in flight for a single reader.
-    let read_at_20ms = |files: &[(String, Vec<u8>)]| -> usize {
-        kms.quiet_and_reset();
-        kms.proxy.set_delay(Duration::from_millis(20));
-        for (name, data) in files {
-            assert!(
-                read_file(&m.join(name)).expect("read") == *data,
-                "{name} differs"
-            );
-        }
-        kms.proxy.set_delay(Duration::ZERO);
-        kms.proxy.max_in_flight_for(DECRYPT)
-    };
+    let read_at_20ms = |files: &[(String, Vec<u8>)]| read_at_20ms(&kms, &m, files);
     let first = read_at_20ms(&files);
     assert!(first >= 8, "first read: {first} in flight");
     forget();
