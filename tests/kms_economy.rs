@@ -636,8 +636,15 @@ fn hanging_kms_does_not_hang_cached_files() {
         kms.file_decrypts() - decrypts
     );
     assert_fails_with(result, &[libc::EIO], "uncached file while the KMS hangs");
+    // One operation timeout (15 s), not one per kernel retry of the failed read.
+    assert!(
+        took < Duration::from_secs(25),
+        "the failed read took {took:?}: the kernel's retries waited on the KMS again"
+    );
 
     kms.proxy.set_hang(false);
+    // The hang's failure is answered from memory for 100 ms (the kernel's retries), no longer.
+    std::thread::sleep(Duration::from_millis(200));
     assert!(read_file(&m.join("cold")).expect("cold file after the hang") == cold);
     let after = rng.bytes(5000);
     fs::write(m.join("after"), &after).expect("new file after the hang");

@@ -33,6 +33,8 @@ const OVERFLOW_WAIT: Duration = Duration::from_secs(1);
 /// How long a failed unwrap is answered from memory: long enough to absorb the kernel's
 /// immediate retry of a failed read, short enough that a recovered KMS is used at once.
 const FAILURE_MEMORY: Duration = Duration::from_millis(100);
+/// An unwrap failing after this long met a hung KMS rather than a refused connection.
+const HUNG_AFTER: Duration = Duration::from_secs(1);
 
 struct Entry {
     key: Arc<DataKey>,
@@ -333,14 +335,18 @@ impl KeyCache {
             return result.clone().unwrap_or_else(|| Err(busy()));
         }
         self.counters.kms_decrypt.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let result = self.provider.decrypt(wrapped, ctx).map(Arc::new);
         crate::crypto::scrub_stack();
         match &result {
             Ok(key) => self.insert(file_id, key.clone()),
             Err(e) => {
                 self.counters.kms_errors.fetch_add(1, Ordering::Relaxed);
-                // Only a definite "no" is remembered: an unreachable KMS may be back any moment.
-                if !matches!(e, KeyError::Unreachable(_)) {
+                // A definite "no" is remembered, and so is a KMS that did not answer for a
+                // while (a hang: the kernel's immediate retry of the failed read must not wait
+                // out the timeout again). A quick "unreachable" is not: it may be back any moment.
+                let hung = started.elapsed() >= HUNG_AFTER;
+                if hung || !matches!(e, KeyError::Unreachable(_)) {
                     let mut failures = self.failures.lock();
                     if failures.len() >= self.capacity {
                         failures.clear();
@@ -640,6 +646,35 @@ mod tests {
             "asked again soon after"
         );
         assert_eq!(p.decrypts.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_hung_kms_is_remembered_briefly_a_refused_connection_is_not() {
+        let (p, c) = setup(60_000, 0, 10);
+        *p.mode.lock() = Some(KeyError::Unreachable("connection refused".into()));
+        assert!(c.get(&[1; 16], &[3], &ctx()).is_err());
+        assert!(c.get(&[1; 16], &[3], &ctx()).is_err());
+        assert_eq!(
+            p.decrypts.load(Ordering::SeqCst),
+            2,
+            "a quick failure is asked again"
+        );
+        *p.delay.lock() = HUNG_AFTER + Duration::from_millis(50);
+        *p.mode.lock() = Some(KeyError::Unreachable("timed out".into()));
+        assert!(c.get(&[2; 16], &[3], &ctx()).is_err());
+        *p.delay.lock() = Duration::ZERO;
+        assert!(
+            c.get(&[2; 16], &[3], &ctx()).is_err(),
+            "the kernel's immediate retry"
+        );
+        assert_eq!(
+            p.decrypts.load(Ordering::SeqCst),
+            3,
+            "the retry waits on no hung KMS"
+        );
+        *p.mode.lock() = None;
+        std::thread::sleep(FAILURE_MEMORY + Duration::from_millis(20));
+        assert!(c.get(&[2; 16], &[3], &ctx()).is_ok(), "the KMS is back");
     }
 
     #[test]
