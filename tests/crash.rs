@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1424,6 +1424,22 @@ fn spare_files_become_new_files_and_none_outlive_the_mount_or_a_crash() {
     assert_eq!(listed.len(), 20, "spares are never listed: {listed:?}");
     for i in 0..20 {
         assert_contents(&m.join(format!("f{i}")), format!("file {i}").as_bytes());
+    }
+    // A set-group-ID directory gives its group to new files (no spare, which keeps its own);
+    // a spare taken and not used would outlive the unmount below.
+    let g = m.join("shared");
+    fs::create_dir(&g).expect("mkdir shared");
+    std::os::unix::fs::chown(&g, None, Some(65534)).expect("chgrp shared");
+    fs::set_permissions(&g, fs::Permissions::from_mode(0o2775)).expect("chmod g+s");
+    for i in 0..3 {
+        let p = g.join(format!("s{i}"));
+        fs::write(&p, b"in a setgid dir").expect("create in setgid dir");
+        assert_eq!(
+            fs::metadata(&p).expect("stat").gid(),
+            65534,
+            "group of {}",
+            p.display()
+        );
     }
     // O_EXCL on an existing name fails and the file keeps its content.
     let excl = OpenOptions::new()

@@ -157,7 +157,8 @@ impl KmsFs {
     fn make_file(&self, parent: &Inode, name: &OsStr, mode: u32, excl: i32) -> io::Result<OwnedFd> {
         if let Some(pool) = &self.spares {
             let setgid = sys::stat_fd(parent.fd())?.st_mode & libc::S_ISGID != 0;
-            if let Some(spare) = pool.take().filter(|_| !setgid) {
+            let spare = if setgid { None } else { pool.take() };
+            if let Some(spare) = spare {
                 match pool.place(spare, parent.fd(), name, mode) {
                     Ok(fd) => return Ok(fd),
                     Err(e) if e.raw_os_error() == Some(libc::EEXIST) && excl != 0 => {

@@ -9,7 +9,9 @@
 //! A spare is an empty file, mode 0600, owned by the daemon: it holds no header and no key
 //! until the first write, exactly like a freshly created file. Spares left by a crash are
 //! removed at the next mount. Not used on shared stores (another host may list the meta
-//! directory) or when the vault root has a default ACL (a rename would not inherit it).
+//! directory), when the vault root has a default ACL (a rename would not inherit it), or in a
+//! set-group-ID directory (a rename would not give the directory's group). A sync tool that
+//! watches the vault sees spares come and go: `--spare-files 0` turns them off.
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
