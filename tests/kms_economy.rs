@@ -888,3 +888,26 @@ fn prefetch_runs_again_after_forget_and_in_a_recreated_directory() {
     );
     m.unmount();
 }
+
+#[test]
+fn with_a_zero_key_ttl_nothing_is_prefetched() {
+    let kms = Kms::start();
+    let v = kms.vault();
+    let files = fill_dir(&v, "tree", 30, 13);
+    let m = v.mount(&["--key-ttl", "0"]);
+    kms.quiet_and_reset();
+    for (name, data) in &files {
+        assert!(
+            read_file(&m.join(name)).expect("read") == *data,
+            "{name} differs"
+        );
+    }
+    kms.settle(Duration::from_millis(500));
+    assert_eq!(
+        kms.file_decrypts(),
+        30,
+        "one Decrypt per file read and none ahead: {:?}",
+        kms.proxy.counts()
+    );
+    m.unmount();
+}

@@ -165,9 +165,14 @@ impl Prefetcher {
     /// A file was opened cold (its key needed the KMS) in directory `dir` (O_PATH), whose
     /// parent is `parent`.
     pub fn cold_open(&self, dir: BorrowedFd<'_>, parent: Option<BorrowedFd<'_>>) {
+        let keys = &self.vault.keys;
+        // With a zero TTL a key is kept only while its file is open: a prefetched one would
+        // be dropped unused, and every trigger would fetch the whole directory again.
+        if keys.ttl().is_zero() {
+            return;
+        }
         let Some(id) = dir_id(dir) else { return };
         let parent_id = parent.and_then(dir_id);
-        let keys = &self.vault.keys;
         let walk = {
             let mut dirs = self.dirs.lock();
             if dirs.is_done(id, keys) {
