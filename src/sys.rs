@@ -84,6 +84,13 @@ pub fn stamp(st: &libc::stat) -> Stamp {
     ]
 }
 
+/// The entries of directory `dir` (any fd of it, O_PATH too), through /proc/self/fd.
+pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<std::fs::ReadDir> {
+    std::fs::read_dir(std::path::Path::new(OsStr::from_bytes(
+        proc_path(dir).as_bytes(),
+    )))
+}
+
 /// unlinkat(2).
 pub fn unlinkat(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int) -> io::Result<()> {
     let c = cstr(name)?;

@@ -16,7 +16,6 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirEntryExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -477,10 +476,7 @@ impl KmsFs {
     }
 
     fn read_dir(&self, inode: &Inode) -> Result<DirHandle> {
-        let dir = std::fs::read_dir(Path::new(OsStr::from_bytes(
-            sys::proc_path(inode.fd()).as_bytes(),
-        )))
-        .map_err(e_io)?;
+        let dir = sys::read_dir(inode.fd()).map_err(e_io)?;
         let lister = self.names.lister(inode.fd(), inode.is_root).map_err(e_io)?;
         let dot = |name: &str| DirEntry {
             ino: 1,

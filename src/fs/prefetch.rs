@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -119,17 +119,12 @@ impl std::fmt::Debug for Prefetcher {
     }
 }
 
-/// The current version of a directory.
-fn version_of(st: &libc::stat) -> DirVersion {
-    DirVersion {
+/// The current version (inode number and change time) of a directory.
+fn dir_id(dir: BorrowedFd<'_>) -> Option<DirVersion> {
+    sys::stat_fd(dir).ok().map(|st| DirVersion {
         ino: st.st_ino,
         ctime: (st.st_ctime, st.st_ctime_nsec),
-    }
-}
-
-/// The backing inode number and current version of a directory.
-fn dir_id(dir: BorrowedFd<'_>) -> Option<DirVersion> {
-    sys::stat_fd(dir).ok().map(|st| version_of(&st))
+    })
 }
 
 /// A readable descriptor of the directory behind an O_PATH one.
@@ -221,8 +216,7 @@ impl Prefetcher {
 
 /// The entries of directory `dir` that `keep` accepts, in directory order.
 fn entries(dir: &OwnedFd, keep: impl Fn(&std::fs::FileType) -> bool) -> Vec<std::fs::DirEntry> {
-    let path = format!("/proc/self/fd/{}", dir.as_raw_fd());
-    let Ok(list) = std::fs::read_dir(path) else {
+    let Ok(list) = sys::read_dir(dir.as_fd()) else {
         return Vec::new();
     };
     list.flatten()

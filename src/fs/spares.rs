@@ -17,7 +17,6 @@ use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -209,9 +208,7 @@ impl Shared {
 
 /// Remove every entry of the spare directory `dir` (spares left by a crash).
 fn remove_all(dir: BorrowedFd<'_>) -> io::Result<()> {
-    let path = std::path::PathBuf::from(OsStr::from_bytes(sys::proc_path(dir).as_bytes()));
-    let list = std::fs::read_dir(path)?;
-    for entry in list {
+    for entry in sys::read_dir(dir)? {
         let entry = entry?;
         let _ = sys::unlinkat(dir, &entry.file_name(), 0);
     }

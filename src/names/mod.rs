@@ -739,8 +739,7 @@ fn remove_sidecar(dir: BorrowedFd<'_>, name: &BackingName) {
 /// Whether directory `dir` holds an entry other than its IV file. A directory the daemon
 /// cannot read is taken as empty: the rmdir itself then decides.
 fn holds_more_than_diriv(dir: BorrowedFd<'_>) -> io::Result<bool> {
-    let path = proc_path(dir);
-    let entries = match std::fs::read_dir(Path::new(OsStr::from_bytes(path.as_bytes()))) {
+    let entries = match sys::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.raw_os_error() == Some(libc::EACCES) => return Ok(false),
         Err(e) => return Err(e),
