@@ -728,7 +728,7 @@ impl CryptFile {
             wrapped,
         )
         .map_err(|e: FormatError| std::io::Error::other(e.to_string()))?;
-        header.tag = crypto::header_tag(&key, &header);
+        header.commitment = crypto::key_commitment(&key, &header);
         let cipher = BlockCipher::new(key, self.vault.volume_id, file_id);
         Ok((Keyed { header }, cipher))
     }

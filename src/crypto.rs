@@ -1,12 +1,14 @@
-//! Seal and open one block with AES-256-GCM-SIV; the header tag; zeroizing key types.
+//! Seal and open one block with AES-256-GCM-SIV; the header's key commitment; HMAC; zeroizing
+//! key types.
 //!
 //! Errors say only "authentication failed": which byte or why is not something to tell an
 //! attacker (the caller logs which file and block).
 
 use aws_lc_rs::aead::{AES_256_GCM_SIV, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::hmac;
 use zeroize::Zeroizing;
 
-use crate::format::header::{FileHeader, HEADER_TAG_LEN};
+use crate::format::header::{COMMITMENT_LEN, FileHeader};
 use crate::format::layout::{NONCE_LEN, TAG_LEN};
 use crate::format::{ID_LEN, Id};
 
@@ -14,8 +16,8 @@ use crate::format::{ID_LEN, Id};
 pub const KEY_LEN: usize = 32;
 /// Domain separator in front of every block's AAD.
 pub const BLOCK_AAD_PREFIX: &[u8; 8] = b"KMSFS-B1";
-/// Domain separator in front of the header tag's AAD.
-pub const HEADER_AAD_PREFIX: &[u8; 8] = b"KMSFS-H1";
+/// Domain separator in front of the header bytes the key commitment covers.
+pub const COMMITMENT_PREFIX: &[u8; 8] = b"KMSFS-C2";
 /// Length of a block's AAD: prefix ‖ volume id ‖ file id ‖ block index (u64 LE).
 pub const BLOCK_AAD_LEN: usize = 8 + 2 * ID_LEN + 8;
 
@@ -285,26 +287,40 @@ impl BlockCipher {
     }
 }
 
-/// The header tag: AES-256-GCM-SIV under the data key, all-zero nonce, empty plaintext,
-/// AAD "KMSFS-H1" ‖ header bytes 0..112. GCM-SIV tolerates the fixed nonce: equal inputs
-/// give equal tags, nothing more.
-pub fn header_tag(key: &DataKey, header: &FileHeader) -> [u8; HEADER_TAG_LEN] {
-    let mut aad = Vec::with_capacity(8 + 112);
-    aad.extend_from_slice(HEADER_AAD_PREFIX);
-    aad.extend_from_slice(&header.tagged_bytes());
-    let mut out = Vec::with_capacity(TAG_LEN);
-    key.seal_detached(&[0; NONCE_LEN], &aad, &[], &mut out);
-    let mut tag = [0u8; HEADER_TAG_LEN];
-    tag.copy_from_slice(&out);
-    tag
+/// HMAC-SHA256 of the concatenation of `parts` under `key`.
+pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+    let mut ctx = hmac::Context::with_key(&key);
+    for p in parts {
+        ctx.update(p);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.sign().as_ref());
+    out
 }
 
-/// Check a decoded header's tag under the unwrapped data key (constant time).
+/// Whether `a` and `b` are equal, in time independent of where they differ.
+pub fn equal_ct(a: &[u8], b: &[u8]) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
+/// The header's key commitment: HMAC-SHA256(data key, "KMSFS-C2" ‖ header bytes 0..96).
+/// HMAC-SHA256 is collision resistant in its key, so no header commits to two keys (which
+/// AES-GCM-SIV alone would allow), and it authenticates every field before the slots.
+pub fn key_commitment(key: &DataKey, header: &FileHeader) -> [u8; COMMITMENT_LEN] {
+    hmac_sha256(
+        key.expose(),
+        &[COMMITMENT_PREFIX, &header.committed_bytes()],
+    )
+}
+
+/// Check a decoded header's key commitment against the unwrapped data key (constant time).
 pub fn verify_header(key: &DataKey, header: &FileHeader) -> Result<(), CryptoError> {
-    let mut aad = Vec::with_capacity(8 + 112);
-    aad.extend_from_slice(HEADER_AAD_PREFIX);
-    aad.extend_from_slice(&header.tagged_bytes());
-    key.open_detached(&[0; NONCE_LEN], &aad, &header.tag, &mut [])
+    if equal_ct(&key_commitment(key, header), &header.commitment) {
+        Ok(())
+    } else {
+        Err(CryptoError::Authentication)
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
-//! Thin, safe wrappers over the *at() system calls the front end needs on O_PATH fds.
+//! Thin, safe wrappers over the *at() system calls the front end needs on O_PATH fds, and the
+//! checked opens of kmsfs's own metadata files (no symlink followed, no FIFO blocked on).
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 /// A C string from an OS string (EINVAL on an interior NUL).
@@ -125,4 +126,178 @@ pub fn renameat2(
         )
     })
     .map(drop)
+}
+
+/// The error for a metadata file that is not a regular file (a symlink, FIFO, socket or
+/// device planted where kmsfs expects one of its own files).
+fn not_regular(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("not a regular file ({what}): refusing to use it"),
+    )
+}
+
+/// Open `name` in `dir` as a regular file, whatever the backing store put there: a symlink is
+/// not followed (ELOOP becomes "not a regular file"), a FIFO or device does not block the open
+/// (O_NONBLOCK) and is refused after `fstat`. `flags` adds the access mode (and O_CREAT with
+/// `mode`); O_NOFOLLOW, O_NONBLOCK, O_NOCTTY and O_CLOEXEC are always set.
+pub fn open_regular(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    flags: libc::c_int,
+    mode: u32,
+) -> io::Result<(OwnedFd, libc::stat)> {
+    let fd = openat(
+        dir,
+        name,
+        flags | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
+        mode,
+    )
+    .map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) => not_regular("a symbolic link"),
+        _ => e,
+    })?;
+    let st = stat_fd(fd.as_fd())?;
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => Ok((fd, st)),
+        libc::S_IFIFO => Err(not_regular("a FIFO")),
+        libc::S_IFDIR => Err(not_regular("a directory")),
+        _ => Err(not_regular("a device or socket")),
+    }
+}
+
+/// The contents of regular file `name` in `dir` (opened as by [`open_regular`]), refusing a
+/// file over `max` bytes before reading it.
+pub fn read_regular(dir: BorrowedFd<'_>, name: &OsStr, max: usize) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let (fd, st) = open_regular(dir, name, libc::O_RDONLY, 0)?;
+    if st.st_size < 0 || st.st_size as u64 > max as u64 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} bytes, more than the {max} expected", st.st_size),
+        ));
+    }
+    let mut buf = Vec::with_capacity(st.st_size as usize);
+    std::fs::File::from(fd)
+        .take(max as u64 + 1)
+        .read_to_end(&mut buf)?;
+    if buf.len() > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "file grew while read",
+        ));
+    }
+    Ok(buf)
+}
+
+/// Replace (or create) `name` in `dir` with `data` atomically: written to a fresh temporary
+/// name (O_EXCL, so nothing planted there is followed or reused), fsynced when `sync`, renamed
+/// over `name`, and the directory fsynced when `sync` (then `dir` must not be O_PATH).
+pub fn replace_file(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    data: &[u8],
+    mode: u32,
+    sync: bool,
+) -> io::Result<()> {
+    use std::io::Write;
+    let suffix: [u8; 8] = crate::crypto::random_array().map_err(io::Error::other)?;
+    let mut tmp = name.to_os_string();
+    tmp.push(format!(".tmp.{}", hex::encode(suffix)));
+    let fd = openat(
+        dir,
+        &tmp,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+        mode,
+    )?;
+    let mut f = std::fs::File::from(fd);
+    let written = f
+        .write_all(data)
+        .and_then(|()| if sync { f.sync_all() } else { Ok(()) })
+        .and_then(|()| renameat2(dir, &tmp, dir, name, 0));
+    if let Err(e) = written {
+        let _ = unlinkat(dir, &tmp, 0);
+        return Err(e);
+    }
+    if sync {
+        fsync(dir)?;
+    }
+    Ok(())
+}
+
+/// fsync(2) of any fd that is not O_PATH (a directory opened O_RDONLY, a file).
+pub fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: valid fd.
+    cvt(unsafe { libc::fsync(fd.as_raw_fd()) }).map(drop)
+}
+
+/// The effective user id of this process.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// fchmod through an O_PATH-safe path (`/proc/self/fd/N`).
+pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    let p = proc_path(fd);
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::chmod(p.as_ptr(), mode) }).map(drop)
+}
+
+/// Whether `name` exists in `dir` (without following a symlink).
+pub fn exists_at(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
+    let Ok(c) = cstr(name) else { return false };
+    // SAFETY: zeroed stat is a valid out buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd, C string and out pointer.
+    unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        ) == 0
+    }
+}
+
+/// fstatat(2) of `name` in `dir` without following a symlink.
+pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<libc::stat> {
+    let c = cstr(name)?;
+    // SAFETY: zeroed stat is a valid out buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd, C string and out pointer.
+    cvt(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(st)
+}
+
+/// The path of the object behind `fd` as the kernel names it (`/proc/self/fd/N`).
+pub fn fd_path(fd: BorrowedFd<'_>) -> io::Result<std::path::PathBuf> {
+    std::fs::read_link(std::path::Path::new(OsStr::from_bytes(
+        proc_path(fd).as_bytes(),
+    )))
+}
+
+/// Set the modification time of the object behind `fd` (any fd, O_PATH too) to `sec`.`nsec`,
+/// leaving its access time.
+pub fn set_mtime(fd: BorrowedFd<'_>, sec: i64, nsec: i64) -> io::Result<()> {
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
+    ];
+    let p = proc_path(fd);
+    // SAFETY: valid C string and a two-element times array.
+    cvt(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) }).map(drop)
 }

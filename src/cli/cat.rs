@@ -22,7 +22,7 @@ pub fn run(args: &CatArgs) -> CliResult {
         Some(plain) => (args.path.clone(), Target::Plain(plain.clone())),
         None => locate(&args.path)?,
     };
-    let off = walk::open(&vault_dir, &args.key, false)?;
+    let off = walk::open(&vault_dir, &args.trust, false)?;
     let backing = match target {
         Target::Backing(p) => p,
         Target::Plain(p) => resolve(&off, &p)?,

@@ -24,6 +24,8 @@ pub const PROTOCOL_VERSION: u64 = 1;
 
 /// What the daemon reports and acts on.
 pub struct Daemon {
+    /// The file-name key (encrypted names), dropped by `forget` too.
+    pub name_key: Option<crate::names::NameKeyHandle>,
     /// The vault's shared state (key cache, counters).
     pub vault: Arc<Vault>,
     /// Open handles (for open_files and page-cache invalidation).
@@ -82,11 +84,15 @@ impl Daemon {
         w
     }
 
-    /// Drop every cached and pooled key, and the kernel's cached pages of open files, so
-    /// nothing decrypted outlives the keys; open files unwrap again on next use.
+    /// Drop every cached and pooled key, the name key, the bucket key and the local master key
+    /// (the provider's `forget`), and the kernel's cached pages of open files, so nothing
+    /// decrypted outlives the keys; each is unwrapped (or read) again on next use.
     fn forget(&self) -> Value {
         let dropped = self.vault.keys.stats().entries;
         self.vault.keys.clear();
+        if let Some(k) = &self.name_key {
+            k.forget();
+        }
         for ino in self.handles.open_inodes() {
             if let Err(e) = self.notifier.inval_inode(fuser::INodeNo(ino), 0, 0) {
                 tracing::debug!("page cache invalidation of inode {ino}: {e}");

@@ -46,16 +46,17 @@ enum Outcome {
 
 /// Run `kmsfs fsck`.
 pub fn run(args: &FsckArgs) -> CliResult {
-    let off = walk::open(&args.vault, &args.key, true)?;
+    let off = walk::open(&args.vault, &args.trust, true)?;
     let host_id = args.host_id.clone().unwrap_or_else(vault::default_host_id);
     // Repairs write: keep a mount (on this host) away meanwhile. Checking only reads.
     let _lock = if args.repair_headerless && !off.config_missing {
-        let mut lock = MountLock::acquire(&off.dir, &host_id).map_err(|e| e.to_string())?;
+        let mut lock = MountLock::acquire(&off.dir, &host_id, &off.cfg.volume_id)
+            .map_err(|e| e.to_string())?;
         lock.write_pid(std::process::id())
             .map_err(|e| e.to_string())?;
         Some(lock)
     } else {
-        if let Some(pid) = MountLock::holder(&off.dir, &host_id) {
+        if let Some(pid) = MountLock::holder(&off.dir, &host_id, &off.cfg.volume_id) {
             eprintln!(
                 "kmsfs: warning: {} is mounted on this host (pid {pid}): files being written now may be reported as damaged",
                 off.dir.display()

@@ -69,8 +69,10 @@ pub fn run(args: &InitArgs) -> CliResult {
             .map_err(|e| format!("cannot make the bucket key: {e}"))?;
         cfg.wrapped_bucket_key = Some(hex::encode(wrapped));
     }
+    cfg.seal_new(key_provider.as_ref())
+        .map_err(|e| format!("cannot make the config key: {e}"))?;
     cfg.create(&vault_dir).map_err(|e| e.to_string())?;
-    vault::save_trusted_key(&cfg.volume_id, &trusted).map_err(|e| e.to_string())?;
+    vault::trust::record(&vault_dir, &cfg, &trusted).map_err(|e| e.to_string())?;
     println!(
         "initialised kmsfs vault {} (volume {})",
         vault_dir.display(),

@@ -60,16 +60,30 @@ enum Command {
 
 /// Which key protects a vault (at most one of the two).
 #[derive(Debug, Args, Clone, Default)]
-#[group(multiple = false)]
 pub struct KeyArgs {
-    /// Local provider: the master key file (kept outside the vault, mode 0600). `init` creates
-    /// it when missing. Default for init: ~/.config/kmsfs/keys/VOLUME_ID.key
-    #[arg(long, value_name = "PATH")]
+    /// Local provider: the master key file (kept outside the vault, a regular file of yours,
+    /// mode 0600). `init` creates it when missing. Default for init:
+    /// ~/.config/kmsfs/keys/VOLUME_ID.key
+    #[arg(long, value_name = "PATH", conflicts_with = "kms_key_id")]
     key_file: Option<PathBuf>,
     /// AWS KMS provider: the wrapping key (ARN, key id or alias/NAME), reached through the
     /// standard AWS environment (region, credentials, AWS_ENDPOINT_URL_KMS).
     #[arg(long, value_name = "ID")]
     kms_key_id: Option<String>,
+}
+
+/// What a host trusts for an existing vault: its key, and (the first time, or to accept a
+/// config changed elsewhere) its volume id.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TrustArgs {
+    #[command(flatten)]
+    key: KeyArgs,
+    /// The vault's volume id (32 hex digits; kmsfs init prints it, kmsfs status shows it).
+    /// Needed with --key-file/--kms-key-id on a host that has not used this volume before,
+    /// and to accept a vault config that changed since this host used it (a kmsfs rewrap on
+    /// another host) or a vault path that now holds another volume.
+    #[arg(long, value_name = "ID")]
+    volume_id: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -97,7 +111,7 @@ struct MountArgs {
     /// Where the plain view appears (an existing directory).
     mountpoint: PathBuf,
     #[command(flatten)]
-    key: KeyArgs,
+    trust: TrustArgs,
     /// Stay in the foreground and log to stderr.
     #[arg(short, long)]
     foreground: bool,
@@ -159,7 +173,7 @@ struct RewrapArgs {
     vault: PathBuf,
     /// The current key (default: the key this host trusts for the vault).
     #[command(flatten)]
-    key: KeyArgs,
+    trust: TrustArgs,
     #[command(flatten)]
     to: ToKeyArgs,
     /// Only report what would change; write nothing.
@@ -191,7 +205,7 @@ struct FsckArgs {
     /// The vault (backing directory).
     vault: PathBuf,
     #[command(flatten)]
-    key: KeyArgs,
+    trust: TrustArgs,
     /// Empty (truncate to 0 bytes) files that hold a header of this vault but no complete
     /// block: they hold no data and then read as empty files.
     #[arg(long)]
@@ -211,7 +225,7 @@ struct CatArgs {
     /// The file's plain path inside the vault (as seen in the mount).
     plain_path: Option<PathBuf>,
     #[command(flatten)]
-    key: KeyArgs,
+    trust: TrustArgs,
 }
 
 #[derive(Debug, Args)]
@@ -370,6 +384,7 @@ fn fstab_form(argv: Vec<std::ffi::OsString>) -> Result<Option<Vec<std::ffi::OsSt
                 "key_pool_size" => with("--key-pool-size")?,
                 "key_file" => with("--key-file")?,
                 "kms_key_id" => with("--kms-key-id")?,
+                "volume_id" => with("--volume-id")?,
                 "host_id" => with("--host-id")?,
                 "threads" => with("--threads")?,
                 "attr_ttl" => with("--attr-ttl")?,

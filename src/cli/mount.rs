@@ -21,7 +21,7 @@ const POOL_WORKERS: usize = 16;
 /// Directory key prefetch: unwraps in flight at once.
 const PREFETCH_WORKERS: usize = 32;
 use crate::names::Names;
-use crate::vault::{self, MountLock, TrustedKey, VaultConfig};
+use crate::vault::{self, MountLock, Trust, TrustedKey, VaultConfig};
 
 /// Run `kmsfs mount`.
 pub fn run(args: MountArgs) -> CliResult {
@@ -39,18 +39,16 @@ pub fn run(args: MountArgs) -> CliResult {
         return Err(format!("mount point {} is not a directory", mnt.display()));
     }
     let cfg = VaultConfig::load(&vault_dir).map_err(|e| e.to_string())?;
-    let trusted = provider::trusted_key(&args.key, &cfg, &vault_dir)?;
-    // A local key is checked before forking, so a bad key file fails in the foreground.
-    let early = match &trusted {
-        TrustedKey::Local { .. } => {
-            let p = provider::open(&trusted)?;
-            provider::check_hint(&cfg, &vault_dir, p.as_ref())?;
-            Some(p)
-        }
+    let trust = provider::resolve(&args.trust, &cfg, &vault_dir)?;
+    // A local key (and the config it verifies) is checked before forking, so a bad key file or
+    // a tampered config fails in the foreground.
+    let early = match &trust.key {
+        TrustedKey::Local { .. } => Some(provider::open_verified(&trust)?),
         TrustedKey::AwsKms { .. } => None,
     };
     let host_id = args.host_id.clone().unwrap_or_else(vault::default_host_id);
-    let lock = MountLock::acquire(&vault_dir, &host_id).map_err(|e| e.to_string())?;
+    let lock =
+        MountLock::acquire(&vault_dir, &host_id, &cfg.volume_id).map_err(|e| e.to_string())?;
     let mut ready = if args.foreground {
         Ready::none()
     } else {
@@ -60,7 +58,7 @@ pub fn run(args: MountArgs) -> CliResult {
         }
     };
     serve(
-        &args, &vault_dir, &mnt, &cfg, &trusted, early, lock, &mut ready,
+        &args, &vault_dir, &mnt, &cfg, &trust, early, lock, &mut ready,
     )
     .inspect_err(|msg| ready.fail(msg))
 }
@@ -72,7 +70,7 @@ fn serve(
     vault_dir: &Path,
     mnt: &Path,
     cfg: &VaultConfig,
-    trusted: &TrustedKey,
+    trust: &Trust,
     early: Option<Arc<dyn KeyProvider>>,
     mut lock: MountLock,
     ready: &mut Ready,
@@ -91,11 +89,7 @@ fn serve(
         .map_err(|e| e.to_string())?;
     let kms_provider = match early {
         Some(p) => p,
-        None => {
-            let p = provider::open(trusted)?;
-            provider::check_hint(cfg, vault_dir, p.as_ref())?;
-            p
-        }
+        None => provider::open_verified(trust)?,
     };
     let ttl = Duration::from_secs(args.key_ttl);
     let attr_ttl = Duration::try_from_secs_f64(args.attr_ttl)
@@ -146,9 +140,10 @@ fn serve(
             .shared_store
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
-    let names = Names::for_vault(vault_dir, cfg, kms_provider.as_ref())?;
-    if let Some(handle) = names.key_handle() {
-        spawn_name_key_refresh(handle, kms_provider.clone(), cfg, volume_id, ttl)?;
+    let names = Names::for_vault(vault_dir, cfg, kms_provider.clone())?;
+    let name_key = names.key_handle();
+    if let Some(handle) = name_key.clone() {
+        spawn_name_key_refresh(handle, ttl)?;
     }
     let mut fs = KmsFs::new(
         vault_dir,
@@ -201,6 +196,7 @@ fn serve(
     let mut unmounter = session.unmount_callable();
     let _ = notifier_slot.set(session.notifier());
     control::serve(control::Daemon {
+        name_key,
         vault: fs_vault,
         handles: fs_handles,
         notifier: session.notifier(),
@@ -277,20 +273,7 @@ fn serve(
 
 /// Re-unwrap the file-name key once per TTL in the background (lookups keep using the current
 /// key meanwhile), so a KMS refusal of the vault's key reaches file names too.
-fn spawn_name_key_refresh(
-    handle: crate::names::NameKeyHandle,
-    provider: Arc<dyn KeyProvider>,
-    cfg: &VaultConfig,
-    volume_id: crate::format::Id,
-    ttl: Duration,
-) -> CliResult {
-    let wrapped = cfg
-        .wrapped_name_key
-        .as_deref()
-        .and_then(|h| hex::decode(h).ok())
-        .unwrap_or_default();
-    let ctx =
-        crate::keys::EncryptionContext::for_volume(&volume_id, crate::names::NAME_KEY_PURPOSE);
+fn spawn_name_key_refresh(handle: crate::names::NameKeyHandle, ttl: Duration) -> CliResult {
     // TTL 0 means "no caching across opens"; names have no opens, so refresh every minute.
     let every = if ttl.is_zero() {
         Duration::from_secs(60)
@@ -302,7 +285,7 @@ fn spawn_name_key_refresh(
         .spawn(move || {
             loop {
                 std::thread::sleep(every);
-                handle.rekey(provider.decrypt(&wrapped, &ctx));
+                handle.refresh();
             }
         })
         .map(drop)

@@ -3,11 +3,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::KeyArgs;
+use super::{KeyArgs, TrustArgs};
 use crate::keys::KeyProvider;
 use crate::keys::aws::{AwsKmsProvider, AwsOptions};
 use crate::keys::local::LocalProvider;
-use crate::vault::{self, TrustedKey, VaultConfig, VaultError};
+use crate::vault::{Trust, TrustedKey, VaultConfig};
 
 /// The key named on the command line, if any.
 pub fn from_args(args: &KeyArgs) -> Option<TrustedKey> {
@@ -26,14 +26,11 @@ pub fn absolute(p: &Path) -> std::path::PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// The trusted key for a vault: the command line, else this host's record from `init`.
-pub fn trusted_key(args: &KeyArgs, cfg: &VaultConfig, vault: &Path) -> Result<TrustedKey, String> {
-    if let Some(k) = from_args(args) {
-        return Ok(k);
-    }
-    vault::load_trusted_key(&cfg.volume_id)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| VaultError::NoTrustedKey(vault.display().to_string()).to_string())
+/// What to trust for the vault at `vault` (canonical) with config `cfg`: the command line's
+/// key and volume id, else this host's records (no key service call yet).
+pub fn resolve(args: &TrustArgs, cfg: &VaultConfig, vault: &Path) -> Result<Trust, String> {
+    Trust::resolve(vault, cfg, from_args(&args.key), args.volume_id.as_deref())
+        .map_err(|e| e.to_string())
 }
 
 /// A live provider for `key` (for AWS this starts the KMS client's runtime: call it only after
@@ -49,20 +46,9 @@ pub fn open(key: &TrustedKey) -> Result<Arc<dyn KeyProvider>, String> {
     }
 }
 
-/// Refuse a vault whose config names another key than the trusted one.
-pub fn check_hint(
-    cfg: &VaultConfig,
-    vault: &Path,
-    provider: &dyn KeyProvider,
-) -> Result<(), String> {
-    let kind = vault::provider_name(provider.provider_id());
-    if cfg.provider != kind || cfg.key_id != provider.key_id() {
-        return Err(VaultError::KeyMismatch {
-            vault: vault.display().to_string(),
-            hint: format!("{} key {}", cfg.provider, cfg.key_id),
-            trusted: format!("{kind} key {}", provider.key_id()),
-        }
-        .to_string());
-    }
-    Ok(())
+/// Open the trusted key's provider and verify the vault config with it (and record the trust).
+pub fn open_verified(trust: &Trust) -> Result<Arc<dyn KeyProvider>, String> {
+    let p = open(&trust.key)?;
+    trust.verify(p.as_ref()).map_err(|e| e.to_string())?;
+    Ok(p)
 }

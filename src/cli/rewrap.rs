@@ -40,6 +40,7 @@ use crate::keys::bucket::BUCKET_KEY_PURPOSE;
 use crate::keys::local::LocalProvider;
 use crate::keys::{EncryptionContext, KeyError, KeyProvider};
 use crate::names::NAME_KEY_PURPOSE;
+use crate::vault::config::CONFIG_KEY_PURPOSE;
 use crate::vault::{self, MountLock, TrustedKey, VaultConfig};
 
 /// Offset of the provider id byte, the first header byte a kind change rewrites.
@@ -80,8 +81,8 @@ pub fn run(args: &RewrapArgs) -> CliResult {
         .canonicalize()
         .map_err(|e| format!("vault {}: {e}", args.vault.display()))?;
     let cfg = VaultConfig::load(&dir).map_err(|e| e.to_string())?;
-    let from_key = provider::trusted_key(&args.key, &cfg, &dir)?;
-    let from = provider::open(&from_key)?;
+    let trust = provider::resolve(&args.trust, &cfg, &dir)?;
+    let from = provider::open(&trust.key)?;
     let (to, to_trusted, created) = open_target(args, &dir)?;
     let to_ref: Option<&dyn KeyProvider> = to.as_deref();
     let to_desc = match (&to, &to_trusted) {
@@ -99,9 +100,14 @@ pub fn run(args: &RewrapArgs) -> CliResult {
     let hint_is = |p: &dyn KeyProvider| {
         cfg.provider == vault::provider_name(p.provider_id()) && cfg.key_id == p.key_id()
     };
-    if !hint_is(from.as_ref()) && !to_ref.is_some_and(hint_is) {
-        provider::check_hint(&cfg, &dir, from.as_ref())?;
-    }
+    // The config key, from a config that verifies under the old key (or, when an interrupted
+    // run already replaced it, under the new one): rewrap re-seals the config with it.
+    let config_key = match to_ref {
+        Some(to) if !hint_is(from.as_ref()) && hint_is(to) => cfg
+            .verify(to, &VaultConfig::path(&dir).display().to_string())
+            .map_err(|e| e.to_string())?,
+        _ => trust.verify(from.as_ref()).map_err(|e| e.to_string())?,
+    };
     if let Some(t) = to_ref {
         if t.provider_id() == from.provider_id() && t.key_id() == from.key_id() {
             println!(
@@ -113,7 +119,7 @@ pub fn run(args: &RewrapArgs) -> CliResult {
     }
     let host_id = args.host_id.clone().unwrap_or_else(vault::default_host_id);
     let _lock = if args.dry_run {
-        if let Some(pid) = MountLock::holder(&dir, &host_id) {
+        if let Some(pid) = MountLock::holder(&dir, &host_id, &cfg.volume_id) {
             eprintln!(
                 "kmsfs: warning: {} is mounted on this host (pid {pid}): unmount it before the real rewrap",
                 dir.display()
@@ -121,7 +127,8 @@ pub fn run(args: &RewrapArgs) -> CliResult {
         }
         None
     } else {
-        let mut lock = MountLock::acquire(&dir, &host_id).map_err(|e| e.to_string())?;
+        let mut lock =
+            MountLock::acquire(&dir, &host_id, &cfg.volume_id).map_err(|e| e.to_string())?;
         lock.write_pid(std::process::id())
             .map_err(|e| e.to_string())?;
         Some(lock)
@@ -220,6 +227,12 @@ pub fn run(args: &RewrapArgs) -> CliResult {
         )?),
         _ => None,
     };
+    let new_config_key = rewrap_volume_key(
+        &job,
+        &cfg.wrapped_config_key,
+        CONFIG_KEY_PURPOSE,
+        "config key",
+    )?;
     let new_bucket_key = match &cfg.wrapped_bucket_key {
         Some(hex_key) if keep_bucket => Some(rewrap_volume_key(
             &job,
@@ -245,8 +258,10 @@ pub fn run(args: &RewrapArgs) -> CliResult {
     }
     // Kept (moved) in bucket-key mode; gone once the files are under a local key.
     new_cfg.wrapped_bucket_key = new_bucket_key;
+    new_cfg.wrapped_config_key = new_config_key;
+    new_cfg.seal(&config_key);
     new_cfg.replace(&dir).map_err(|e| e.to_string())?;
-    vault::save_trusted_key(&cfg.volume_id, &to_trusted).map_err(|e| e.to_string())?;
+    vault::trust::record(&dir, &new_cfg, &to_trusted).map_err(|e| e.to_string())?;
     println!(
         "vault config and this host's trust record now name {to_desc}; mount with: kmsfs mount {} MOUNTPOINT",
         dir.display()
@@ -398,14 +413,14 @@ fn rewrap_file(job: &Job<'_>, path: &Path) -> Outcome {
         let key = to.decrypt(&wrapped, &ctx).ok()?;
         Some(match crypto::verify_header(&key, &header) {
             Ok(()) => Outcome::Already,
-            Err(_) => Outcome::Damaged("the header tag does not verify".into()),
+            Err(_) => Outcome::Damaged("the key commitment does not verify".into()),
         })
     };
     let Some(to) = job.to else {
         // Dry run with a key that does not exist yet: can the old key open it?
         return match job.from.decrypt(&wrapped, &ctx) {
             Ok(k) if crypto::verify_header(&k, &header).is_ok() => Outcome::Rewrapped,
-            Ok(_) => Outcome::Damaged("the header tag does not verify".into()),
+            Ok(_) => Outcome::Damaged("the key commitment does not verify".into()),
             Err(e) => key_outcome(e),
         };
     };
@@ -420,27 +435,27 @@ fn rewrap_file(job: &Job<'_>, path: &Path) -> Outcome {
     if job.dry_run {
         return match job.from.decrypt(&wrapped, &ctx) {
             Ok(k) if crypto::verify_header(&k, &header).is_ok() => Outcome::Rewrapped,
-            Ok(_) => Outcome::Damaged("the header tag does not verify".into()),
+            Ok(_) => Outcome::Damaged("the key commitment does not verify".into()),
             Err(e) => opens_under_new(to).unwrap_or_else(|| key_outcome(e)),
         };
     }
     let mut new = header.clone();
     let inactive = 1 - header.active;
     if kind_change {
-        // The tag covers the provider id: recompute it, which needs the plaintext data key.
+        // The commitment covers the provider id: recompute it, which needs the plaintext data key.
         let key = match job.from.decrypt(&wrapped, &ctx) {
             Ok(k) => k,
             Err(e) => return opens_under_new(to).unwrap_or_else(|| key_outcome(e)),
         };
         if crypto::verify_header(&key, &header).is_err() {
-            return Outcome::Damaged("the header tag does not verify".into());
+            return Outcome::Damaged("the key commitment does not verify".into());
         }
         match to.wrap(&key, &ctx) {
             Ok(w) => new.slots[inactive] = w,
             Err(e) => return Outcome::Failed(e.to_string()),
         }
         new.provider = to.provider_id();
-        new.tag = crypto::header_tag(&key, &new);
+        new.commitment = crypto::key_commitment(&key, &new);
     } else {
         match job.from.reencrypt(&wrapped, &ctx, to) {
             Ok(w) => new.slots[inactive] = w,

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{KeyArgs, provider};
+use super::{TrustArgs, provider};
 use crate::cryptfile::Vault;
 use crate::format::header::{FORMAT_VERSION, FileHeader, HEADER_SIZE};
 use crate::keys::bucket::BucketKeyProvider;
@@ -50,7 +50,7 @@ impl Offline {
 /// Open the vault in `dir` with the key from `key` (else this host's trust record), refusing a
 /// vault whose config names another key. A vault without `.kmsfs/config.json` is opened from
 /// the first file header found (with a warning) when `allow_missing_config`.
-pub fn open(dir: &Path, key: &KeyArgs, allow_missing_config: bool) -> Result<Offline, String> {
+pub fn open(dir: &Path, trust: &TrustArgs, allow_missing_config: bool) -> Result<Offline, String> {
     let dir = dir
         .canonicalize()
         .map_err(|e| format!("vault {}: {e}", dir.display()))?;
@@ -66,20 +66,22 @@ pub fn open(dir: &Path, key: &KeyArgs, allow_missing_config: bool) -> Result<Off
         }
         Err(e) => return Err(e.to_string()),
     };
-    let trusted = match provider::from_args(key) {
-        Some(k) => k,
-        None => vault::load_trusted_key(&cfg.volume_id)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| VaultError::NoTrustedKey(dir.display().to_string()).to_string())?,
+    let p = if config_missing {
+        // Nothing to verify: the key from the command line, else this host's volume record.
+        let trusted = match provider::from_args(&trust.key) {
+            Some(k) => k,
+            None => vault::trust::trusted_key_of(&cfg.volume_id)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| VaultError::NoTrustedKey(dir.display().to_string()).to_string())?,
+        };
+        provider::open(&trusted)?
+    } else {
+        provider::open_verified(&provider::resolve(trust, &cfg, &dir)?)?
     };
-    let p = provider::open(&trusted)?;
-    if !config_missing {
-        provider::check_hint(&cfg, &dir, p.as_ref())?;
-    }
     let names = if config_missing && !cfg.plaintext_names {
         None
     } else {
-        Some(Names::for_vault(&dir, &cfg, p.as_ref())?)
+        Some(Names::for_vault(&dir, &cfg, p.clone())?)
     };
     let volume_id = cfg.volume_id_bytes().map_err(|e| e.to_string())?;
     let files = file_key_provider(&cfg, p)?;
@@ -146,6 +148,8 @@ fn config_from_headers(dir: &Path) -> Result<VaultConfig, String> {
                 plaintext_names: !encrypted,
                 wrapped_name_key: None,
                 wrapped_bucket_key: None,
+                wrapped_config_key: String::new(),
+                config_tag: String::new(),
             });
         }
     }

@@ -2,18 +2,18 @@
 //! follows from its backing size alone.
 //!
 //! ```text
-//! offset size  field                                   covered by header tag
+//! offset size  field                                   covered by the key commitment
 //! 0      8     magic "KMSFSENC"                        yes
-//! 8      2     format version, u16 LE (= 1)            yes
+//! 8      2     format version, u16 LE (= 2)            yes
 //! 10     2     header size, u16 LE (= 1024)            yes
 //! 12     4     block size, u32 LE                      yes
 //! 16     16    volume id                               yes
 //! 32     16    file id (random, 128 bit)               yes
-//! 48     1     provider id (1 local, 2 aws-kms)        yes
+//! 48     1     provider id (1 local, 2 aws-kms, 3 bucket key)  yes
 //! 49     1     reserved, zero                          yes
 //! 50     2     slot capacity, u16 LE (= 442)           yes
-//! 52     60    zero padding                            yes
-//! 112    16    header tag                              -
+//! 52     44    zero padding                            yes
+//! 96     32    key commitment                          -
 //! 128    1     active slot (0 or 1)                    no: rewrap flips it
 //! 129    7     reserved, zero                          no (checked to be zero)
 //! 136    2     slot 0: wrapped key length, u16 LE      no: the KMS authenticates the blob
@@ -22,8 +22,9 @@
 //! 582    442   slot 1: wrapped key, zero padded
 //! 1024         end
 //! ```
-//! The tag is AES-256-GCM-SIV under the file's data key, nonce all zero, empty plaintext,
-//! AAD = "KMSFS-H1" ‖ bytes 0..112 (computed by `crypto::header_tag`).
+//! The key commitment is HMAC-SHA256(data key, "KMSFS-C2" ‖ bytes 0..96) (computed by
+//! `crypto::key_commitment`): it authenticates the fields and commits the header to exactly one
+//! data key, so whichever slot is active, only that key opens the file.
 
 use super::{FormatError, ID_LEN, Id};
 use crate::format::layout::{Layout, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
@@ -33,15 +34,15 @@ pub const HEADER_SIZE: usize = 1024;
 /// The magic bytes every kmsfs file starts with.
 pub const MAGIC: [u8; 8] = *b"KMSFSENC";
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// Largest wrapped key a slot holds (an AWS KMS CiphertextBlob is ~184 bytes).
 pub const SLOT_CAPACITY: usize = 442;
-/// Bytes at the start of the header covered by the header tag.
-pub const TAGGED_LEN: usize = 112;
-/// Length of the header tag.
-pub const HEADER_TAG_LEN: usize = 16;
+/// Bytes at the start of the header covered by the key commitment.
+pub const COMMITTED_LEN: usize = 96;
+/// Length of the key commitment (HMAC-SHA256).
+pub const COMMITMENT_LEN: usize = 32;
 
-const TAG_OFFSET: usize = 112;
+const COMMITMENT_OFFSET: usize = COMMITTED_LEN;
 const ACTIVE_OFFSET: usize = 128;
 const SLOT_OFFSETS: [usize; 2] = [136, 580];
 
@@ -83,8 +84,8 @@ pub struct FileHeader {
     pub active: usize,
     /// The two wrapped-key slots (an empty vector is an empty slot).
     pub slots: [Vec<u8>; 2],
-    /// Tag over bytes 0..112, keyed by the data key.
-    pub tag: [u8; HEADER_TAG_LEN],
+    /// Key commitment over bytes 0..96, keyed by the data key.
+    pub commitment: [u8; COMMITMENT_LEN],
 }
 
 impl std::fmt::Debug for FileHeader {
@@ -100,7 +101,8 @@ impl std::fmt::Debug for FileHeader {
 }
 
 impl FileHeader {
-    /// A new header with `wrapped` in slot 0 and a zero tag (fill it with `crypto::header_tag`).
+    /// A new header with `wrapped` in slot 0 and a zero commitment (fill it with
+    /// `crypto::key_commitment`).
     pub fn new(
         block_size: u32,
         volume_id: Id,
@@ -118,7 +120,7 @@ impl FileHeader {
             provider,
             active: 0,
             slots: [wrapped, Vec::new()],
-            tag: [0; HEADER_TAG_LEN],
+            commitment: [0; COMMITMENT_LEN],
         })
     }
 
@@ -132,9 +134,9 @@ impl FileHeader {
         Layout::new(HEADER_SIZE as u64, self.block_size)
     }
 
-    /// Bytes 0..112: the fields the header tag covers.
-    pub fn tagged_bytes(&self) -> [u8; TAGGED_LEN] {
-        let mut b = [0u8; TAGGED_LEN];
+    /// Bytes 0..96: the fields the key commitment covers.
+    pub fn committed_bytes(&self) -> [u8; COMMITTED_LEN] {
+        let mut b = [0u8; COMMITTED_LEN];
         b[0..8].copy_from_slice(&MAGIC);
         b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         b[10..12].copy_from_slice(&(HEADER_SIZE as u16).to_le_bytes());
@@ -165,14 +167,15 @@ impl FileHeader {
     /// The full 1024 header bytes.
     pub fn encode(&self) -> [u8; HEADER_SIZE] {
         let mut b = [0u8; HEADER_SIZE];
-        b[..TAGGED_LEN].copy_from_slice(&self.tagged_bytes());
-        b[TAG_OFFSET..TAG_OFFSET + HEADER_TAG_LEN].copy_from_slice(&self.tag);
+        b[..COMMITTED_LEN].copy_from_slice(&self.committed_bytes());
+        b[COMMITMENT_OFFSET..COMMITMENT_OFFSET + COMMITMENT_LEN].copy_from_slice(&self.commitment);
         b[ACTIVE_OFFSET..].copy_from_slice(&self.slot_bytes());
         b
     }
 
-    /// Decode a header from untrusted bytes. Checks structure only; the tag is checked by
-    /// `crypto::verify_header` once the data key is known.
+    /// Decode a header from untrusted bytes. Checks structure only; the key commitment is
+    /// checked by `crypto::verify_header` once the data key is known. A header of format 1
+    /// (before key commitment) is `UnsupportedVersion(1)`.
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
         if bytes.len() < HEADER_SIZE {
             if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
@@ -203,7 +206,7 @@ impl FileHeader {
         if usize::from(u16_at(b, 50)) != SLOT_CAPACITY {
             return Err(FormatError::InvalidField("slot capacity"));
         }
-        if b[49] != 0 || b[52..TAG_OFFSET].iter().any(|&x| x != 0) {
+        if b[49] != 0 || b[52..COMMITMENT_OFFSET].iter().any(|&x| x != 0) {
             return Err(FormatError::InvalidField("padding"));
         }
         let active = usize::from(b[ACTIVE_OFFSET]);
@@ -230,8 +233,8 @@ impl FileHeader {
             }
             slots[i] = area[..len].to_vec();
         }
-        let mut tag = [0u8; HEADER_TAG_LEN];
-        tag.copy_from_slice(&b[TAG_OFFSET..TAG_OFFSET + HEADER_TAG_LEN]);
+        let mut commitment = [0u8; COMMITMENT_LEN];
+        commitment.copy_from_slice(&b[COMMITMENT_OFFSET..COMMITMENT_OFFSET + COMMITMENT_LEN]);
         let mut volume_id = [0u8; ID_LEN];
         volume_id.copy_from_slice(&b[16..32]);
         let mut file_id = [0u8; ID_LEN];
@@ -243,7 +246,7 @@ impl FileHeader {
             provider,
             active,
             slots,
-            tag,
+            commitment,
         })
     }
 }
@@ -259,7 +262,7 @@ mod tests {
     fn sample() -> FileHeader {
         let mut h = FileHeader::new(4096, [1; 16], [2; 16], ProviderId::Local, vec![9; 61])
             .expect("valid header");
-        h.tag = [7; 16];
+        h.commitment = [7; 32];
         h
     }
 

@@ -5,8 +5,9 @@
 //! All of it is AES-256-GCM-SIV under the volume name key (unwrapped once per mount):
 //!
 //! ```text
-//! file name    nonce = diriv[0..12], AAD = "KMSFS-N1" ‖ diriv (16 bytes)     deterministic per dir
-//!              backing name = base64url-nopad(tag (16) ‖ ciphertext (len(name)))
+//! file name    padded to a multiple of 16 bytes (n bytes of value n, n = 1..16), then
+//!              nonce = diriv[0..12], AAD = "KMSFS-N2" ‖ diriv (16 bytes)     deterministic per dir
+//!              backing name = base64url-nopad(tag (16) ‖ ciphertext (len(padded name)))
 //!              encoded longer than LONG_NAME_THRESHOLD → "kmsfs.longname." ‖ base64url-nopad(
 //!              SHA-256(encoded)), the encoded name kept in the sidecar "<that>.name"
 //! link target  random nonce (12), AAD = "KMSFS-L1"
@@ -17,8 +18,15 @@
 //!              backing value = nonce ‖ ciphertext ‖ tag (binary)
 //! ```
 //!
+//! dir binding  nonce = 12 zero bytes, empty plaintext, AAD =
+//!              "KMSFS-D2" ‖ diriv ‖ parent's diriv ‖ the directory's backing entry name,
+//!              or for the vault root "KMSFS-R2" ‖ diriv; the 16-byte tag follows the IV in
+//!              `.kmsfs.diriv`, so an IV copied to another place does not verify there
+//! ```
+//!
 //! base64url-nopad is RFC 4648 §5 without `=` padding; decoding accepts only the canonical
-//! encoding (no trailing bits), so every backing name has exactly one plain name and back.
+//! encoding (no trailing bits) and the canonical padding, so every backing name has exactly
+//! one plain name and back.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -34,7 +42,16 @@ pub type DirIv = [u8; DIRIV_LEN];
 /// The file inside every backing directory that holds its IV (mode 0444, exactly 16 bytes).
 pub const DIRIV_NAME: &str = ".kmsfs.diriv";
 /// Domain separator in front of a file name's AAD (followed by the directory IV).
-pub const NAME_AAD_PREFIX: &[u8; 8] = b"KMSFS-N1";
+pub const NAME_AAD_PREFIX: &[u8; 8] = b"KMSFS-N2";
+/// Domain separator of a directory's binding to its parent and entry name.
+pub const DIR_BINDING_AAD: &[u8; 8] = b"KMSFS-D2";
+/// Domain separator of the vault root's binding.
+pub const ROOT_BINDING_AAD: &[u8; 8] = b"KMSFS-R2";
+/// Length of a directory binding (a GCM-SIV tag).
+pub const BINDING_LEN: usize = TAG_LEN;
+/// Plain names are padded to a multiple of this many bytes, so the backing name shows only
+/// the length rounded up (as gocryptfs does).
+pub const NAME_PAD: usize = 16;
 /// AAD of a symlink target.
 pub const LINK_AAD: &[u8; 8] = b"KMSFS-L1";
 /// AAD of an extended attribute's name.
@@ -47,8 +64,9 @@ pub const NAME_MAX: usize = 255;
 /// usual 255 leaves room for backing filesystems with shorter limits (eCryptfs, some network
 /// filesystems); it keeps plain names of up to 115 bytes in one directory entry.
 pub const LONG_NAME_THRESHOLD: usize = 175;
-/// Longest plain name stored directly (without a sidecar).
-pub const SHORT_NAME_MAX: usize = LONG_NAME_THRESHOLD * 3 / 4 - TAG_LEN;
+/// Longest plain name stored directly (without a sidecar): its padded form (at least one byte
+/// of padding) must fit in the base64 of LONG_NAME_THRESHOLD characters with the tag.
+pub const SHORT_NAME_MAX: usize = (LONG_NAME_THRESHOLD * 3 / 4 - TAG_LEN) / NAME_PAD * NAME_PAD - 1;
 /// Prefix of a long name's backing entry and of its sidecar.
 pub const LONG_NAME_PREFIX: &str = "kmsfs.longname.";
 /// Suffix of a long name's sidecar (which holds the full encoded name).
@@ -130,6 +148,28 @@ pub fn link_plain_len(backing_len: u64) -> u64 {
     raw.saturating_sub(SEAL_OVERHEAD as u64)
 }
 
+/// `plain` followed by n bytes of value n (1 ≤ n ≤ NAME_PAD), to a multiple of NAME_PAD.
+fn pad_name(plain: &[u8]) -> Vec<u8> {
+    let n = NAME_PAD - plain.len() % NAME_PAD;
+    let mut out = Vec::with_capacity(plain.len() + n);
+    out.extend_from_slice(plain);
+    out.resize(plain.len() + n, n as u8);
+    out
+}
+
+/// The name inside padded name `p`, if its padding is canonical.
+fn unpad_name(mut p: Vec<u8>) -> Option<Vec<u8>> {
+    let n = usize::from(*p.last()?);
+    if n == 0 || n > NAME_PAD || p.len() % NAME_PAD != 0 || p.len() <= n {
+        return None;
+    }
+    if !p[p.len() - n..].iter().all(|&b| usize::from(b) == n) {
+        return None;
+    }
+    p.truncate(p.len() - n);
+    Some(p)
+}
+
 /// tag ‖ ciphertext of a deterministic seal (the seal appends ciphertext ‖ tag).
 fn tag_first(mut sealed: Vec<u8>) -> Vec<u8> {
     sealed.rotate_right(TAG_LEN);
@@ -185,12 +225,54 @@ impl NameCipher {
     /// The encoded (base64url) form of plain name `plain` in the directory with IV `iv`.
     /// Deterministic: the same name in the same directory always encodes the same way.
     pub fn encrypt_name(&self, iv: &DirIv, plain: &[u8]) -> String {
-        self.seal_det(&name_nonce(iv), &name_aad(iv), plain)
+        self.seal_det(&name_nonce(iv), &name_aad(iv), &pad_name(plain))
     }
 
     /// The plain name of encoded name `encoded` in the directory with IV `iv`.
     pub fn decrypt_name(&self, iv: &DirIv, encoded: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.open_det(&name_nonce(iv), &name_aad(iv), encoded)
+        let padded = self.open_det(&name_nonce(iv), &name_aad(iv), encoded)?;
+        unpad_name(padded).ok_or(CryptoError::Malformed)
+    }
+
+    fn binding_aad(iv: &DirIv, parent: Option<(&DirIv, &[u8])>) -> Vec<u8> {
+        match parent {
+            Some((piv, entry)) => [&DIR_BINDING_AAD[..], iv, piv, entry].concat(),
+            None => [&ROOT_BINDING_AAD[..], iv].concat(),
+        }
+    }
+
+    /// The binding of a directory with IV `iv` to its place: as entry `entry` (its backing
+    /// name) of the directory with IV `parent_iv`, or (`None`) as the vault root.
+    pub fn dir_binding(&self, iv: &DirIv, parent: Option<(&DirIv, &[u8])>) -> [u8; BINDING_LEN] {
+        let mut tag = Vec::with_capacity(BINDING_LEN);
+        self.key.seal_detached(
+            &[0; NONCE_LEN],
+            &Self::binding_aad(iv, parent),
+            &[],
+            &mut tag,
+        );
+        let mut out = [0u8; BINDING_LEN];
+        out.copy_from_slice(&tag);
+        out
+    }
+
+    /// Whether `binding` binds IV `iv` to that place (constant time).
+    pub fn verify_dir_binding(
+        &self,
+        iv: &DirIv,
+        parent: Option<(&DirIv, &[u8])>,
+        binding: &[u8],
+    ) -> bool {
+        binding.len() == BINDING_LEN
+            && self
+                .key
+                .open_detached(
+                    &[0; NONCE_LEN],
+                    &Self::binding_aad(iv, parent),
+                    binding,
+                    &mut [],
+                )
+                .is_ok()
     }
 
     /// The backing target of symlink target `plain`, under a fresh random nonce.
@@ -356,7 +438,53 @@ mod tests {
         assert!(is_sidecar(side.as_bytes()) && !is_long_name(side.as_bytes()));
         assert!(side.len() <= LONG_NAME_THRESHOLD);
         assert!(!is_long_name(b"kmsfs") && !is_sidecar(b"x.name"));
-        assert_eq!(SHORT_NAME_MAX, 115);
+        assert_eq!(SHORT_NAME_MAX, 111);
+    }
+
+    /// Item 10 of the hostile-store issue: a backing name shows the plain length only rounded
+    /// up to 16 bytes; padding that is not canonical does not decrypt.
+    #[test]
+    fn names_are_padded_to_sixteen_bytes() {
+        let c = cipher();
+        let iv = [4u8; DIRIV_LEN];
+        let len_of = |n: usize| c.encrypt_name(&iv, &vec![b'x'; n]).len();
+        for n in 1..=15 {
+            assert_eq!(len_of(n), len_of(1), "{n} bytes");
+        }
+        assert!(len_of(16) > len_of(15));
+        assert_eq!(len_of(16), len_of(31));
+        for bad in [
+            vec![b'a'; 16],
+            [vec![b'a'; 15], vec![2]].concat(),
+            vec![16; 16],
+        ] {
+            let enc = c.seal_det(&name_nonce(&iv), &name_aad(&iv), &bad);
+            assert!(c.decrypt_name(&iv, enc.as_bytes()).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Attack 7 of the hostile-store issue, in the cipher: a binding verifies only for its own
+    /// IV, parent and entry name.
+    #[test]
+    fn directory_bindings_verify_only_in_place() {
+        let c = cipher();
+        let (iv, parent, other) = ([1u8; DIRIV_LEN], [2u8; DIRIV_LEN], [3u8; DIRIV_LEN]);
+        let b = c.dir_binding(&iv, Some((&parent, b"hr")));
+        assert!(c.verify_dir_binding(&iv, Some((&parent, b"hr")), &b));
+        assert!(!c.verify_dir_binding(&iv, Some((&parent, b"hs")), &b));
+        assert!(!c.verify_dir_binding(&iv, Some((&other, b"hr")), &b));
+        assert!(!c.verify_dir_binding(&other, Some((&parent, b"hr")), &b));
+        assert!(
+            !c.verify_dir_binding(&iv, None, &b),
+            "a directory is not the root"
+        );
+        let root = c.dir_binding(&iv, None);
+        assert!(c.verify_dir_binding(&iv, None, &root));
+        assert!(!c.verify_dir_binding(&iv, Some((&parent, b"hr")), &root));
+        assert!(
+            !cipher().verify_dir_binding(&iv, None, &root),
+            "another key"
+        );
     }
 
     #[test]
@@ -407,11 +535,12 @@ mod tests {
     fn format_vectors_match() {
         let (c, iv) = vector_cipher();
         let want = [
-            "t6C9TyAA-hxy5l-N6n8G-go",
-            "qmOxPgz7qts44JET5f64447Zl1uzKf6V2A",
-            "4KpSAFyY8FMdwS3IjQco9RMkhln1R-RHrrxTKCEm",
-            "XSfHYJcsstAvqDtylI3qENlI75AKVyhKFlEzDYqEJ9ptOdSGNyBArbeH7gaVdyq3hsA4bkNKAwWxim4HoUVE4P66P72Jbyh0\
-             Frv_0aPW4t1MkeVE9Mzc9i8CWzQBlBxTqJHqtBqEazVpZHxGYN06Ka7ZANzPULjHytgUrRJ2VrEu-TExni3OlQ",
+            "Voqf6y3_LGN-zPg8EuEhiapA2f7R4b64z1CpParcGHs",
+            "GVtpv9May9e5DqI7OQ7qL03uncxxcxtFzBDaEvGVAhU",
+            "FZ23y18RvOz3gY50R5cs0QYb5r6n6cOqofRM5fGSv5M",
+            "TOx9iqPNDeRW-NYcBfAR2wf5iNcf52LT0kyFMBxdQclzKLMzsC9kMPhn2CmdUYWIVKfrqPqAUMqe_4FImgW-nsZ0\
+             rx4R09BvL8eI9V_LCRE48oImyVHW2tKKDBv8VgUFG2zi1bEiP7VVUtYHItu02ydEDp4hV3QnauGqRIDsTBvmPFij-\
+             qxtyQiTnHXoEIn0",
         ];
         for (name, want) in vector_names().iter().zip(want) {
             let enc = c.encrypt_name(&iv, name.as_bytes());
@@ -424,8 +553,13 @@ mod tests {
         }
         assert_eq!(
             long_name(want[3]),
-            "kmsfs.longname.weZMkOnihmn021zjETTrqKTKAMcBpbRslGK1xLG8O6I"
+            "kmsfs.longname.fv_mfmMxFoQJ9ivXu8pruI5qYTRZJwqoXPzHPxuyts0"
         );
+        let root = c.dir_binding(&iv, None);
+        assert_eq!(hex::encode(root), "6c70fac7a46d6986078fca682e41f135");
+        let child_iv: DirIv = std::array::from_fn(|i| 0xb0 + i as u8);
+        let child = c.dir_binding(&child_iv, Some((&iv, want[1].as_bytes())));
+        assert_eq!(hex::encode(child), "1ec659d553f6d119d8f1865b80aecd0c");
         let link = c.encrypt_link_with_nonce(&VECTOR_NONCE, b"../docs/report.txt");
         assert_eq!(
             link,
@@ -449,7 +583,14 @@ mod tests {
         let doc = std::fs::read_to_string(path).expect("read docs/FORMAT.md");
         let at = doc.find("File names").expect("a \"File names\" section");
         let all = want[..3].iter().map(|s| s.to_string());
-        let all = all.chain([long_name(want[3]), link, x, hex::encode(&v)]);
+        let all = all.chain([
+            long_name(want[3]),
+            link,
+            x,
+            hex::encode(&v),
+            hex::encode(root),
+            hex::encode(child),
+        ]);
         for vector in all {
             assert!(
                 doc[at..].contains(&vector),

@@ -19,32 +19,28 @@
 //! backing directory (through O_PATH directory fds) so that sidecars and IV files stay in step.
 
 pub mod cipher;
+pub mod diriv;
+pub mod key;
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::num::NonZeroUsize;
+use std::io;
 use std::ops::Deref;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::sync::Arc;
 
-use lru::LruCache;
-use parking_lot::Mutex;
-
 use crate::crypto::DataKey;
 use crate::keys::{EncryptionContext, KeyProvider};
-use crate::sys::{self, cstr, mkdirat, proc_path, renameat2, stat_fd as stat, unlinkat};
+use crate::sys::{self, mkdirat, renameat2, stat_fd as stat, unlinkat};
 use crate::vault::{META_DIR, VaultConfig};
 pub use cipher::{DIRIV_NAME, DirIv, NameCipher};
+use diriv::{DirIvs, describe, write_new};
+pub use key::{NameKeyHandle, NameKeySource};
 
 /// Purpose of the volume name key in its KMS encryption context.
 pub const NAME_KEY_PURPOSE: &str = "names";
-/// How many directory IVs are cached (keyed by the backing directory's device and inode).
-const DIRIV_CACHE: usize = 4096;
-
-type DirKey = (u64, u64);
 
 /// Translates names between the mount and the backing directory.
 pub struct Names {
@@ -52,43 +48,19 @@ pub struct Names {
 }
 
 struct Encrypted {
-    cipher: NameKeyHandle,
-    dirivs: Mutex<LruCache<DirKey, DirIv>>,
+    key: NameKeyHandle,
+    dirivs: DirIvs,
 }
 
 impl Encrypted {
-    /// The name cipher, or EACCES once the KMS has refused the name key.
+    /// The name cipher (EACCES once the KMS has refused the name key).
     fn cipher(&self) -> io::Result<Arc<NameCipher>> {
-        self.cipher
-            .0
-            .read()
-            .clone()
-            .ok_or_else(|| errno(libc::EACCES))
+        self.key.cipher()
     }
-}
 
-/// The slot holding the unwrapped name key, shared with the mount's background re-unwrap.
-#[derive(Clone)]
-pub struct NameKeyHandle(Arc<parking_lot::RwLock<Option<Arc<NameCipher>>>>);
-
-impl NameKeyHandle {
-    /// Apply the result of re-unwrapping the name key after its TTL: a key replaces the old
-    /// one; a refusal drops it at once (name operations then fail with EACCES); an unreachable
-    /// KMS keeps the old key, so lookups never wait on the KMS.
-    pub fn rekey(&self, result: Result<DataKey, crate::keys::KeyError>) {
-        use crate::keys::KeyError;
-        match result {
-            Ok(key) => *self.0.write() = Some(Arc::new(NameCipher::new(key))),
-            Err(e @ (KeyError::Refused(_) | KeyError::BadWrappedKey(_))) => {
-                tracing::error!(
-                    "the KMS refused the file-name key; names are unreadable until it is allowed again: {e}"
-                );
-                *self.0.write() = None;
-            }
-            Err(e) => {
-                tracing::warn!("cannot re-unwrap the file-name key, keeping the current one: {e}")
-            }
-        }
+    /// The verified IV of backing directory `dir`.
+    fn diriv(&self, dir: BorrowedFd<'_>) -> io::Result<DirIv> {
+        self.dirivs.get(&*self.cipher()?, dir)
     }
 }
 
@@ -141,25 +113,24 @@ impl Names {
         Names { enc: None }
     }
 
-    /// Encrypted names under the volume name key `key`.
-    pub fn encrypted(key: DataKey) -> Self {
-        let cap = NonZeroUsize::new(DIRIV_CACHE).unwrap_or(NonZeroUsize::MIN);
-        Names {
+    /// Encrypted names under the volume name key `key` for the vault whose root is `root`;
+    /// after `forget` the key is unwrapped again from `source`.
+    pub fn encrypted(key: DataKey, source: Option<NameKeySource>, root: &Path) -> io::Result<Self> {
+        Ok(Names {
             enc: Some(Encrypted {
-                cipher: NameKeyHandle(Arc::new(parking_lot::RwLock::new(Some(Arc::new(
-                    NameCipher::new(key),
-                ))))),
-                dirivs: Mutex::new(LruCache::new(cap)),
+                key: NameKeyHandle::new(key, source),
+                dirivs: DirIvs::new(root)?,
             }),
-        }
+        })
     }
 
-    /// The names of the vault in `vault_dir` with config `cfg`: plaintext, or encrypted with
-    /// the name key unwrapped by `provider` (one Decrypt), after checking the root's IV file.
+    /// The names of the vault in `vault_dir` with (verified) config `cfg`: plaintext, or
+    /// encrypted with the name key unwrapped by `provider` (one Decrypt), after checking the
+    /// root's IV file.
     pub fn for_vault(
         vault_dir: &Path,
         cfg: &VaultConfig,
-        provider: &dyn KeyProvider,
+        provider: Arc<dyn KeyProvider>,
     ) -> Result<Self, String> {
         if cfg.plaintext_names {
             return Ok(Names::plaintext());
@@ -175,25 +146,27 @@ impl Names {
                 )
             })?;
         let volume_id = cfg.volume_id_bytes().map_err(|e| e.to_string())?;
-        let key = provider
-            .decrypt(
-                &wrapped,
-                &EncryptionContext::for_volume(&volume_id, NAME_KEY_PURPOSE),
-            )
-            .map_err(|e| {
-                format!(
-                    "cannot unwrap the file-name key of vault {}: {e}",
-                    vault_dir.display()
-                )
-            })?;
-        let root = File::open(vault_dir).map_err(|e| format!("{}: {e}", vault_dir.display()))?;
-        read_diriv(root.as_fd()).map_err(|e| {
+        let ctx = EncryptionContext::for_volume(&volume_id, NAME_KEY_PURPOSE);
+        let key = provider.decrypt(&wrapped, &ctx).map_err(|e| {
             format!(
-                "vault {}: {DIRIV_NAME} is unreadable ({e}): without it no name in the vault root can be read; restore it from a backup",
+                "cannot unwrap the file-name key of vault {}: {e}",
                 vault_dir.display()
             )
         })?;
-        Ok(Names::encrypted(key))
+        crate::crypto::scrub_stack();
+        let source = NameKeySource::new(provider, wrapped, ctx);
+        let names = Names::encrypted(key, Some(source), vault_dir)
+            .map_err(|e| format!("{}: {e}", vault_dir.display()))?;
+        let root = File::open(vault_dir).map_err(|e| format!("{}: {e}", vault_dir.display()))?;
+        if let Some(enc) = &names.enc {
+            enc.diriv(root.as_fd()).map_err(|e| {
+                format!(
+                    "vault {}: {DIRIV_NAME} is unreadable or not this vault's ({e}): without it no name in the vault root can be read; restore it from a backup",
+                    vault_dir.display()
+                )
+            })?;
+        }
+        Ok(names)
     }
 
     /// At `init`: for an encrypted-names vault, a new name key wrapped by `provider` (recorded
@@ -211,19 +184,27 @@ impl Names {
             .generate_data_key(&EncryptionContext::for_volume(&volume_id, NAME_KEY_PURPOSE))
             .map_err(|e| format!("cannot make the file-name key: {e}"))?;
         cfg.wrapped_name_key = Some(hex::encode(&generated.wrapped));
-        let root = File::open(vault_dir).map_err(|e| format!("{}: {e}", vault_dir.display()))?;
-        let made = match read_diriv(root.as_fd()) {
-            Ok(_) => Ok(()), // left by an interrupted init: keep it
-            Err(_) => {
-                random_iv().and_then(|iv| write_new(root.as_fd(), OsStr::new(DIRIV_NAME), &iv))
-            }
-        };
-        made.map_err(|e| format!("cannot write {}/{DIRIV_NAME}: {e}", vault_dir.display()))
+        let cipher = NameCipher::new(generated.key);
+        let dirivs = DirIvs::new(vault_dir).map_err(|e| format!("{}: {e}", vault_dir.display()))?;
+        // A root IV left by an interrupted init belongs to a name key now lost: replace it.
+        if let Ok(root) = File::open(vault_dir) {
+            let _ = unlinkat(root.as_fd(), OsStr::new(DIRIV_NAME), 0);
+        }
+        dirivs
+            .init_root(&cipher)
+            .map_err(|e| format!("cannot write {}/{DIRIV_NAME}: {e}", vault_dir.display()))
+    }
+
+    /// Drop the unwrapped name key (`forget`); the next name operation unwraps it again.
+    pub fn forget_key(&self) {
+        if let Some(enc) = &self.enc {
+            enc.key.forget();
+        }
     }
 
     /// The name key's slot, for the background re-unwrap (None for plaintext names).
     pub fn key_handle(&self) -> Option<NameKeyHandle> {
-        self.enc.as_ref().map(|e| e.cipher.clone())
+        self.enc.as_ref().map(|e| e.key.clone())
     }
 
     /// Whether names are encrypted.
@@ -273,7 +254,7 @@ impl Names {
     ) -> io::Result<T> {
         let wrote = write_sidecar(dir, name)?;
         make(&name.name).inspect_err(|_| {
-            if wrote && !exists(dir, &name.name) {
+            if wrote && !sys::exists_at(dir, &name.name) {
                 remove_sidecar(dir, name);
             }
         })
@@ -317,8 +298,7 @@ impl Names {
         if holds_more_than_diriv(victim.as_fd())? {
             return Err(errno(libc::ENOTEMPTY));
         }
-        let key = dir_key(victim.as_fd())?;
-        let iv = read_diriv(victim.as_fd()).ok();
+        let raw = enc.dirivs.raw(victim.as_fd());
         let div = OsStr::new(DIRIV_NAME);
         let mut old_mode = None;
         let removed = match unlinkat(victim.as_fd(), div, 0) {
@@ -327,10 +307,10 @@ impl Names {
             Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
                 // A read-only directory: rmdir needs only the parent writable, so let us in.
                 let mode = stat(victim.as_fd())?.st_mode & 0o7777;
-                chmod(victim.as_fd(), mode | 0o300)?;
+                sys::chmod_fd(victim.as_fd(), mode | 0o300)?;
                 old_mode = Some(mode);
                 if let Err(e) = unlinkat(victim.as_fd(), div, 0) {
-                    let _ = chmod(victim.as_fd(), mode);
+                    let _ = sys::chmod_fd(victim.as_fd(), mode);
                     return Err(e);
                 }
                 true
@@ -339,18 +319,18 @@ impl Names {
         };
         match unlinkat(dir, &name.name, libc::AT_REMOVEDIR) {
             Ok(()) => {
-                enc.dirivs.lock().pop(&key);
+                enc.dirivs.removed(victim.as_fd());
                 remove_sidecar(dir, name);
                 Ok(())
             }
             Err(e) => {
-                if let (true, Some(iv)) = (removed, iv) {
-                    if let Err(w) = write_new(victim.as_fd(), div, &iv) {
+                if let (true, Some(raw)) = (removed, raw) {
+                    if let Err(w) = enc.dirivs.restore(victim.as_fd(), &raw) {
                         tracing::error!(dir = %describe(victim.as_fd()), "cannot restore {DIRIV_NAME} after a failed rmdir: {w}");
                     }
                 }
                 if let Some(mode) = old_mode {
-                    let _ = chmod(victim.as_fd(), mode);
+                    let _ = sys::chmod_fd(victim.as_fd(), mode);
                 }
                 Err(e)
             }
@@ -359,8 +339,32 @@ impl Names {
 
     /// renameat2 `from` in `from_dir` to `to` in `to_dir` with `flags`, keeping sidecars in
     /// step. (Encrypted) an empty target directory (holding only its IV) is replaced as POSIX
-    /// allows.
+    /// allows, and a directory that moves is bound to its new place (`diriv`).
     pub fn rename(
+        &self,
+        from_dir: BorrowedFd<'_>,
+        from: &BackingName,
+        to_dir: BorrowedFd<'_>,
+        to: &BackingName,
+        flags: u32,
+    ) -> io::Result<()> {
+        let rebinds = match &self.enc {
+            Some(enc) => enc.rebind_moving_dirs(from_dir, from, to_dir, to, flags)?,
+            None => Vec::new(),
+        };
+        let r = self.rename_entries(from_dir, from, to_dir, to, flags);
+        if let Some(enc) = &self.enc {
+            for rb in rebinds {
+                match &r {
+                    Ok(()) => enc.dirivs.rebind_finish(rb),
+                    Err(_) => enc.dirivs.rebind_undo(rb),
+                }
+            }
+        }
+        r
+    }
+
+    fn rename_entries(
         &self,
         from_dir: BorrowedFd<'_>,
         from: &BackingName,
@@ -384,14 +388,14 @@ impl Names {
         }
         match r {
             Err(e) => {
-                if wrote && !exists(to_dir, &to.name) {
+                if wrote && !sys::exists_at(to_dir, &to.name) {
                     remove_sidecar(to_dir, to);
                 }
                 Err(e)
             }
             // Renaming onto itself or onto another link of the same file leaves `from` in place.
             Ok(()) => {
-                if from.is_long() && !exists(from_dir, &from.name) {
+                if from.is_long() && !sys::exists_at(from_dir, &from.name) {
                     remove_sidecar(from_dir, from);
                 }
                 Ok(())
@@ -527,38 +531,60 @@ impl Names {
 }
 
 impl Encrypted {
-    /// The IV of backing directory `dir` (cached).
-    fn diriv(&self, dir: BorrowedFd<'_>) -> io::Result<DirIv> {
-        let key = dir_key(dir)?;
-        if let Some(iv) = self.dirivs.lock().get(&key) {
-            return Ok(*iv);
-        }
-        let iv = read_diriv(dir).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EACCES) {
-                return e;
-            }
-            tracing::error!(dir = %describe(dir), "{DIRIV_NAME} is missing or damaged ({e}): names in this directory cannot be read");
-            errno(libc::EIO)
-        })?;
-        self.dirivs.lock().put(key, iv);
-        Ok(iv)
-    }
-
-    /// Give the new directory `name` in `parent` its IV, then its mode `mode`.
+    /// Give the new directory `name` in `parent` its IV (bound to that place), then its mode
+    /// `mode`.
     fn init_dir(&self, parent: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
         let d = openat(
             parent,
             name,
             libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
         )?;
-        let iv = random_iv()?;
-        write_new(d.as_fd(), OsStr::new(DIRIV_NAME), &iv)?;
+        self.dirivs
+            .create(&*self.cipher()?, parent, name, d.as_fd())?;
         if mode & 0o700 != 0o700 {
             let now = stat(d.as_fd())?.st_mode & 0o7777;
-            chmod(d.as_fd(), (now & !0o700) | (mode & 0o700))?;
+            sys::chmod_fd(d.as_fd(), (now & !0o700) | (mode & 0o700))?;
         }
-        self.dirivs.lock().put(dir_key(d.as_fd())?, iv);
         Ok(())
+    }
+
+    /// Step 1 of a rename: bind every directory that moves (`from`, and `to` for an exchange)
+    /// to its new place as well; the caller finishes or undoes each.
+    fn rebind_moving_dirs(
+        &self,
+        from_dir: BorrowedFd<'_>,
+        from: &BackingName,
+        to_dir: BorrowedFd<'_>,
+        to: &BackingName,
+        flags: u32,
+    ) -> io::Result<Vec<diriv::Rebind>> {
+        let mut moves = vec![(from_dir, from, to_dir, to)];
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            moves.push((to_dir, to, from_dir, from));
+        }
+        let cipher = self.cipher()?;
+        let mut out = Vec::new();
+        for (src_dir, src, dst_dir, dst) in moves {
+            // Not a directory (or not there): nothing to rebind; the rename decides.
+            let Ok(d) = openat(
+                src_dir,
+                &src.name,
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            ) else {
+                continue;
+            };
+            match self.dirivs.rebind_begin(&cipher, d, dst_dir, &dst.name) {
+                Ok(Some(r)) => out.push(r),
+                Ok(None) => {}
+                Err(e) => {
+                    for r in out {
+                        self.dirivs.rebind_undo(r);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -620,90 +646,15 @@ fn errno(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
 }
 
-fn cvt(rc: libc::c_int) -> io::Result<()> {
-    if rc == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
 /// openat(2) with no creation mode.
 fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     sys::openat(dir, name, flags, 0)
 }
 
-fn chmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
-    let p = proc_path(fd);
-    // SAFETY: valid C string.
-    cvt(unsafe { libc::chmod(p.as_ptr(), mode) })
-}
-
-fn dir_key(dir: BorrowedFd<'_>) -> io::Result<DirKey> {
-    let st = stat(dir)?;
-    Ok((st.st_dev, st.st_ino))
-}
-
-/// Whether `name` exists in `dir` (without following a symlink).
-fn exists(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
-    let Ok(c) = cstr(name) else { return false };
-    // SAFETY: zeroed stat is a valid out buffer.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: valid fd, C string and out pointer.
-    unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            &mut st,
-            libc::AT_SYMLINK_NOFOLLOW,
-        ) == 0
-    }
-}
-
-/// The backing path behind `fd`, for log lines.
-fn describe(fd: BorrowedFd<'_>) -> String {
-    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| format!("fd {}", fd.as_raw_fd()))
-}
-
-fn random_iv() -> io::Result<DirIv> {
-    crate::crypto::random_array().map_err(io::Error::other)
-}
-
-/// Read file `name` in `dir`, refusing more than `max` bytes.
+/// Read kmsfs's own file `name` in `dir` (a checked regular file: no symlink followed, no
+/// FIFO blocked on), refusing more than `max` bytes.
 fn read_small(dir: BorrowedFd<'_>, name: &OsStr, max: usize) -> io::Result<Vec<u8>> {
-    let f = File::from(openat(dir, name, libc::O_RDONLY | libc::O_NOFOLLOW)?);
-    let mut buf = Vec::new();
-    f.take(max as u64 + 1).read_to_end(&mut buf)?;
-    if buf.len() > max {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "file too long"));
-    }
-    Ok(buf)
-}
-
-/// The IV of directory `dir`: its `.kmsfs.diriv`, exactly 16 bytes.
-fn read_diriv(dir: BorrowedFd<'_>) -> io::Result<DirIv> {
-    let b = read_small(dir, OsStr::new(DIRIV_NAME), cipher::DIRIV_LEN)?;
-    b.try_into()
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "shorter than 16 bytes"))
-}
-
-/// Create `name` in `dir` (mode 0444, must not exist) holding `data`, on disk before returning:
-/// a lost IV or sidecar would lose names.
-fn write_new(dir: BorrowedFd<'_>, name: &OsStr, data: &[u8]) -> io::Result<()> {
-    let fd = sys::openat(
-        dir,
-        name,
-        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-        0o444,
-    )?;
-    let mut f = File::from(fd);
-    let r = f.write_all(data).and_then(|()| f.sync_data());
-    if r.is_err() {
-        let _ = unlinkat(dir, name, 0);
-    }
-    r
+    sys::read_regular(dir, name, max)
 }
 
 /// Write the sidecar of long name `name` in `dir`; whether a new file was written.
@@ -755,23 +706,46 @@ fn holds_more_than_diriv(dir: BorrowedFd<'_>) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
 
-    fn names() -> Names {
-        Names::encrypted(DataKey::generate().expect("key"))
+    /// A vault root in a temp dir with encrypted names, its root IV made as `init` makes it.
+    fn vault_with(key: &DataKey) -> (tempfile::TempDir, Names, File) {
+        let t = tempfile::tempdir().expect("tempdir");
+        let n = Names::encrypted(
+            DataKey::from_slice(key.expose()).expect("key"),
+            None,
+            t.path(),
+        )
+        .expect("names");
+        let enc = n.enc.as_ref().expect("encrypted");
+        enc.dirivs
+            .init_root(&enc.cipher().expect("cipher"))
+            .expect("root iv");
+        let f = File::open(t.path()).expect("open");
+        (t, n, f)
     }
 
-    fn dir_with_iv(iv: &DirIv) -> (tempfile::TempDir, File) {
-        let t = tempfile::tempdir().expect("tempdir");
-        std::fs::write(t.path().join(DIRIV_NAME), iv).expect("diriv");
-        let f = File::open(t.path()).expect("open");
-        (t, f)
+    fn vault() -> (tempfile::TempDir, Names, File) {
+        vault_with(&DataKey::generate().expect("key"))
+    }
+
+    /// A new directory `plain` in `d`, opened.
+    fn subdir(n: &Names, d: &File, plain: &str) -> (BackingName, File) {
+        let b = n.backing(d.as_fd(), OsStr::new(plain)).expect("name");
+        n.mkdir(d.as_fd(), &b, 0o755).expect("mkdir");
+        let f =
+            File::from(openat(d.as_fd(), &b, libc::O_RDONLY | libc::O_DIRECTORY).expect("open"));
+        (b, f)
+    }
+
+    fn touch(dir: &File, name: &OsStr) {
+        sys::openat(dir.as_fd(), name, libc::O_CREAT | libc::O_WRONLY, 0o644).expect("create");
     }
 
     #[test]
     fn a_refused_name_key_stops_name_operations_until_allowed() {
         let key = DataKey::generate().expect("key");
-        let n = Names::encrypted(DataKey::from_slice(key.expose()).expect("key"));
-        let (_t, d) = dir_with_iv(&[3; 16]);
+        let (_t, n, d) = vault_with(&key);
         let before = n.backing(d.as_fd(), OsStr::new("a")).expect("backing");
         let handle = n.key_handle().expect("encrypted names have a key");
         handle.rekey(Err(crate::keys::KeyError::Unreachable("down".into())));
@@ -809,9 +783,8 @@ mod tests {
 
     #[test]
     fn encrypted_names_round_trip_through_a_directory() {
-        let n = names();
-        let (_t, d) = dir_with_iv(&[9; 16]);
-        for len in [1usize, 115, 116, 255] {
+        let (t, n, d) = vault();
+        for len in [1usize, 111, 112, 255] {
             let plain = OsString::from("é".repeat(len / 2) + &"x".repeat(len % 2));
             let b = n.backing(d.as_fd(), &plain).expect("backing");
             assert_eq!(b.is_long(), len > cipher::SHORT_NAME_MAX, "len {len}");
@@ -822,11 +795,11 @@ mod tests {
                 )
             })
             .expect("create");
-            let l = n.lister(d.as_fd(), false).expect("lister");
+            let l = n.lister(d.as_fd(), true).expect("lister");
             assert_eq!(l.plain(&b), Some(plain.clone()));
             n.unlink(d.as_fd(), &b).expect("unlink");
         }
-        let left: Vec<_> = std::fs::read_dir(_t.path())
+        let left: Vec<_> = std::fs::read_dir(t.path())
             .expect("ls")
             .map(|e| e.expect("e").file_name())
             .collect();
@@ -839,9 +812,9 @@ mod tests {
 
     #[test]
     fn same_name_differs_between_directories_and_is_stable_within_one() {
-        let n = names();
-        let (_a, da) = dir_with_iv(&[1; 16]);
-        let (_b, db) = dir_with_iv(&[2; 16]);
+        let (_t, n, root) = vault();
+        let (_, da) = subdir(&n, &root, "a");
+        let (_, db) = subdir(&n, &root, "b");
         let name = OsStr::new("salaries-2026.xlsx");
         let a1 = n.backing(da.as_fd(), name).expect("a");
         assert_eq!(a1, n.backing(da.as_fd(), name).expect("a again"));
@@ -855,17 +828,139 @@ mod tests {
 
     #[test]
     fn missing_diriv_is_eio() {
-        let n = names();
-        let t = tempfile::tempdir().expect("tempdir");
-        let d = File::open(t.path()).expect("open");
+        let (_t, n, root) = vault();
+        let b = n.backing(root.as_fd(), OsStr::new("d")).expect("name");
+        mkdirat(root.as_fd(), &b, 0o755).expect("mkdir without an IV");
+        let d = File::from(openat(root.as_fd(), &b, libc::O_RDONLY).expect("open"));
         let e = n.backing(d.as_fd(), OsStr::new("x")).expect_err("no diriv");
         assert_eq!(e.raw_os_error(), Some(libc::EIO));
     }
 
+    /// Attacks 4 and 7 of the hostile-store issue, in-process: a directory whose IV file was
+    /// replaced by the root's, by a sibling's, or by a FIFO reads as EIO (at once, for the
+    /// FIFO); a FIFO in place of a long name's sidecar hides that entry without blocking.
+    #[test]
+    fn a_diriv_copied_from_elsewhere_or_a_fifo_is_eio() {
+        let key = DataKey::generate().expect("key");
+        let (t, n, root) = vault_with(&key);
+        let (hb, hr) = subdir(&n, &root, "hr");
+        let (ob, _ot) = subdir(&n, &root, "ops");
+        let secret = n.backing(root.as_fd(), OsStr::new("t1")).expect("t1");
+        touch(&root, &secret);
+        // Move t1 into hr/ with the root's IV copied beside it.
+        std::fs::rename(t.path().join(&*secret), t.path().join(&*hb).join(&*secret)).expect("mv");
+        let iv_of = |b: &OsStr| t.path().join(b).join(DIRIV_NAME);
+        std::fs::remove_file(iv_of(&hb)).expect("rm");
+        std::fs::copy(t.path().join(DIRIV_NAME), iv_of(&hb)).expect("copy root iv");
+        // A fresh mount: nothing cached.
+        let fresh = || vault_again(&key, t.path());
+        let e = fresh()
+            .lister(hr.as_fd(), false)
+            .err()
+            .expect("root IV in hr");
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
+        std::fs::remove_file(iv_of(&hb)).expect("rm");
+        std::fs::copy(iv_of(&ob), iv_of(&hb)).expect("copy sibling iv");
+        let e = fresh()
+            .lister(hr.as_fd(), false)
+            .err()
+            .expect("sibling IV in hr");
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
+        std::fs::remove_file(iv_of(&hb)).expect("rm");
+        let made = std::process::Command::new("mkfifo")
+            .arg(iv_of(&hb))
+            .status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        let started = std::time::Instant::now();
+        let e = fresh().lister(hr.as_fd(), false).err().expect("FIFO IV");
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "blocked on a FIFO"
+        );
+        // A long name whose sidecar is a FIFO.
+        let long = n
+            .backing(root.as_fd(), &OsString::from("L".repeat(150)))
+            .expect("long");
+        n.create(root.as_fd(), &long, |b| {
+            sys::openat(root.as_fd(), b, libc::O_CREAT | libc::O_WRONLY, 0o644).map(drop)
+        })
+        .expect("create");
+        let side = long.sidecar().expect("sidecar");
+        std::fs::remove_file(t.path().join(&side)).expect("rm sidecar");
+        let made = std::process::Command::new("mkfifo")
+            .arg(t.path().join(&side))
+            .status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        let started = std::time::Instant::now();
+        assert_eq!(
+            fresh()
+                .lister(root.as_fd(), true)
+                .expect("root")
+                .plain(&long),
+            None
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "blocked on a FIFO"
+        );
+    }
+
+    /// The names of `root`'s vault with `key`, as a new mount would see them (no cached IV).
+    fn vault_again(key: &DataKey, root: &Path) -> Names {
+        Names::encrypted(DataKey::from_slice(key.expose()).expect("key"), None, root)
+            .expect("names")
+    }
+
+    /// Renamed and exchanged directories keep their entries' names, in a fresh mount too.
+    #[test]
+    fn renamed_directories_keep_their_names() {
+        let key = DataKey::generate().expect("key");
+        let (t, n, root) = vault_with(&key);
+        let (ab, a) = subdir(&n, &root, "a");
+        let (bb, b) = subdir(&n, &root, "b");
+        let inner = n.backing(a.as_fd(), OsStr::new("inner")).expect("inner");
+        touch(&a, &inner);
+        // a -> b/c (another parent), then b <-> b/c's sibling exchange.
+        let to = n.backing(b.as_fd(), OsStr::new("c")).expect("c");
+        n.rename(root.as_fd(), &ab, b.as_fd(), &to, 0)
+            .expect("mv a b/c");
+        let check = |names: &Names| {
+            let c = File::from(openat(b.as_fd(), &to, libc::O_RDONLY).expect("open c"));
+            assert_eq!(
+                names
+                    .lister(c.as_fd(), false)
+                    .expect("c lists")
+                    .plain(&inner),
+                Some("inner".into())
+            );
+        };
+        check(&n);
+        check(&vault_again(&key, t.path()));
+        let x = n.backing(root.as_fd(), OsStr::new("x")).expect("x");
+        n.mkdir(root.as_fd(), &x, 0o755).expect("mkdir x");
+        n.rename(root.as_fd(), &bb, root.as_fd(), &x, libc::RENAME_EXCHANGE)
+            .expect("exchange b and x");
+        let fresh = vault_again(&key, t.path());
+        let b_now = File::from(openat(root.as_fd(), &x, libc::O_RDONLY).expect("open"));
+        assert_eq!(
+            fresh
+                .lister(b_now.as_fd(), false)
+                .expect("lists")
+                .plain(&to),
+            Some("c".into())
+        );
+        let left = std::fs::read(t.path().join(&*x).join(DIRIV_NAME)).expect("iv");
+        assert_eq!(
+            left.len(),
+            diriv::DIRIV_FILE_LEN,
+            "the old binding is dropped"
+        );
+    }
+
     #[test]
     fn mkdir_rmdir_and_rename_keep_ivs_and_sidecars_in_step() {
-        let n = names();
-        let (t, d) = dir_with_iv(&[5; 16]);
+        let (t, n, d) = vault();
         let sub = n.backing(d.as_fd(), OsStr::new("sub")).expect("sub");
         n.mkdir(d.as_fd(), &sub, 0o500).expect("mkdir");
         let st = std::fs::metadata(t.path().join(&*sub)).expect("stat");
@@ -877,7 +972,7 @@ mod tests {
             std::fs::read(t.path().join(&*sub).join(DIRIV_NAME))
                 .expect("iv")
                 .len(),
-            16
+            diriv::DIRIV_FILE_LEN
         );
         // A long name moves into the sub directory (made writable for the test).
         std::fs::set_permissions(
@@ -895,7 +990,7 @@ mod tests {
         let to = n.backing(sd.as_fd(), &long).expect("to");
         n.rename(d.as_fd(), &from, sd.as_fd(), &to, 0)
             .expect("rename");
-        assert!(!exists(d.as_fd(), &from.sidecar().expect("long")));
+        assert!(!sys::exists_at(d.as_fd(), &from.sidecar().expect("long")));
         assert_eq!(
             n.lister(sd.as_fd(), false).expect("l").plain(&to),
             Some(long.clone())
@@ -919,7 +1014,7 @@ mod tests {
 
     #[test]
     fn xattrs_are_user_only_and_round_trip() {
-        let n = names();
+        let (_t, n, _d) = vault();
         assert_eq!(
             n.xattr_name(OsStr::new("security.selinux"))
                 .expect_err("")

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Recompute every vector of format-v1.txt with an independent AES-GCM-SIV implementation.
+"""Recompute every vector of format-v2.txt with an independent AES-GCM-SIV implementation.
 
 Needs Python's `cryptography` package (>= 42, which has AESGCMSIV). Usage:
     python3 tests/vectors/crosscheck.py   (exit 0: all vectors agree)
 Not part of `cargo test`: it checks the vectors against a second implementation, once.
 """
+import hashlib
+import hmac
 import pathlib
 import struct
 import sys
@@ -16,7 +18,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 def load():
     v, cur = {}, None
-    for line in (HERE / "format-v1.txt").read_text().splitlines():
+    for line in (HERE / "format-v2.txt").read_text().splitlines():
         t = line.strip()
         if not t or t.startswith("#"):
             cur = None
@@ -63,15 +65,15 @@ def main():
 
     hdr = bytearray(1024)
     hdr[0:8] = b"KMSFSENC"
-    hdr[8:16] = struct.pack("<HHI", 1, 1024, bs)
+    hdr[8:16] = struct.pack("<HHI", 2, 1024, bs)
     hdr[16:32], hdr[32:48] = vol, fid
     hdr[48] = 1  # provider: local
     hdr[50:52] = struct.pack("<H", 442)
-    tag_aad = b"KMSFS-H1" + bytes(hdr[:112])
-    assert tag_aad == h("header_tag_aad")
-    tag = seal(dk, bytes(12), b"", tag_aad)
-    assert tag == h("header_tag")
-    hdr[112:128] = tag
+    commit_input = b"KMSFS-C2" + bytes(hdr[:96])
+    assert commit_input == h("commitment_input")
+    commitment = hmac.new(dk, commit_input, hashlib.sha256).digest()
+    assert commitment == h("key_commitment")
+    hdr[96:128] = commitment
     hdr[136:138] = struct.pack("<H", len(wrapped))
     hdr[138 : 138 + len(wrapped)] = wrapped
     assert bytes(hdr) == h("header")
@@ -87,6 +89,25 @@ def main():
         assert aad == h("block_aad%d" % index)
         nonce = h(name + "_nonce")
         assert nonce + seal(dk, nonce, plain, aad) == h(name), name
+
+    fields = [
+        ("format_version", "2"),
+        ("volume_id", vol.hex()),
+        ("block_size", str(bs)),
+        ("header_size", "1024"),
+        ("provider", "local"),
+        ("key_id", "local:" + fp[:8].hex()),
+        ("plaintext_names", "false"),
+        ("wrapped_name_key", "a1" * 61),
+        ("wrapped_config_key", "c2" * 61),
+    ]
+    cfg_bytes = b"KMSFS-CFG2"
+    for name, value in fields:
+        for s in (name.encode(), value.encode()):
+            cfg_bytes += struct.pack("<H", len(s)) + s
+    assert cfg_bytes == h("config_canonical")
+    tag = hmac.new(h("config_key"), cfg_bytes, hashlib.sha256).digest()
+    assert tag == h("config_tag")
 
     def backing(p):
         return 0 if p == 0 else 1024 + (p // bs) * (bs + 28) + 28 + p % bs
