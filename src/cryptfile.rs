@@ -912,11 +912,13 @@ impl<'a> BackingLock<'a> {
             shared,
             write,
         };
-        if UNSUPPORTED.load(std::sync::atomic::Ordering::Relaxed) {
+        // On one host the state lock already serializes writers, and other local users must
+        // not be able to stall the mount by locking a backing file they can open.
+        if !shared || UNSUPPORTED.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(none);
         }
         let kind = if write { libc::F_WRLCK } else { libc::F_RDLCK };
-        match ofd_lock(file, kind as libc::c_short, libc::F_OFD_SETLKW) {
+        match ofd_lock_within(file, kind as libc::c_short, LOCK_WAIT) {
             Ok(()) => {
                 if shared {
                     // SAFETY: valid fd; advice only.
@@ -956,6 +958,39 @@ impl Drop for BackingLock<'_> {
                 }
             }
             let _ = ofd_lock(f, libc::F_UNLCK as libc::c_short, libc::F_OFD_SETLK);
+        }
+    }
+}
+
+/// How long a writer on a shared store waits for another host's lock on a backing file before
+/// the operation fails (EIO, logged): long enough for any honest write, short enough that a
+/// lock held forever (a hung host, or anyone who can open the backing file) cannot hang it.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Take an OFD lock of `kind`, polling (1 ms doubling to 100 ms) until `wait` has passed.
+fn ofd_lock_within(
+    file: &File,
+    kind: libc::c_short,
+    wait: std::time::Duration,
+) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match ofd_lock(file, kind, libc::F_OFD_SETLK) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => {
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    tracing::error!(
+                        file = %crate::sys::describe(std::os::fd::AsFd::as_fd(file)),
+                        "another process has held a lock on this backing file for {} s: failing the operation",
+                        wait.as_secs()
+                    );
+                    return Err(std::io::Error::from_raw_os_error(libc::EIO));
+                }
+                std::thread::sleep(pause.min(deadline - now));
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            r => return r,
         }
     }
 }

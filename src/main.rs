@@ -1,8 +1,8 @@
 //! The `kmsfs` binary: parse arguments and hand over to `kmsfs::cli`.
 
-/// Wipes small freed blocks, so key copies in buffers we do not own do not linger.
+/// Wipes every freed block, so key and plaintext copies in buffers do not linger.
 #[global_allocator]
-static ALLOCATOR: kmsfs::alloc::WipeOnFree = kmsfs::alloc::WipeOnFree;
+static ALLOCATOR: kmsfs::alloc::WipeOnFree = kmsfs::alloc::WipeOnFree(std::alloc::System);
 
 fn main() {
     std::process::exit(kmsfs::cli::main());

@@ -831,10 +831,19 @@ fn rewrap_between_kms_keys_and_across_providers() {
     );
     assert_eq!(
         kms.proxy.count("ReEncrypt"),
-        files.len() + 1,
-        "one ReEncrypt per file and one for the name key"
+        files.len() + 2,
+        "one ReEncrypt per file, one for the name key, one for the config key"
     );
-    assert_eq!(kms.proxy.count("Decrypt"), 0, "no data key was unwrapped");
+    assert_eq!(
+        kms.proxy.count_with("Decrypt", "kmsfs:file-id"),
+        0,
+        "no data key was unwrapped"
+    );
+    assert_eq!(
+        kms.proxy.count("Decrypt"),
+        1,
+        "only the config key, to verify and re-seal the config"
+    );
     for (p, h) in headers(&v) {
         // The provider checks that moto's reply names the key it asked for.
         assert!(
@@ -955,8 +964,8 @@ fn rewrap_of_a_bucket_key_vault_moves_only_the_bucket_key() {
     assert!(out.contains("bucket-key mode"), "{out}");
     assert_eq!(
         kms.proxy.count("ReEncrypt"),
-        2,
-        "the bucket key and the name key: {:?}",
+        3,
+        "the bucket key, the name key and the config key: {:?}",
         kms.proxy.counts()
     );
     assert_eq!(whole(&v), before, "no backing file changed");

@@ -122,18 +122,33 @@ fn error(msg: &str) -> Value {
     json!({ "version": PROTOCOL_VERSION, "ok": false, "error": msg })
 }
 
-/// Bind the socket (0600) and serve requests on a thread of its own.
+/// Bind the socket (0600, made under umask 077 so it is never open to others, in the private
+/// runtime directory) and serve requests on a thread of its own. Only this user (and root)
+/// may talk to it: the peer's uid is checked on every connection (SO_PEERCRED).
 pub fn serve(daemon: Daemon) -> std::io::Result<()> {
     runtime_dir::ensure_dir()?;
     let path = runtime_dir::socket_path(&daemon.mountpoint);
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
+    let listener = crate::sys::with_umask(0o077, || UnixListener::bind(&path))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let me = crate::sys::euid();
     std::thread::Builder::new()
         .name("kmsfs-control".into())
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
+                match crate::sys::peer_uid(std::os::fd::AsFd::as_fd(&stream)) {
+                    Ok(uid) if uid == me || uid == 0 => {}
+                    Ok(uid) => {
+                        tracing::warn!(
+                            uid,
+                            "control socket: refused a connection from another user"
+                        );
+                        let _ = writeln!(stream, "{}", error("not your mount"));
+                        continue;
+                    }
+                    Err(_) => continue,
+                }
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut line = String::new();
                 if BufReader::new(&stream)

@@ -79,7 +79,7 @@ pub struct TrustArgs {
     #[command(flatten)]
     key: KeyArgs,
     /// The vault's volume id (32 hex digits; kmsfs init prints it, kmsfs status shows it).
-    /// Needed with --key-file/--kms-key-id on a host that has not used this volume before,
+    /// Needed with --key-file or --kms-key-id on a host that has not used this volume before,
     /// and to accept a vault config that changed since this host used it (a kmsfs rewrap on
     /// another host) or a vault path that now holds another volume.
     #[arg(long, value_name = "ID")]

@@ -114,12 +114,14 @@ fn serve(
         KeyCache::new(key_provider.clone(), ttl, ttl, args.key_cache_size)
             .with_max_waiters(max_waiters),
     );
-    // Local keys cost nothing to make; only a remote KMS is worth a pool of fresh keys.
-    if provider_id == ProviderId::AwsKms && args.key_pool_size > 0 {
+    // Local keys cost nothing to make; only a remote KMS is worth a pool of fresh keys. Pooled
+    // keys live at most one TTL; with --key-ttl 0 no key waits unused in memory: no pool.
+    if provider_id == ProviderId::AwsKms && args.key_pool_size > 0 && !ttl.is_zero() {
         let pool = KeyPool::start(
             key_provider.clone(),
             volume_id,
             args.key_pool_size,
+            ttl,
             POOL_WORKERS,
         )
         .map_err(|e| format!("cannot start the data-key pool: {e}"))?;

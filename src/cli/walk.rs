@@ -119,8 +119,14 @@ pub fn file_key_provider(
     let wrapped = hex::decode(hex_key)
         .map_err(|_| "vault config: wrapped_bucket_key is not hex".to_string())?;
     let volume_id = cfg.volume_id_bytes().map_err(|e| e.to_string())?;
-    let bucket = BucketKeyProvider::new(trusted, wrapped, &volume_id, Duration::ZERO)
-        .map_err(|e| format!("cannot unwrap the vault's bucket key: {e}"))?;
+    // One unwrap of the bucket key for the run (a TTL of 0 would unwrap it for every file).
+    let bucket = BucketKeyProvider::new(
+        trusted,
+        wrapped,
+        &volume_id,
+        crate::keys::cache::DEFAULT_TTL,
+    )
+    .map_err(|e| format!("cannot unwrap the vault's bucket key: {e}"))?;
     Ok(Arc::new(bucket))
 }
 

@@ -152,9 +152,17 @@ impl KmsFs {
 
     /// A new regular file `name` in `parent` with `mode`, opened read-write: a spare moved
     /// into place when there is one (not in a set-group-ID directory, whose group a rename
-    /// would not give), else made here. `excl` is 0 or O_EXCL.
-    fn make_file(&self, parent: &Inode, name: &OsStr, mode: u32, excl: i32) -> io::Result<OwnedFd> {
-        if let Some(pool) = &self.spares {
+    /// would not give, nor for another user), else made here. `excl` is 0 or O_EXCL.
+    fn make_file(
+        &self,
+        parent: &Inode,
+        name: &OsStr,
+        mode: u32,
+        excl: i32,
+        for_other_user: bool,
+    ) -> io::Result<OwnedFd> {
+        // A spare belongs to the daemon: not for a file made for another user.
+        if let Some(pool) = self.spares.as_ref().filter(|_| !for_other_user) {
             let setgid = sys::stat_fd(parent.fd())?.st_mode & libc::S_ISGID != 0;
             let spare = if setgid { None } else { pool.take() };
             if let Some(spare) = spare {
@@ -252,31 +260,18 @@ impl KmsFs {
         Ok(self.plain_attr(ino, &st))
     }
 
-    /// Give a new entry to the requesting user (a root daemon serving others), honouring a
-    /// set-group-id parent as a local filesystem does.
-    fn chown_new(&self, req: &Request, parent: &Inode, bname: &OsStr) -> Result<()> {
+    /// For a root daemon serving other users (`--allow-other`): act as the requesting user on
+    /// this thread while a backing entry is made, so it is theirs from the first moment (owner,
+    /// group, or the set-group-ID directory's group, as the kernel decides) and the backing
+    /// permission checks are theirs. Nothing to do for a daemon serving only its own user.
+    fn as_caller(&self, req: &Request) -> Result<Option<sys::ActingAs>> {
         if !self.is_root_user || (req.uid() == 0 && req.gid() == 0) {
-            return Ok(());
+            return Ok(None);
         }
-        let pst = sys::stat_fd(parent.fd()).map_err(e_io)?;
-        let gid = if pst.st_mode & libc::S_ISGID != 0 {
-            pst.st_gid
-        } else {
-            req.gid()
-        };
-        let c = sys::cstr(bname).map_err(e_io)?;
-        // SAFETY: valid dir fd and C string.
-        sys::cvt(unsafe {
-            libc::fchownat(
-                parent.fd().as_raw_fd(),
-                c.as_ptr(),
-                req.uid(),
-                gid,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        })
-        .map_err(e_io)?;
-        Ok(())
+        let groups = sys::supplementary_groups(req.pid());
+        sys::ActingAs::begin(req.uid(), req.gid(), &groups)
+            .map(Some)
+            .map_err(e_io)
     }
 
     fn reply_entry(&self, reply: ReplyEntry, r: Result<FileAttr>) {
@@ -653,6 +648,7 @@ impl Filesystem for KmsFs {
     ) {
         let r = self.inode(parent).and_then(|p| {
             let bname = self.new_name(&p, name)?;
+            let acting = self.as_caller(req)?;
             self.names
                 .create(p.fd(), &bname, |b| {
                     let c = sys::cstr(b)?;
@@ -667,7 +663,7 @@ impl Filesystem for KmsFs {
                     })
                 })
                 .map_err(e_io)?;
-            self.chown_new(req, &p, &bname)?;
+            drop(acting);
             self.lookup_backing(&p, &bname)
         });
         self.reply_entry(reply, r);
@@ -684,10 +680,11 @@ impl Filesystem for KmsFs {
     ) {
         let r = self.inode(parent).and_then(|p| {
             let bname = self.new_name(&p, name)?;
+            let acting = self.as_caller(req)?;
             self.names
                 .mkdir(p.fd(), &bname, mode & !umask)
                 .map_err(e_io)?;
-            self.chown_new(req, &p, &bname)?;
+            drop(acting);
             self.lookup_backing(&p, &bname)
         });
         self.reply_entry(reply, r);
@@ -723,6 +720,7 @@ impl Filesystem for KmsFs {
             let bname = self.new_name(&p, link_name)?;
             let t = sys::cstr(&self.names.link_target(target.as_os_str()).map_err(e_io)?)
                 .map_err(e_io)?;
+            let acting = self.as_caller(req)?;
             self.names
                 .create(p.fd(), &bname, |b| {
                     let c = sys::cstr(b)?;
@@ -730,7 +728,7 @@ impl Filesystem for KmsFs {
                     sys::cvt(unsafe { libc::symlinkat(t.as_ptr(), p.fd().as_raw_fd(), c.as_ptr()) })
                 })
                 .map_err(e_io)?;
-            self.chown_new(req, &p, &bname)?;
+            drop(acting);
             self.lookup_backing(&p, &bname)
         });
         self.reply_entry(reply, r);
@@ -1166,13 +1164,14 @@ impl Filesystem for KmsFs {
             let p = self.inode(parent)?;
             let bname = self.new_name(&p, name)?;
             let excl = flags & libc::O_EXCL;
+            let acting = self.as_caller(req)?;
             let created = self
                 .names
                 .create(p.fd(), &bname, |b| {
-                    self.make_file(&p, b, mode & !umask, excl)
+                    self.make_file(&p, b, mode & !umask, excl, acting.is_some())
                 })
                 .map_err(e_io)?;
-            self.chown_new(req, &p, &bname)?;
+            drop(acting);
             let attr = self.lookup_backing(&p, &bname)?;
             let inode = self.inode(attr.ino)?;
             // The descriptor the create returned serves the file, unless it is open already

@@ -53,7 +53,7 @@ impl BucketKeyProvider {
     }
 
     /// The provider over bucket key `wrapped` of volume `volume_id`, unwrapped by `kms` now and
-    /// again once per `ttl` (0: once for the mount's life).
+    /// again once per `ttl` (0: at every use, kept in memory only for that use).
     pub fn new(
         kms: Arc<dyn KeyProvider>,
         wrapped: Vec<u8>,
@@ -73,17 +73,26 @@ impl BucketKeyProvider {
 
     /// The unwrapped bucket key, re-unwrapped after its TTL. An unreachable KMS keeps the old
     /// key for one more TTL (the grace period); a refusal drops it at once. Callers queue on the
-    /// mutex, so concurrent expiries make one Decrypt.
+    /// mutex, so concurrent expiries make one Decrypt. TTL 0: unwrapped for each use, never kept.
     fn wrapper(&self) -> Result<Arc<LocalProvider>, KeyError> {
+        if self.ttl.is_zero() {
+            let key = self.kms.decrypt(&self.wrapped, &self.ctx)?;
+            crate::crypto::scrub_stack();
+            return Ok(Arc::new(LocalProvider::from_key(
+                key,
+                Path::new("<bucket key>"),
+            )));
+        }
         let mut current = self.current.lock();
         let now = Instant::now();
         if let Some(u) = current.as_ref() {
-            if self.ttl.is_zero() || now.duration_since(u.since) < self.ttl {
+            if now.duration_since(u.since) < self.ttl {
                 return Ok(u.wrapper.clone());
             }
         }
         match self.kms.decrypt(&self.wrapped, &self.ctx) {
             Ok(key) => {
+                crate::crypto::scrub_stack();
                 let wrapper = Arc::new(LocalProvider::from_key(key, Path::new("<bucket key>")));
                 *current = Some(Unwrapped {
                     wrapper: wrapper.clone(),
@@ -201,6 +210,35 @@ mod tests {
         let ctx = EncryptionContext::for_file(&[1; 16], &[0; 16]);
         assert!(matches!(
             p.generate_data_key(&ctx),
+            Err(KeyError::Refused(_))
+        ));
+    }
+
+    /// Item 9 of the hostile-store issue: `--key-ttl 0` bounds the bucket key too: it is
+    /// unwrapped for every use (so a refusal takes effect at the next open), never kept.
+    #[test]
+    fn a_zero_ttl_unwraps_the_bucket_key_at_every_use() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kms = Arc::new(CountingKms {
+            inner: LocalProvider::create(&dir.path().join("k")).expect("key"),
+            decrypts: AtomicUsize::new(0),
+            refuse: Mutex::new(false),
+        });
+        let wrapped = BucketKeyProvider::generate(kms.as_ref(), &[1; 16]).expect("bucket key");
+        let p = BucketKeyProvider::new(kms.clone(), wrapped, &[1; 16], Duration::ZERO)
+            .expect("provider");
+        let ctx = EncryptionContext::for_file(&[1; 16], &[5; 16]);
+        let g = p.generate_data_key(&ctx).expect("generate");
+        p.decrypt(&g.wrapped, &ctx).expect("decrypt");
+        assert_eq!(
+            kms.decrypts.load(Ordering::SeqCst),
+            3,
+            "new + generate + decrypt"
+        );
+        assert!(p.current.lock().is_none(), "kept in memory");
+        *kms.refuse.lock() = true;
+        assert!(matches!(
+            p.decrypt(&g.wrapped, &ctx),
             Err(KeyError::Refused(_))
         ));
     }

@@ -428,6 +428,9 @@ impl KeyCache {
 
     /// Drop every key past its TTL plus grace (called periodically by the mount).
     pub fn purge_expired(&self) {
+        if let Some(pool) = self.pool.lock().as_ref() {
+            pool.purge_expired();
+        }
         let now = Instant::now();
         let mut entries = self.entries.lock();
         let dead: Vec<Id> = entries

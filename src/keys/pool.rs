@@ -1,11 +1,13 @@
 //! A small pool of fresh data keys, refilled in the background, so the first write of a new
 //! file does not wait on KMS latency. Each pooled key was generated with its own random file
-//! id in the encryption context, and is handed out once: every key serves one file only.
+//! id in the encryption context, and is handed out once: every key serves one file only. A
+//! pooled key lives at most `max_age` (the mount's key TTL) from its generation: older ones
+//! are dropped (zeroized) unused, by `take` and by the mount's expiry tick.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -22,6 +24,8 @@ pub struct PooledKey {
     pub key: DataKey,
     /// The wrapped key for the header.
     pub wrapped: Vec<u8>,
+    /// When it was generated.
+    made: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -40,6 +44,7 @@ pub struct KeyPool {
     provider: Arc<dyn KeyProvider>,
     volume_id: Id,
     target: usize,
+    max_age: Duration,
     state: Mutex<State>,
     wake: Condvar,
     generated: AtomicU64,
@@ -49,18 +54,20 @@ pub struct KeyPool {
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 impl KeyPool {
-    /// A pool of up to `target` keys for volume `volume_id`, refilled by `workers` threads
-    /// (several, so refills overlap KMS latency).
+    /// A pool of up to `target` keys for volume `volume_id`, each kept at most `max_age`,
+    /// refilled by `workers` threads (several, so refills overlap KMS latency).
     pub fn start(
         provider: Arc<dyn KeyProvider>,
         volume_id: Id,
         target: usize,
+        max_age: Duration,
         workers: usize,
     ) -> std::io::Result<Arc<Self>> {
         let pool = Arc::new(KeyPool {
             provider,
             volume_id,
             target,
+            max_age,
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
             generated: AtomicU64::new(0),
@@ -75,15 +82,37 @@ impl KeyPool {
         Ok(pool)
     }
 
-    /// Take one key, if the pool has one; wakes the refill workers.
+    /// Take one key younger than `max_age`, if the pool has one; wakes the refill workers.
     pub fn take(&self) -> Option<PooledKey> {
         let key = {
             let mut s = self.state.lock();
             s.armed = true;
+            self.drop_old(&mut s);
             s.keys.pop_front()
         };
         self.wake.notify_all();
         key
+    }
+
+    /// Drop (zeroize) the keys older than `max_age` (the oldest are in front).
+    fn drop_old(&self, s: &mut State) -> usize {
+        let before = s.keys.len();
+        while s
+            .keys
+            .front()
+            .is_some_and(|k| k.made.elapsed() >= self.max_age)
+        {
+            s.keys.pop_front();
+        }
+        before - s.keys.len()
+    }
+
+    /// Drop the keys older than `max_age` now (the mount's expiry tick); the workers refill.
+    pub fn purge_expired(&self) {
+        let dropped = self.drop_old(&mut self.state.lock());
+        if dropped > 0 {
+            self.wake.notify_all();
+        }
     }
 
     /// Keys waiting in the pool.
@@ -111,6 +140,12 @@ impl KeyPool {
         s.keys.clear();
         drop(s);
         self.wake.notify_all();
+    }
+
+    /// Stop refilling but keep the keys (tests).
+    #[cfg(test)]
+    fn stop_refills_for_test(&self) {
+        self.state.lock().armed = false;
     }
 
     /// Drop (zeroize) every pooled key; the workers refill with new ones (forget).
@@ -168,6 +203,7 @@ impl KeyPool {
                     file_id,
                     key: g.key,
                     wrapped: g.wrapped,
+                    made: Instant::now(),
                 })
             }
             Err(e) => {
@@ -188,7 +224,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let p: Arc<dyn KeyProvider> =
             Arc::new(LocalProvider::create(&dir.path().join("k")).expect("key"));
-        let pool = KeyPool::start(p.clone(), [1; 16], 4, 2).expect("start");
+        let pool =
+            KeyPool::start(p.clone(), [1; 16], 4, Duration::from_secs(300), 2).expect("start");
         assert!(
             pool.take().is_none(),
             "nothing is generated before the first new file"
@@ -211,5 +248,33 @@ mod tests {
         assert!(p.decrypt(&b.wrapped, &ctx).is_err());
         pool.stop();
         assert!(pool.is_empty());
+    }
+
+    /// Item 9 of the hostile-store issue: pooled keys expire; an expired one is never handed
+    /// out, and the expiry tick drops them while nobody takes any.
+    #[test]
+    fn pooled_keys_expire() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p: Arc<dyn KeyProvider> =
+            Arc::new(LocalProvider::create(&dir.path().join("k")).expect("key"));
+        let pool = KeyPool::start(p, [1; 16], 2, Duration::from_millis(200), 1).expect("start");
+        assert!(pool.take().is_none(), "arms the pool");
+        let wait_full = |pool: &KeyPool| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while pool.len() < 2 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        wait_full(&pool);
+        let born = Instant::now();
+        std::thread::sleep(Duration::from_millis(250));
+        if let Some(k) = pool.take() {
+            assert!(k.made > born, "an expired key was handed out");
+        }
+        wait_full(&pool);
+        std::thread::sleep(Duration::from_millis(250));
+        pool.stop_refills_for_test();
+        pool.purge_expired();
+        assert!(pool.is_empty(), "expired keys stayed in memory");
     }
 }

@@ -16,8 +16,6 @@
 //!              backing name = "user.kmsfs." ‖ base64url-nopad(tag ‖ ciphertext)
 //! xattr value  random nonce (12), AAD = "KMSFS-V1" ‖ backing xattr name (bytes)
 //!              backing value = nonce ‖ ciphertext ‖ tag (binary)
-//! ```
-//!
 //! dir binding  nonce = 12 zero bytes, empty plaintext, AAD =
 //!              "KMSFS-D2" ‖ diriv ‖ parent's diriv ‖ the directory's backing entry name,
 //!              or for the vault root "KMSFS-R2" ‖ diriv; the 16-byte tag follows the IV in

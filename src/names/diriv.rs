@@ -34,7 +34,7 @@ use lru::LruCache;
 use parking_lot::Mutex;
 
 use super::cipher::{BINDING_LEN, DIRIV_LEN, DIRIV_NAME, DirIv, NameCipher};
-use crate::sys;
+use crate::sys::{self, describe};
 
 /// Size of a `.kmsfs.diriv`: the IV and one binding.
 pub const DIRIV_FILE_LEN: usize = DIRIV_LEN + BINDING_LEN;
@@ -58,13 +58,6 @@ fn invalid(why: &str) -> io::Error {
 fn dir_key(dir: BorrowedFd<'_>) -> io::Result<DirKey> {
     let st = sys::stat_fd(dir)?;
     Ok((st.st_dev, st.st_ino))
-}
-
-/// The backing path behind `fd`, for log lines.
-pub fn describe(fd: BorrowedFd<'_>) -> String {
-    sys::fd_path(fd)
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "a backing directory".into())
 }
 
 /// A decoded `.kmsfs.diriv`.

@@ -36,8 +36,9 @@ use crate::keys::{EncryptionContext, KeyProvider};
 use crate::sys::{self, mkdirat, renameat2, stat_fd as stat, unlinkat};
 use crate::vault::{META_DIR, VaultConfig};
 pub use cipher::{DIRIV_NAME, DirIv, NameCipher};
-use diriv::{DirIvs, describe, write_new};
+use diriv::{DirIvs, write_new};
 pub use key::{NameKeyHandle, NameKeySource};
+use sys::describe;
 
 /// Purpose of the volume name key in its KMS encryption context.
 pub const NAME_KEY_PURPOSE: &str = "names";
