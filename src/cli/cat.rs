@@ -29,7 +29,7 @@ pub fn run(args: &CatArgs) -> CliResult {
     };
     let file = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(&backing)
         .map_err(|e| format!("{}: {e}", backing.display()))?;
     if !file

@@ -174,13 +174,14 @@ fn check(off: &Offline, path: &Path, repair: bool) -> Outcome {
     };
     let file = match OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
     {
         Ok(f) => f,
         Err(e) => return damaged(format!("cannot open: {e}")),
     };
     let len = match file.metadata() {
+        Ok(m) if !m.is_file() => return damaged("not a regular file".into()),
         Ok(m) => m.len(),
         Err(e) => return damaged(format!("cannot stat: {e}")),
     };
@@ -282,7 +283,7 @@ fn headerless(off: &Offline, file: &File, path: &Path, len: u64, repair: bool) -
     }
     let emptied = OpenOptions::new()
         .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .and_then(|f| f.set_len(0).and_then(|()| f.sync_all()));
     match emptied {

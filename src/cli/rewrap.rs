@@ -382,7 +382,7 @@ fn rewrap_file(job: &Job<'_>, path: &Path) -> Outcome {
     let file = match OpenOptions::new()
         .read(true)
         .write(!job.dry_run)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
     {
         Ok(f) => f,
@@ -390,6 +390,7 @@ fn rewrap_file(job: &Job<'_>, path: &Path) -> Outcome {
     };
     let mut buf = vec![0u8; HEADER_SIZE];
     match file.metadata() {
+        Ok(m) if !m.is_file() => return Outcome::Damaged("not a regular file".into()),
         Ok(m) if m.len() == 0 => return Outcome::Empty,
         Ok(m) if m.len() < HEADER_SIZE as u64 => {
             return Outcome::Damaged(format!("{} bytes: too short for a header", m.len()));

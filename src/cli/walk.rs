@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -137,7 +137,11 @@ fn config_from_headers(dir: &Path) -> Result<VaultConfig, String> {
     let tree = walk(dir, encrypted, None);
     for f in &tree.files {
         let mut buf = vec![0u8; HEADER_SIZE];
-        let Ok(file) = File::open(&f.backing) else {
+        let Ok(file) = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&f.backing)
+        else {
             continue;
         };
         if std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, 0).is_err() {
@@ -221,7 +225,11 @@ pub fn walk(root: &Path, encrypted: bool, names: Option<&Names>) -> Tree {
             plain: plain_dir.clone(),
             what,
         };
-        let fd = match File::open(&dir) {
+        let fd = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(&dir)
+        {
             Ok(f) => f,
             Err(e) => {
                 tree.problems
@@ -241,7 +249,8 @@ pub fn walk(root: &Path, encrypted: bool, names: Option<&Names>) -> Tree {
             },
             _ => None,
         };
-        let mut entries: Vec<_> = match std::fs::read_dir(&dir) {
+        // Listed through the descriptor opened above (no symlink followed), not by path again.
+        let mut entries: Vec<_> = match crate::sys::read_dir(fd.as_fd()) {
             Ok(rd) => rd.filter_map(Result::ok).collect(),
             Err(e) => {
                 tree.problems
@@ -261,7 +270,7 @@ pub fn walk(root: &Path, encrypted: bool, names: Option<&Names>) -> Tree {
             {
                 continue;
             }
-            let backing = e.path();
+            let backing = dir.join(&name);
             let plain = match (&plain_dir, encrypted, &lister) {
                 (Some(p), false, _) => Some(p.join(&name)),
                 (Some(p), true, Some(l)) => match l.plain(&name) {

@@ -181,14 +181,18 @@ mod tests {
         }
     }
 
+    fn counting_kms(dir: &Path) -> Arc<CountingKms> {
+        Arc::new(CountingKms {
+            inner: LocalProvider::create(&dir.join("k")).expect("key"),
+            decrypts: AtomicUsize::new(0),
+            refuse: Mutex::new(false),
+        })
+    }
+
     #[test]
     fn many_files_one_kms_decrypt_and_refusal_within_a_ttl() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let kms = Arc::new(CountingKms {
-            inner: LocalProvider::create(&dir.path().join("k")).expect("key"),
-            decrypts: AtomicUsize::new(0),
-            refuse: Mutex::new(false),
-        });
+        let kms = counting_kms(dir.path());
         let wrapped = BucketKeyProvider::generate(kms.as_ref(), &[1; 16]).expect("bucket key");
         let p = BucketKeyProvider::new(kms.clone(), wrapped, &[1; 16], Duration::from_millis(50))
             .expect("provider");
@@ -219,11 +223,7 @@ mod tests {
     #[test]
     fn a_zero_ttl_unwraps_the_bucket_key_at_every_use() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let kms = Arc::new(CountingKms {
-            inner: LocalProvider::create(&dir.path().join("k")).expect("key"),
-            decrypts: AtomicUsize::new(0),
-            refuse: Mutex::new(false),
-        });
+        let kms = counting_kms(dir.path());
         let wrapped = BucketKeyProvider::generate(kms.as_ref(), &[1; 16]).expect("bucket key");
         let p = BucketKeyProvider::new(kms.clone(), wrapped, &[1; 16], Duration::ZERO)
             .expect("provider");

@@ -104,6 +104,12 @@ impl DirIvFile {
     }
 }
 
+/// Decode the bytes of a `.kmsfs.diriv`: the IV and its one or two bindings (EINVAL-like
+/// `InvalidData` for anything else). For the fuzz target; kmsfs reads IV files through `DirIvs`.
+pub fn parse_diriv_file(raw: &[u8]) -> io::Result<(DirIv, Vec<[u8; BINDING_LEN]>)> {
+    DirIvFile::parse(raw).map(|f| (f.iv, f.bindings))
+}
+
 /// A directory rename in progress: the moving directory and its IV file before the move.
 pub struct Rebind {
     dir: OwnedFd,

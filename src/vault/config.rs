@@ -201,7 +201,21 @@ impl VaultConfig {
     /// field name ‖ `u16 LE` length ‖ value, the value as its JSON text without quotes
     /// (decimal numbers, `true`/`false`, hex and key ids as they are).
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let fields: [(&str, Option<String>); 10] = [
+        let mut out = CONFIG_TAG_PREFIX.to_vec();
+        for (name, value) in self.fields() {
+            let Some(value) = value else { continue };
+            for s in [name.as_bytes(), value.as_bytes()] {
+                let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
+                out.extend_from_slice(&len.to_le_bytes());
+                out.extend_from_slice(&s[..usize::from(len)]);
+            }
+        }
+        out
+    }
+
+    /// Every field but the tag, in order, as its text (`None`: absent).
+    fn fields(&self) -> [(&'static str, Option<String>); 10] {
+        [
             ("format_version", Some(self.format_version.to_string())),
             ("volume_id", Some(self.volume_id.clone())),
             ("block_size", Some(self.block_size.to_string())),
@@ -212,17 +226,7 @@ impl VaultConfig {
             ("wrapped_name_key", self.wrapped_name_key.clone()),
             ("wrapped_bucket_key", self.wrapped_bucket_key.clone()),
             ("wrapped_config_key", Some(self.wrapped_config_key.clone())),
-        ];
-        let mut out = CONFIG_TAG_PREFIX.to_vec();
-        for (name, value) in fields {
-            let Some(value) = value else { continue };
-            for s in [name.as_bytes(), value.as_bytes()] {
-                let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
-                out.extend_from_slice(&len.to_le_bytes());
-                out.extend_from_slice(&s[..usize::from(len)]);
-            }
-        }
-        out
+        ]
     }
 
     fn config_ctx(&self) -> Result<EncryptionContext, VaultError> {
@@ -297,62 +301,12 @@ impl VaultConfig {
             Some(s) if s.len() > 20 => format!("{}…", &s[..16]),
             Some(s) => s.to_string(),
         };
-        let pairs = [
-            (
-                "format_version",
-                Some(old.format_version.to_string()),
-                Some(self.format_version.to_string()),
-            ),
-            (
-                "volume_id",
-                Some(old.volume_id.clone()),
-                Some(self.volume_id.clone()),
-            ),
-            (
-                "block_size",
-                Some(old.block_size.to_string()),
-                Some(self.block_size.to_string()),
-            ),
-            (
-                "provider",
-                Some(old.provider.clone()),
-                Some(self.provider.clone()),
-            ),
-            (
-                "key_id",
-                Some(old.key_id.clone()),
-                Some(self.key_id.clone()),
-            ),
-            (
-                "plaintext_names",
-                Some(old.plaintext_names.to_string()),
-                Some(self.plaintext_names.to_string()),
-            ),
-            (
-                "wrapped_name_key",
-                old.wrapped_name_key.clone(),
-                self.wrapped_name_key.clone(),
-            ),
-            (
-                "wrapped_bucket_key",
-                old.wrapped_bucket_key.clone(),
-                self.wrapped_bucket_key.clone(),
-            ),
-            (
-                "wrapped_config_key",
-                Some(old.wrapped_config_key.clone()),
-                Some(self.wrapped_config_key.clone()),
-            ),
-            (
-                "config_tag",
-                Some(old.config_tag.clone()),
-                Some(self.config_tag.clone()),
-            ),
-        ];
-        pairs
-            .into_iter()
-            .filter(|(_, a, b)| a != b)
-            .map(|(name, a, b)| format!("{name}: {} -> {}", show(&a), show(&b)))
+        let tag = |c: &VaultConfig| ("config_tag", Some(c.config_tag.clone()));
+        let olds = old.fields().into_iter().chain([tag(old)]);
+        let news = self.fields().into_iter().chain([tag(self)]);
+        olds.zip(news)
+            .filter(|((_, a), (_, b))| a != b)
+            .map(|((name, a), (_, b))| format!("{name}: {} -> {}", show(&a), show(&b)))
             .collect()
     }
 

@@ -341,6 +341,13 @@ mod tests {
         unsafe { std::env::remove_var("XDG_CONFIG_HOME") };
     }
 
+    /// A new key file in `home` and the trust in it.
+    fn key_in(home: &Path) -> (LocalProvider, TrustedKey) {
+        let kf = home.join("k.key");
+        let p = LocalProvider::create(&kf).expect("key");
+        (p, TrustedKey::Local { key_file: kf })
+    }
+
     fn vault(dir: &Path, name: &str, p: &LocalProvider) -> (PathBuf, VaultConfig) {
         let v = dir.join(name);
         std::fs::create_dir(&v).expect("mkdir");
@@ -355,9 +362,7 @@ mod tests {
     #[test]
     fn a_swapped_volume_is_refused() {
         with_config_home(|home| {
-            let kf = home.join("shared.key");
-            let p = LocalProvider::create(&kf).expect("key");
-            let key = TrustedKey::Local { key_file: kf };
+            let (p, key) = key_in(home);
             let (v, vcfg) = vault(home, "v", &p);
             let (w, wcfg) = vault(home, "w", &p);
             record(&v, &vcfg, &key).expect("record v");
@@ -378,9 +383,7 @@ mod tests {
     #[test]
     fn a_key_for_an_unknown_volume_needs_the_volume_id() {
         with_config_home(|home| {
-            let kf = home.join("k.key");
-            let p = LocalProvider::create(&kf).expect("key");
-            let key = TrustedKey::Local { key_file: kf };
+            let (p, key) = key_in(home);
             let (v, cfg) = vault(home, "v", &p);
             let err = Trust::resolve(&v, &cfg, Some(key.clone()), None).expect_err("unknown");
             assert!(err.to_string().contains("--volume-id"), "{err}");
@@ -398,9 +401,7 @@ mod tests {
     #[test]
     fn a_changed_config_shows_what_changed() {
         with_config_home(|home| {
-            let kf = home.join("k.key");
-            let p = LocalProvider::create(&kf).expect("key");
-            let key = TrustedKey::Local { key_file: kf };
+            let (p, key) = key_in(home);
             let (v, cfg) = vault(home, "v", &p);
             record(&v, &cfg, &key).expect("record");
             // Tampered: names "on" without a valid tag.
