@@ -137,18 +137,6 @@ pub fn serve(daemon: Daemon) -> std::io::Result<()> {
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
-                match crate::sys::peer_uid(std::os::fd::AsFd::as_fd(&stream)) {
-                    Ok(uid) if uid == me || uid == 0 => {}
-                    Ok(uid) => {
-                        tracing::warn!(
-                            uid,
-                            "control socket: refused a connection from another user"
-                        );
-                        let _ = writeln!(stream, "{}", error("not your mount"));
-                        continue;
-                    }
-                    Err(_) => continue,
-                }
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut line = String::new();
                 if BufReader::new(&stream)
@@ -158,7 +146,15 @@ pub fn serve(daemon: Daemon) -> std::io::Result<()> {
                 {
                     continue;
                 }
-                let reply = daemon.answer(line.trim());
+                // The request is read first, so the refusal reaches a client still writing.
+                let reply = match crate::sys::peer_uid(std::os::fd::AsFd::as_fd(&stream)) {
+                    Ok(uid) if uid == me || uid == 0 => daemon.answer(line.trim()),
+                    Ok(uid) => {
+                        tracing::warn!(uid, "control socket: refused a request from another user");
+                        error("not your mount")
+                    }
+                    Err(_) => continue,
+                };
                 let _ = writeln!(stream, "{reply}");
             }
         })?;
