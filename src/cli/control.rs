@@ -24,6 +24,8 @@ pub const PROTOCOL_VERSION: u64 = 1;
 
 /// What the daemon reports and acts on.
 pub struct Daemon {
+    /// The inode table (inodes known, descriptors held).
+    pub inodes: Arc<crate::fs::inodes::InodeTable>,
     /// The file-name key (encrypted names), dropped by `forget` too.
     pub name_key: Option<crate::names::NameKeyHandle>,
     /// The vault's shared state (key cache, counters).
@@ -66,6 +68,11 @@ impl Daemon {
             "pool_misses": s.pool_misses,
             "tamper_events": self.vault.tamper_events.load(Ordering::Relaxed),
             "open_files": self.handles.open_files(),
+            "inodes_known": self.inodes.len(),
+            "fds_held": self.inodes.fds_held(),
+            "fds_open": open_descriptors(),
+            "fd_cache_limit": self.inodes.limit(),
+            "rss_kib": rss_kib(),
             "uptime_s": self.started.elapsed().as_secs(),
             "pid": std::process::id(),
             "warnings": self.warnings(),
@@ -116,6 +123,23 @@ impl Daemon {
             _ => error("unknown command"),
         }
     }
+}
+
+/// Descriptors this process has open now (all kinds).
+fn open_descriptors() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
+}
+
+/// This process's resident memory, KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn error(msg: &str) -> Value {

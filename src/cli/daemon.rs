@@ -86,21 +86,27 @@ pub fn daemonize() -> Result<Ready, i32> {
     }
 }
 
-/// Allow as many open files as the hard limit: the daemon holds a descriptor per inode the
-/// kernel knows (a listing with attributes counts every entry), far beyond the usual soft 1024.
-pub fn raise_open_file_limit() {
+/// Allow as many open files as the hard limit (applications' open files each need one; the
+/// cache of inode descriptors is bounded separately); returns the limit now in force.
+pub fn raise_open_file_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit with a valid rlimit buffer.
     unsafe {
         let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                tracing::warn!(
-                    "cannot raise the open file limit: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
         }
+        if lim.rlim_cur < lim.rlim_max {
+            let mut raised = lim;
+            raised.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+            tracing::warn!(
+                "cannot raise the open file limit: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        lim.rlim_cur
     }
 }
 

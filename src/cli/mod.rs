@@ -141,6 +141,11 @@ struct MountArgs {
     /// FUSE worker threads.
     #[arg(long, value_name = "N", default_value_t = 8)]
     threads: usize,
+    /// Most descriptors kept open for files and directories the kernel knows but no handle has
+    /// open; others are reopened by name on use (default: a quarter of the open-file limit,
+    /// from 64 to 16384).
+    #[arg(long, value_name = "N")]
+    fd_cache: Option<usize>,
     /// Kernel readahead of the mount in KiB (set through sysfs; needs root, else the kernel's
     /// 128 KiB stays). Large reads keep several FUSE requests, and both cores, busy.
     #[arg(long, value_name = "KIB", default_value_t = 4096)]
@@ -162,7 +167,8 @@ struct StatusArgs {
     /// The mount point of a kmsfs mount.
     mountpoint: PathBuf,
     /// Print JSON (fields: provider, key_id, ttl_s, cache_entries, cache_capacity, hits,
-    /// misses, kms_calls, kms_errors, tamper_events, open_files, uptime_s, pid, ...).
+    /// misses, kms_calls, kms_errors, tamper_events, open_files, inodes_known, fds_held,
+    /// fds_open, fd_cache_limit, rss_kib, uptime_s, pid, ...).
     #[arg(long)]
     json: bool,
 }
@@ -276,6 +282,14 @@ fn status(args: &StatusArgs) -> CliResult {
         get("open_files"),
         get("tamper_events")
     );
+    println!(
+        "inodes     {} known, {} descriptors held for them (cache limit {}), {} open in all",
+        get("inodes_known"),
+        get("fds_held"),
+        get("fd_cache_limit"),
+        get("fds_open")
+    );
+    println!("memory     {} KiB resident", get("rss_kib"));
     for w in v
         .get("warnings")
         .and_then(|w| w.as_array())
@@ -387,6 +401,7 @@ fn fstab_form(argv: Vec<std::ffi::OsString>) -> Result<Option<Vec<std::ffi::OsSt
                 "volume_id" => with("--volume-id")?,
                 "host_id" => with("--host-id")?,
                 "threads" => with("--threads")?,
+                "fd_cache" => with("--fd-cache")?,
                 "attr_ttl" => with("--attr-ttl")?,
                 "readahead" => with("--readahead")?,
                 "spare_files" => with("--spare-files")?,

@@ -84,7 +84,7 @@ fn serve(
     };
     logging::init(sink, &args.log_level)?;
     daemon::harden();
-    daemon::raise_open_file_limit();
+    let fd_limit = daemon::raise_open_file_limit();
     lock.write_pid(std::process::id())
         .map_err(|e| e.to_string())?;
     let kms_provider = match early {
@@ -154,6 +154,9 @@ fn serve(
         FsOptions {
             read_only: args.read_only,
             attr_ttl,
+            fd_cache: args
+                .fd_cache
+                .unwrap_or_else(|| crate::fs::default_fd_cache(fd_limit)),
         },
     )
     .map_err(|e| format!("cannot open vault {}: {e}", vault_dir.display()))?;
@@ -190,8 +193,12 @@ fn serve(
     };
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
-    let (fs_vault, fs_handles, notifier_slot) =
-        (fs.vault().clone(), fs.handles(), fs.notifier_slot());
+    let (fs_vault, fs_handles, notifier_slot, fs_inodes) = (
+        fs.vault().clone(),
+        fs.handles(),
+        fs.notifier_slot(),
+        fs.inode_table(),
+    );
     let (expiry_vault, expiry_handles) = (fs_vault.clone(), fs_handles.clone());
     let mut session = Session::new(fs, mnt, &config)
         .map_err(|e| format!("cannot mount at {}: {e}", mnt.display()))?;
@@ -199,6 +206,7 @@ fn serve(
     let _ = notifier_slot.set(session.notifier());
     control::serve(control::Daemon {
         name_key,
+        inodes: fs_inodes,
         vault: fs_vault,
         handles: fs_handles,
         notifier: session.notifier(),

@@ -43,6 +43,8 @@ pub struct FsOptions {
     /// How long the kernel may cache attributes and entries. Safe for a single-writer mount:
     /// every change goes through this daemon, which keeps the kernel informed.
     pub attr_ttl: Duration,
+    /// Most descriptors kept for inodes that no handle has open (see `inodes`).
+    pub fd_cache: usize,
 }
 
 impl Default for FsOptions {
@@ -50,6 +52,7 @@ impl Default for FsOptions {
         FsOptions {
             read_only: false,
             attr_ttl: Duration::from_secs(1),
+            fd_cache: 1024,
         }
     }
 }
@@ -59,7 +62,7 @@ impl Default for FsOptions {
 pub struct KmsFs {
     vault: Arc<Vault>,
     names: Names,
-    inodes: InodeTable,
+    inodes: Arc<InodeTable>,
     handles: Arc<Handles>,
     opts: FsOptions,
     is_root_user: bool,
@@ -69,6 +72,14 @@ pub struct KmsFs {
 }
 
 type Result<T> = std::result::Result<T, Errno>;
+
+/// The default size of the inode descriptor cache under an open-file limit of `limit`: a
+/// quarter of it, leaving the rest to files applications open (each holds its own), at least
+/// 64 and at most 16,384 (beyond that, reopening a cold inode by name, about 2 µs, costs
+/// nothing next to the kernel round trip that asked for it).
+pub fn default_fd_cache(limit: u64) -> usize {
+    (limit / 4).clamp(64, 16_384) as usize
+}
 
 /// The changes one `setattr` asks for (each `None` leaves that attribute alone).
 struct AttrChange {
@@ -101,7 +112,7 @@ impl KmsFs {
         Ok(KmsFs {
             vault,
             names,
-            inodes: InodeTable::new(fd, &st),
+            inodes: Arc::new(InodeTable::new(fd, &st, opts.fd_cache)),
             handles: Arc::new(Handles::default()),
             opts,
             // SAFETY: geteuid has no preconditions.
@@ -115,6 +126,11 @@ impl KmsFs {
     /// The vault the mount serves (key cache, layout).
     pub fn vault(&self) -> &Arc<Vault> {
         &self.vault
+    }
+
+    /// The inode table, shared with the control socket (status).
+    pub fn inode_table(&self) -> Arc<InodeTable> {
+        self.inodes.clone()
     }
 
     /// The open-handle table, shared with the control socket (status, forget).
@@ -135,8 +151,12 @@ impl KmsFs {
         let root = self
             .inode(INodeNo(inodes::ROOT))
             .map_err(|e| io::Error::from_raw_os_error(e.code()))?;
+        let root_fd = self
+            .inodes
+            .fd(&root)
+            .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO)))?;
         let meta = sys::openat(
-            root.fd(),
+            root_fd.as_fd(),
             OsStr::new(crate::vault::META_DIR),
             libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
             0,
@@ -161,12 +181,13 @@ impl KmsFs {
         excl: i32,
         for_other_user: bool,
     ) -> io::Result<OwnedFd> {
+        let pfd = self.inodes.fd(parent)?;
         // A spare belongs to the daemon: not for a file made for another user.
         if let Some(pool) = self.spares.as_ref().filter(|_| !for_other_user) {
-            let setgid = sys::stat_fd(parent.fd())?.st_mode & libc::S_ISGID != 0;
+            let setgid = sys::stat_fd(pfd.as_fd())?.st_mode & libc::S_ISGID != 0;
             let spare = if setgid { None } else { pool.take() };
             if let Some(spare) = spare {
-                match pool.place(spare, parent.fd(), name, mode) {
+                match pool.place(spare, pfd.as_fd(), name, mode) {
                     Ok(fd) => return Ok(fd),
                     Err(e) if e.raw_os_error() == Some(libc::EEXIST) && excl != 0 => {
                         return Err(e);
@@ -176,12 +197,14 @@ impl KmsFs {
                 }
             }
         }
-        sys::openat(
-            parent.fd(),
-            name,
-            libc::O_CREAT | libc::O_RDWR | libc::O_NOFOLLOW | excl,
-            mode,
-        )
+        self.inodes.retrying(|| {
+            sys::openat(
+                pfd.as_fd(),
+                name,
+                libc::O_CREAT | libc::O_RDWR | libc::O_NOFOLLOW | excl,
+                mode,
+            )
+        })
     }
 
     /// Where the mount puts the session's notifier once the session exists.
@@ -213,6 +236,27 @@ impl KmsFs {
         self.inodes.get(ino.0).ok_or(Errno::ESTALE)
     }
 
+    /// The backing descriptor of `inode` (held, or reopened from its place).
+    fn fd(&self, inode: &Inode) -> Result<inodes::Fd> {
+        self.inodes.fd(inode).map_err(e_io)
+    }
+
+    /// Before `name` in `dir` is removed or replaced: its backing object and link count, with
+    /// its descriptor held if the kernel knows it (its remembered place may be this name).
+    fn before_removal(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<((u64, u64), u64)> {
+        let st = sys::stat_at(dir, name).ok()?;
+        let key = inodes::key_of(&st);
+        if let Some(inode) = self.inodes.get(self.inodes.ino_of(key)) {
+            let _ = self.inodes.fd(&inode);
+        }
+        Some((key, st.st_nlink))
+    }
+
+    /// The generation of inode `ino` for the kernel's entry (see `inodes`).
+    fn generation(&self, ino: INodeNo) -> Generation {
+        Generation(self.inodes.get(ino.0).map_or(0, |i| i.generation()))
+    }
+
     fn attr_of(&self, ino: u64, fd: BorrowedFd<'_>) -> Result<FileAttr> {
         let st = sys::stat_fd(fd).map_err(e_io)?;
         Ok(self.plain_attr(ino, &st))
@@ -241,23 +285,30 @@ impl KmsFs {
         if self.names.is_reserved(parent.is_root, name) {
             return Err(Errno::EPERM);
         }
-        self.names.backing(parent.fd(), name).map_err(e_io)
+        self.names
+            .backing(self.fd(parent)?.as_fd(), name)
+            .map_err(e_io)
     }
 
     fn existing_name(&self, parent: &Inode, name: &OsStr) -> Result<BackingName> {
         if self.names.is_reserved(parent.is_root, name) {
             return Err(Errno::ENOENT);
         }
-        self.names.backing(parent.fd(), name).map_err(e_io)
+        self.names
+            .backing(self.fd(parent)?.as_fd(), name)
+            .map_err(e_io)
     }
 
     /// Look `bname` up in `parent` and count a kernel reference.
     fn lookup_backing(&self, parent: &Inode, bname: &OsStr) -> Result<FileAttr> {
-        let fd =
-            sys::openat(parent.fd(), bname, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(e_io)?;
+        let pfd = self.fd(parent)?;
+        let fd = self
+            .inodes
+            .open_at(pfd.as_fd(), bname, libc::O_PATH | libc::O_NOFOLLOW)
+            .map_err(e_io)?;
         let st = sys::stat_fd(fd.as_fd()).map_err(e_io)?;
-        let ino = self.inodes.remember(fd, &st, parent.ino);
-        Ok(self.plain_attr(ino, &st))
+        let inode = self.inodes.remember(fd, &st, parent.ino, bname);
+        Ok(self.plain_attr(inode.ino, &st))
     }
 
     /// For a root daemon serving other users (`--allow-other`): act as the requesting user on
@@ -276,25 +327,29 @@ impl KmsFs {
 
     fn reply_entry(&self, reply: ReplyEntry, r: Result<FileAttr>) {
         match r {
-            Ok(attr) => reply.entry(&self.opts.attr_ttl, &attr, Generation(0)),
+            Ok(attr) => reply.entry(&self.opts.attr_ttl, &attr, self.generation(attr.ino)),
             Err(e) => reply.error(e),
         }
     }
 
-    /// The open `CryptFile` of a regular file inode (shared by all its handles).
+    /// The open `CryptFile` of a regular file inode (shared by all its handles). While it is
+    /// open, the inode's descriptor is kept (unpinned at the last release).
     fn open_crypt(&self, ino: u64, inode: &Inode) -> Result<(u64, Arc<CryptFile>)> {
         self.handles.open_file(ino, || {
-            let fd = sys::reopen(inode.fd(), libc::O_RDWR)
+            let path_fd = self.fd(inode)?;
+            let reopen = |flags| self.inodes.retrying(|| sys::reopen(path_fd.as_fd(), flags));
+            let fd = reopen(libc::O_RDWR)
                 .or_else(|e| {
                     if e.raw_os_error() == Some(libc::EACCES)
                         || e.raw_os_error() == Some(libc::EROFS)
                     {
-                        sys::reopen(inode.fd(), libc::O_RDONLY)
+                        reopen(libc::O_RDONLY)
                     } else {
                         Err(e)
                     }
                 })
                 .map_err(e_io)?;
+            self.inodes.pin(inode).map_err(e_io)?;
             Ok(CryptFile::new(File::from(fd), self.vault.clone()))
         })
     }
@@ -304,7 +359,8 @@ impl KmsFs {
     /// CAP_FSETID writes or truncates a file. Under FUSE_HANDLE_KILLPRIV_V2 the kernel leaves
     /// this to us; the daemon's own root writes to the backing file would not do it.
     fn kill_suid_sgid(&self, inode: &Inode) -> Result<()> {
-        let mode = sys::stat_fd(inode.fd()).map_err(e_io)?.st_mode;
+        let fd = self.fd(inode)?;
+        let mode = sys::stat_fd(fd.as_fd()).map_err(e_io)?.st_mode;
         if mode & libc::S_IFMT != libc::S_IFREG {
             return Ok(());
         }
@@ -312,7 +368,7 @@ impl KmsFs {
         if mode & libc::S_IXGRP != 0 {
             kill |= libc::S_ISGID;
         }
-        let path = sys::proc_path(inode.fd());
+        let path = sys::proc_path(fd.as_fd());
         if mode & kill != 0 {
             // SAFETY: valid C string.
             sys::cvt(unsafe { libc::chmod(path.as_ptr(), mode & 0o7777 & !kill) }).map_err(e_io)?;
@@ -340,8 +396,9 @@ impl KmsFs {
             kill_suid_sgid,
         } = change;
         let inode = self.inode(ino)?;
+        let fd = self.fd(&inode)?;
         let is_link =
-            sys::stat_fd(inode.fd()).map_err(e_io)?.st_mode & libc::S_IFMT == libc::S_IFLNK;
+            sys::stat_fd(fd.as_fd()).map_err(e_io)?.st_mode & libc::S_IFMT == libc::S_IFLNK;
         if mode.is_some()
             || uid.is_some()
             || gid.is_some()
@@ -351,7 +408,7 @@ impl KmsFs {
         {
             self.writable()?;
         }
-        let path = sys::proc_path(inode.fd());
+        let path = sys::proc_path(fd.as_fd());
         if let Some(mode) = mode {
             if !is_link {
                 // SAFETY: valid C string.
@@ -363,7 +420,7 @@ impl KmsFs {
             // SAFETY: valid fd; empty path with AT_EMPTY_PATH names the fd itself.
             sys::cvt(unsafe {
                 libc::fchownat(
-                    inode.fd().as_raw_fd(),
+                    fd.as_raw_fd(),
                     c"".as_ptr(),
                     u,
                     g,
@@ -409,7 +466,7 @@ impl KmsFs {
                 // SAFETY: valid fd, empty path names the symlink itself.
                 unsafe {
                     libc::utimensat(
-                        inode.fd().as_raw_fd(),
+                        fd.as_raw_fd(),
                         c"".as_ptr(),
                         times.as_ptr(),
                         libc::AT_EMPTY_PATH,
@@ -421,16 +478,24 @@ impl KmsFs {
             };
             sys::cvt(rc).map_err(e_io)?;
         }
-        self.attr_of(ino.0, inode.fd())
+        self.attr_of(ino.0, fd.as_fd())
     }
 
-    /// Close handle `fh` of inode `ino`; the last close of a file lets its key go (TTL 0).
+    /// Close handle `fh` of inode `ino`; the last close of a file lets its key go (TTL 0) and
+    /// its descriptor be closed when the cache needs room.
     fn release(&self, ino: u64, fh: u64) {
         if let Some(file) = self.handles.release_file(ino, fh) {
             if let Some(id) = file.file_id() {
                 self.vault.keys.release(&id);
             }
+            self.inodes.unpin(ino);
         }
+    }
+
+    /// The backing file's stamp now (None when it cannot be reached).
+    fn backing_stamp(&self, inode: &Inode) -> Option<sys::Stamp> {
+        let fd = self.inodes.fd(inode).ok()?;
+        sys::stat_fd(fd.as_fd()).ok().map(|st| sys::stamp(&st))
     }
 
     /// Run `change`, made through this mount (which keeps the kernel's pages in step with it),
@@ -439,17 +504,17 @@ impl KmsFs {
     /// Noted here, not at close: a close is answered after the closer has moved on.
     fn change_in_step<R>(&self, ino: u64, change: impl FnOnce() -> R) -> R {
         let inode = self.inodes.get(ino);
-        let before = inode.as_deref().and_then(Inode::backing_stamp);
+        let before = inode.as_deref().and_then(|i| self.backing_stamp(i));
         let r = change();
         if let Some(inode) = inode {
-            inode.note_change(before, inode.backing_stamp());
+            inode.note_change(before, self.backing_stamp(&inode));
         }
         r
     }
 
     /// Note how a new file looks: the kernel has no pages of it yet.
     fn pages_in_step(&self, inode: &Inode) {
-        if let Some(now) = inode.backing_stamp() {
+        if let Some(now) = self.backing_stamp(inode) {
             inode.cached_pages_match(now);
         }
     }
@@ -464,22 +529,27 @@ impl KmsFs {
             .vault
             .shared_store
             .load(std::sync::atomic::Ordering::Relaxed);
-        let Some(now) = inode.backing_stamp() else {
+        let Some(now) = self.backing_stamp(inode) else {
             return false;
         };
         inode.cached_pages_match(now) && !shared && key_cached()
     }
 
     fn read_dir(&self, inode: &Inode) -> Result<DirHandle> {
-        let dir = sys::read_dir(inode.fd()).map_err(e_io)?;
-        let lister = self.names.lister(inode.fd(), inode.is_root).map_err(e_io)?;
-        let dot = |name: &str| DirEntry {
-            ino: 1,
+        let fd = self.fd(inode)?;
+        let dir = self
+            .inodes
+            .retrying(|| sys::read_dir(fd.as_fd()))
+            .map_err(e_io)?;
+        let lister = self.names.lister(fd.as_fd(), inode.is_root).map_err(e_io)?;
+        let dot = |name: &str, ino: u64| DirEntry {
+            ino,
             kind: FileType::Directory,
             name: name.into(),
             backing: name.into(),
         };
-        let mut entries = vec![dot("."), dot("..")];
+        let mut entries = vec![dot(".", inode.ino), dot("..", inode.parent())];
+        let dev = inode.key().0;
         for entry in dir {
             let entry = entry.map_err(e_io)?;
             let Some(name) = lister.plain(&entry.file_name()) else {
@@ -491,7 +561,8 @@ impl KmsFs {
                 .and_then(FileType::from_std)
                 .unwrap_or(FileType::RegularFile);
             entries.push(DirEntry {
-                ino: entry.ino(),
+                // The number `stat` gives (d_ino of a mount point inside the vault excepted).
+                ino: self.inodes.ino_of((dev, entry.ino())),
                 kind,
                 name,
                 backing: entry.file_name(),
@@ -500,15 +571,17 @@ impl KmsFs {
         Ok(DirHandle { entries })
     }
 
-    fn xattr_path(&self, ino: INodeNo) -> Result<(Arc<Inode>, std::ffi::CString)> {
-        let inode = self.inode(ino)?;
-        let st = sys::stat_fd(inode.fd()).map_err(e_io)?;
+    /// The `/proc/self/fd` path of inode `ino`, with the descriptor it names (keep it alive
+    /// while the path is used).
+    fn xattr_path(&self, ino: INodeNo) -> Result<(inodes::Fd, std::ffi::CString)> {
+        let fd = self.fd(&*self.inode(ino)?)?;
+        let st = sys::stat_fd(fd.as_fd()).map_err(e_io)?;
         // The proc path follows links; user xattrs do not exist on symlinks anyway.
         if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
             return Err(Errno::EPERM);
         }
-        let path = sys::proc_path(inode.fd());
-        Ok((inode, path))
+        let path = sys::proc_path(fd.as_fd());
+        Ok((fd, path))
     }
 }
 
@@ -574,7 +647,7 @@ impl Filesystem for KmsFs {
             self.lookup_backing(&p, &bname)
         });
         match r {
-            Ok(attr) => reply.entry(&self.opts.attr_ttl, &attr, Generation(0)),
+            Ok(attr) => reply.entry(&self.opts.attr_ttl, &attr, self.generation(attr.ino)),
             Err(e) => reply.error(e),
         }
     }
@@ -584,7 +657,10 @@ impl Filesystem for KmsFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.inode(ino).and_then(|i| self.attr_of(ino.0, i.fd())) {
+        match self
+            .inode(ino)
+            .and_then(|i| self.attr_of(ino.0, self.fd(&i)?.as_fd()))
+        {
             Ok(attr) => reply.attr(&self.opts.attr_ttl, &attr),
             Err(e) => reply.error(e),
         }
@@ -629,7 +705,7 @@ impl Filesystem for KmsFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let r = self
             .inode(ino)
-            .and_then(|i| self.names.read_link(i.fd()).map_err(e_io));
+            .and_then(|i| self.names.read_link(self.fd(&i)?.as_fd()).map_err(e_io));
         match r {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(e),
@@ -648,14 +724,15 @@ impl Filesystem for KmsFs {
     ) {
         let r = self.inode(parent).and_then(|p| {
             let bname = self.new_name(&p, name)?;
+            let pfd = self.fd(&p)?;
             let acting = self.as_caller(req)?;
             self.names
-                .create(p.fd(), &bname, |b| {
+                .create(pfd.as_fd(), &bname, |b| {
                     let c = sys::cstr(b)?;
                     // SAFETY: valid dir fd and C string.
                     sys::cvt(unsafe {
                         libc::mknodat(
-                            p.fd().as_raw_fd(),
+                            pfd.as_raw_fd(),
                             c.as_ptr(),
                             mode & !umask,
                             libc::dev_t::from(rdev),
@@ -680,9 +757,10 @@ impl Filesystem for KmsFs {
     ) {
         let r = self.inode(parent).and_then(|p| {
             let bname = self.new_name(&p, name)?;
+            let pfd = self.fd(&p)?;
             let acting = self.as_caller(req)?;
             self.names
-                .mkdir(p.fd(), &bname, mode & !umask)
+                .mkdir(pfd.as_fd(), &bname, mode & !umask)
                 .map_err(e_io)?;
             drop(acting);
             self.lookup_backing(&p, &bname)
@@ -694,7 +772,14 @@ impl Filesystem for KmsFs {
         let r = self.inode(parent).and_then(|p| {
             self.writable()?;
             let bname = self.existing_name(&p, name)?;
-            self.names.unlink(p.fd(), &bname).map_err(e_io)
+            let pfd = self.fd(&p)?;
+            let gone = self.before_removal(pfd.as_fd(), &bname);
+            self.names.unlink(pfd.as_fd(), &bname).map_err(e_io)?;
+            if let Some((key, nlink)) = gone {
+                self.inodes
+                    .removed(key, p.ino, &bname, nlink.saturating_sub(1));
+            }
+            Ok(())
         });
         reply_empty(reply, r);
     }
@@ -703,7 +788,13 @@ impl Filesystem for KmsFs {
         let r = self.inode(parent).and_then(|p| {
             self.writable()?;
             let bname = self.existing_name(&p, name)?;
-            self.names.rmdir(p.fd(), &bname).map_err(e_io)
+            let pfd = self.fd(&p)?;
+            let gone = self.before_removal(pfd.as_fd(), &bname);
+            self.names.rmdir(pfd.as_fd(), &bname).map_err(e_io)?;
+            if let Some((key, _)) = gone {
+                self.inodes.removed(key, p.ino, &bname, 0);
+            }
+            Ok(())
         });
         reply_empty(reply, r);
     }
@@ -720,12 +811,13 @@ impl Filesystem for KmsFs {
             let bname = self.new_name(&p, link_name)?;
             let t = sys::cstr(&self.names.link_target(target.as_os_str()).map_err(e_io)?)
                 .map_err(e_io)?;
+            let pfd = self.fd(&p)?;
             let acting = self.as_caller(req)?;
             self.names
-                .create(p.fd(), &bname, |b| {
+                .create(pfd.as_fd(), &bname, |b| {
                     let c = sys::cstr(b)?;
                     // SAFETY: valid C strings and dir fd.
-                    sys::cvt(unsafe { libc::symlinkat(t.as_ptr(), p.fd().as_raw_fd(), c.as_ptr()) })
+                    sys::cvt(unsafe { libc::symlinkat(t.as_ptr(), pfd.as_raw_fd(), c.as_ptr()) })
                 })
                 .map_err(e_io)?;
             drop(acting);
@@ -749,9 +841,37 @@ impl Filesystem for KmsFs {
             let np = self.inode(newparent)?;
             let from = self.existing_name(&p, name)?;
             let to = self.new_name(&np, newname)?;
+            let (pfd, npfd) = (self.fd(&p)?, self.fd(&np)?);
+            let moving = sys::stat_at(pfd.as_fd(), &from)
+                .ok()
+                .map(|st| inodes::key_of(&st));
+            let replaced = self.before_removal(npfd.as_fd(), &to);
             self.names
-                .rename(p.fd(), &from, np.fd(), &to, flags.bits())
-                .map_err(e_io)
+                .rename(pfd.as_fd(), &from, npfd.as_fd(), &to, flags.bits())
+                .map_err(e_io)?;
+            // The inode table follows: the moved object's place, and the one replaced or
+            // exchanged with it.
+            if let Some(key) = moving {
+                self.inodes.renamed(key, np.ino, &to);
+            }
+            match replaced {
+                Some((key, _)) if Some(key) == moving => {}
+                Some((key, _)) if flags.contains(RenameFlags::RENAME_EXCHANGE) => {
+                    self.inodes.renamed(key, p.ino, &from);
+                }
+                Some((key, nlink)) => {
+                    let dir = self
+                        .inodes
+                        .get(self.inodes.ino_of(key))
+                        .and_then(|i| self.fd(&i).ok())
+                        .and_then(|fd| sys::stat_fd(fd.as_fd()).ok())
+                        .is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+                    let left = if dir { 0 } else { nlink.saturating_sub(1) };
+                    self.inodes.removed(key, np.ino, &to, left);
+                }
+                None => {}
+            }
+            Ok(())
         })();
         reply_empty(reply, r);
     }
@@ -768,16 +888,17 @@ impl Filesystem for KmsFs {
             let inode = self.inode(ino)?;
             let np = self.inode(newparent)?;
             let bname = self.new_name(&np, newname)?;
-            let src = sys::proc_path(inode.fd());
+            let (fd, npfd) = (self.fd(&inode)?, self.fd(&np)?);
+            let src = sys::proc_path(fd.as_fd());
             self.names
-                .create(np.fd(), &bname, |b| {
+                .create(npfd.as_fd(), &bname, |b| {
                     let c = sys::cstr(b)?;
                     // SAFETY: valid C strings and dir fd; the proc path is followed to the object.
                     sys::cvt(unsafe {
                         libc::linkat(
                             libc::AT_FDCWD,
                             src.as_ptr(),
-                            np.fd().as_raw_fd(),
+                            npfd.as_raw_fd(),
                             c.as_ptr(),
                             libc::AT_SYMLINK_FOLLOW,
                         )
@@ -802,12 +923,15 @@ impl Filesystem for KmsFs {
             let key_cached = || *key_cached.get_or_init(|| crate::cryptfile::key_is_cached(&file));
             if let Some(p) = &self.prefetch {
                 if let Some(dir) = self.inodes.get(inode.parent()) {
-                    let parent = self.inodes.get(dir.parent());
-                    let parent_fd = parent.as_ref().filter(|_| !dir.is_root).map(|p| p.fd());
-                    if key_cached() {
-                        p.warm_open(dir.fd(), parent_fd);
-                    } else {
-                        p.cold_open(dir.fd(), parent_fd);
+                    let parent = self.inodes.get(dir.parent()).filter(|_| !dir.is_root);
+                    let parent_fd = parent.and_then(|p| self.inodes.fd(&p).ok());
+                    if let Ok(dir_fd) = self.inodes.fd(&dir) {
+                        let parent_fd = parent_fd.as_ref().map(|f| f.as_fd());
+                        if key_cached() {
+                            p.warm_open(dir_fd.as_fd(), parent_fd);
+                        } else {
+                            p.cold_open(dir_fd.as_fd(), parent_fd);
+                        }
                     }
                 }
             }
@@ -972,7 +1096,10 @@ impl Filesystem for KmsFs {
             let next = i as u64 + 1;
             if i < 2 {
                 // The kernel takes nothing from "." and ".." but their names.
-                let Ok(attr) = self.attr_of(ino.0, parent.fd()) else {
+                let Ok(attr) = self
+                    .fd(&parent)
+                    .and_then(|fd| self.attr_of(ino.0, fd.as_fd()))
+                else {
                     continue;
                 };
                 if reply.add(ino, next, &e.name, &ttl, &attr, Generation(0)) {
@@ -990,7 +1117,14 @@ impl Filesystem for KmsFs {
                 Err(err) if added == 0 => return reply.error(err),
                 Err(_) => break,
             };
-            if reply.add(attr.ino, next, &e.name, &ttl, &attr, Generation(0)) {
+            if reply.add(
+                attr.ino,
+                next,
+                &e.name,
+                &ttl,
+                &attr,
+                self.generation(attr.ino),
+            ) {
                 // Not sent: the kernel will not count this lookup.
                 self.inodes.forget(attr.ino.0, 1);
                 break;
@@ -1021,8 +1155,8 @@ impl Filesystem for KmsFs {
         reply: ReplyEmpty,
     ) {
         let r = self.inode(ino).and_then(|i| {
-            let fd: OwnedFd =
-                sys::reopen(i.fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(e_io)?;
+            let fd: OwnedFd = sys::reopen(self.fd(&i)?.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+                .map_err(e_io)?;
             File::from(fd).sync_all().map_err(e_io)
         });
         reply_empty(reply, r);
@@ -1033,7 +1167,8 @@ impl Filesystem for KmsFs {
             // SAFETY: zeroed statvfs is a valid out buffer.
             let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
             // SAFETY: valid fd and out pointer.
-            sys::cvt(unsafe { libc::fstatvfs(root.fd().as_raw_fd(), &mut s) }).map_err(e_io)?;
+            sys::cvt(unsafe { libc::fstatvfs(self.fd(&root)?.as_raw_fd(), &mut s) })
+                .map_err(e_io)?;
             Ok(s)
         });
         match r {
@@ -1165,9 +1300,10 @@ impl Filesystem for KmsFs {
             let bname = self.new_name(&p, name)?;
             let excl = flags & libc::O_EXCL;
             let acting = self.as_caller(req)?;
+            let pfd = self.fd(&p)?;
             let created = self
                 .names
-                .create(p.fd(), &bname, |b| {
+                .create(pfd.as_fd(), &bname, |b| {
                     self.make_file(&p, b, mode & !umask, excl, acting.is_some())
                 })
                 .map_err(e_io)?;
@@ -1180,6 +1316,7 @@ impl Filesystem for KmsFs {
                 sys::stat_fd(created.as_fd()).is_ok_and(|st| inodes::key_of(&st) == inode.key());
             let (fh, file) = if same {
                 self.handles.open_file(attr.ino.0, || {
+                    self.inodes.pin(&inode).map_err(e_io)?;
                     Ok::<_, Errno>(CryptFile::new(File::from(created), self.vault.clone()))
                 })?
             } else {
@@ -1193,7 +1330,7 @@ impl Filesystem for KmsFs {
                 }
                 if attr.size > 0 {
                     self.pages_in_step(&inode);
-                    return Ok((self.attr_of(attr.ino.0, inode.fd())?, fh));
+                    return Ok((self.attr_of(attr.ino.0, self.fd(&inode)?.as_fd())?, fh));
                 }
             }
             self.pages_in_step(&inode);
@@ -1203,7 +1340,7 @@ impl Filesystem for KmsFs {
             Ok((attr, fh)) => reply.created(
                 &self.opts.attr_ttl,
                 &attr,
-                Generation(0),
+                self.generation(attr.ino),
                 FileHandle(fh),
                 FopenFlags::empty(),
             ),

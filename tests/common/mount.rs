@@ -35,6 +35,8 @@ pub struct Vault {
     /// Where the daemon logs (`--log-file`).
     pub log_file: PathBuf,
     env: Vec<(String, String)>,
+    /// Mount under this open-file limit (soft and hard), when set.
+    fd_limit: Option<u64>,
     path: PathBuf,
     // Last, so the paths above stay valid while a guard holding copies is dropped first.
     root: TempDir,
@@ -62,6 +64,7 @@ impl Vault {
                 ("XDG_CONFIG_HOME".into(), config.display().to_string()),
                 ("XDG_RUNTIME_DIR".into(), run.display().to_string()),
             ],
+            fd_limit: None,
             path,
             root,
         }
@@ -77,6 +80,13 @@ impl Vault {
         let p = self.root().join(name);
         std::fs::create_dir(&p).expect("create dir");
         p
+    }
+
+    /// Start this vault's mounts under an open-file limit of `n` (soft and hard), as
+    /// `ulimit -n` before mounting would.
+    pub fn with_fd_limit(mut self, n: u64) -> Vault {
+        self.fd_limit = Some(n);
+        self
     }
 
     /// Also pass `key=value` to every `kmsfs` command of this vault.
@@ -167,6 +177,21 @@ impl Vault {
             self.backing.as_os_str(),
             mnt.as_os_str(),
         ]);
+        if let Some(n) = self.fd_limit {
+            cmd = Command::new("prlimit");
+            cmd.arg(format!("--nofile={n}:{n}"))
+                .arg("--")
+                .arg(KMSFS)
+                .args([
+                    OsStr::new("mount"),
+                    self.backing.as_os_str(),
+                    mnt.as_os_str(),
+                ])
+                .stdin(Stdio::null());
+            for (k, v) in &self.env {
+                cmd.env(k, v);
+            }
+        }
         cmd.arg("--log-file").arg(&self.log_file).args(extra);
         let out = run(&mut cmd);
         // The guard exists before any check, so whatever got mounted is unmounted again.
