@@ -44,11 +44,11 @@ enum Command {
     /// Mount a vault at MOUNTPOINT (in the background unless -f).
     Mount(MountArgs),
     /// Unmount a kmsfs mount: flush, zeroize every cached key, wait for the daemon to exit.
-    Unmount(UnmountArgs),
+    Unmount(UnmountCmd),
     /// Show a running mount's provider, key cache and KMS counters.
     Status(StatusArgs),
     /// Zeroize every cached key of a running mount (and its page cache) without unmounting.
-    Forget(UnmountArgs),
+    Forget(MountpointArgs),
     /// Move every file's wrapped data key (and the name key) to a new wrapping key, in place,
     /// without re-encrypting data; resumes after an interruption.
     Rewrap(RewrapArgs),
@@ -235,9 +235,19 @@ struct CatArgs {
 }
 
 #[derive(Debug, Args)]
-struct UnmountArgs {
+struct MountpointArgs {
     /// The mount point of a kmsfs mount.
     mountpoint: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct UnmountCmd {
+    /// The mount point of a kmsfs mount.
+    mountpoint: PathBuf,
+    /// While programs still use the mount (a shell in it, a detached `git gc`), wait this
+    /// many seconds for them to finish before giving up (0: do not wait).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    wait: u64,
 }
 
 /// `kmsfs status MOUNTPOINT [--json]`.
@@ -302,7 +312,7 @@ fn status(args: &StatusArgs) -> CliResult {
 }
 
 /// `kmsfs forget MOUNTPOINT`.
-fn forget(args: &UnmountArgs) -> CliResult {
+fn forget(args: &MountpointArgs) -> CliResult {
     let mnt = args
         .mountpoint
         .canonicalize()

@@ -4,14 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{CliResult, UnmountArgs, provider, runtime_dir};
+use super::{CliResult, UnmountCmd, provider, runtime_dir};
 
 const DAEMON_EXIT_WAIT: Duration = Duration::from_secs(30);
 /// How long an exited daemon may stay a zombie before we stop waiting for its reaping.
 const ZOMBIE_REAP_WAIT: Duration = Duration::from_secs(10);
 
 /// Run `kmsfs unmount`.
-pub fn run(args: &UnmountArgs) -> CliResult {
+pub fn run(args: &UnmountCmd) -> CliResult {
     // Not canonicalize: a dead daemon's mount point cannot be stat'ed (ENOTCONN).
     let mnt = normalize(&provider::absolute(&args.mountpoint));
     let mnt = mnt.canonicalize().unwrap_or(mnt);
@@ -29,7 +29,7 @@ pub fn run(args: &UnmountArgs) -> CliResult {
         _ => {}
     }
     if mounted.is_some() {
-        detach(&mnt)?;
+        detach_when_idle(&mnt, Duration::from_secs(args.wait))?;
     }
     if let Some(pid) = pid {
         let start = Instant::now();
@@ -58,8 +58,88 @@ pub fn run(args: &UnmountArgs) -> CliResult {
     Ok(())
 }
 
+/// Unmount; while the mount is busy, retry until `wait` has passed, naming (once) the
+/// processes that use it.
+fn detach_when_idle(mnt: &Path, wait: Duration) -> CliResult {
+    let deadline = Instant::now() + wait;
+    let mut told = false;
+    loop {
+        match detach(mnt) {
+            Err(Busy) if Instant::now() < deadline => {
+                if !told {
+                    told = true;
+                    eprintln!(
+                        "kmsfs: {} is in use{}: waiting up to {} s for it to be free",
+                        mnt.display(),
+                        users_of(mnt),
+                        wait.as_secs()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(Busy) => {
+                return Err(format!(
+                    "{} is busy{}: close the files and shells using it, then retry",
+                    mnt.display(),
+                    users_of(mnt)
+                ));
+            }
+            Err(Failed(msg)) => return Err(msg),
+            Ok(()) => return Ok(()),
+        }
+    }
+}
+
+/// Why an unmount did not happen.
+enum DetachError {
+    /// Programs still use the mount.
+    Busy,
+    /// Anything else, with the message for the user.
+    Failed(String),
+}
+use DetachError::{Busy, Failed};
+
+/// " (by git 1234, bash 99)": the processes whose working directory or open files are under
+/// `mnt`, as far as /proc shows them (empty when none is found).
+fn users_of(mnt: &Path) -> String {
+    let mut users = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return String::new();
+    };
+    for p in procs.flatten() {
+        let name = p.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let dir = p.path();
+        let inside = |l: std::io::Result<PathBuf>| l.is_ok_and(|t| t.starts_with(mnt));
+        let uses = inside(std::fs::read_link(dir.join("cwd")))
+            || std::fs::read_dir(dir.join("fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|fd| inside(std::fs::read_link(fd.path())));
+        if uses {
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            users.push(format!("{} {pid}", comm.trim()));
+        }
+        if users.len() >= 5 {
+            users.push("...".into());
+            break;
+        }
+    }
+    if users.is_empty() {
+        String::new()
+    } else {
+        format!(" (by {})", users.join(", "))
+    }
+}
+
 /// Unmount through fusermount3 (works unprivileged), else umount2 as root.
-fn detach(mnt: &Path) -> CliResult {
+fn detach(mnt: &Path) -> Result<(), DetachError> {
     let fusermount = std::process::Command::new("fusermount3")
         .arg("-u")
         .arg(mnt)
@@ -70,25 +150,27 @@ fn detach(mnt: &Path) -> CliResult {
             return Ok(());
         }
     }
-    let c =
-        std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes())
+        .map_err(|e| Failed(e.to_string()))?;
     // SAFETY: valid C string.
     if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
         return Ok(());
     }
     let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EBUSY) {
-        return Err(format!(
-            "{} is busy: close the files and shells using it, then retry",
-            mnt.display()
-        ));
-    }
-    let detail = fusermount
+    let stderr = fusermount
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| err.to_string());
-    Err(format!("cannot unmount {}: {detail}", mnt.display()))
+        .filter(|s| !s.is_empty());
+    if err.raw_os_error() == Some(libc::EBUSY)
+        || stderr.as_deref().is_some_and(|s| s.contains("busy"))
+    {
+        return Err(Busy);
+    }
+    let detail = stderr.unwrap_or_else(|| err.to_string());
+    Err(Failed(format!(
+        "cannot unmount {}: {detail}",
+        mnt.display()
+    )))
 }
 
 /// Whether a mount of `fstype` from `source` is ours: a FUSE mount that this host recorded,
