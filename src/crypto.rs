@@ -52,15 +52,12 @@ pub struct DataKey {
 /// stay locked after the key is freed: other keys may share them, and locking is per page.
 fn lock_in_memory<T>(value: &T) {
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let ptr = (value as *const T).cast::<libc::c_void>();
-    // SAFETY: the range is a live object of ours; mlock only changes residency.
-    if unsafe { libc::mlock(ptr, std::mem::size_of::<T>()) } != 0
-        && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
-    {
-        tracing::warn!(
-            "cannot lock key memory ({}): keys may be swapped out; raise RLIMIT_MEMLOCK",
-            std::io::Error::last_os_error()
-        );
+    if let Err(e) = crate::sys::process::lock_in_memory(value) {
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                "cannot lock key memory ({e}): keys may be swapped out; raise RLIMIT_MEMLOCK"
+            );
+        }
     }
 }
 

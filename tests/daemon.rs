@@ -1,5 +1,7 @@
 //! The running daemon's operator interface: `kmsfs status`, `kmsfs forget`, and what stays in
 //! its memory after `forget` (no copy of a data key, raw or base64).
+// The mount tier: real FUSE mounts, run by `scripts/test` (`--features fuse-tests`).
+#![cfg(feature = "fuse-tests")]
 
 mod common;
 

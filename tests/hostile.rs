@@ -3,6 +3,8 @@
 //! vault (or another local user) would do, and checks that the mount refuses, reads EIO, or that
 //! nothing outside the vault changes, within a stated time. Every mount is a `MountGuard`,
 //! unmounted on every path.
+// The mount tier: real FUSE mounts, run by `scripts/test` (`--features fuse-tests`).
+#![cfg(feature = "fuse-tests")]
 
 mod common;
 

@@ -12,6 +12,8 @@
 //! - Backing files that are not kmsfs files read as `EIO` with a clear log line.
 //!
 //! Vaults use `--plaintext-names` so a test finds the backing file of `NAME` at `vault/NAME`.
+// The mount tier: real FUSE mounts, run by `scripts/test` (`--features fuse-tests`).
+#![cfg(feature = "fuse-tests")]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! kmsfs end to end through the real binary: init, mount (daemonized), use, unmount, remount.
 //! Every test mounts in its own temp dir and its `MountGuard` unmounts on every path.
+// The mount tier: real FUSE mounts, run by `scripts/test` (`--features fuse-tests`).
+#![cfg(feature = "fuse-tests")]
 
 mod common;
 

@@ -3,6 +3,8 @@
 //! and hard links keep working, big directories list exactly, tampered backing names are
 //! hidden, and `--plaintext-names` vaults keep names readable. Every mount is a `MountGuard`,
 //! unmounted on every path.
+// The mount tier: real FUSE mounts, run by `scripts/test` (`--features fuse-tests`).
+#![cfg(feature = "fuse-tests")]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! POSIX behaviour through a real kmsfs mount: the operations an unmodified program expects.
 //! Every test mounts in its own temp dir and its `MountGuard` unmounts on every path.
+// The mount tier: real FUSE mounts, run by `scripts/test` (`--features fuse-tests`).
+#![cfg(feature = "fuse-tests")]
 
 mod common;
 

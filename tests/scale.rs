@@ -1,6 +1,8 @@
 //! Scale: a tree of more entries than the daemon may hold descriptors for extracts intact, the
 //! daemon's descriptors stay bounded, and inode numbers are the same in `stat` and `readdir`
 //! and across remounts. Every mount is a `MountGuard`, unmounted on every path.
+// The mount tier: real FUSE mounts, run by `scripts/test` (`--features fuse-tests`).
+#![cfg(feature = "fuse-tests")]
 
 mod common;
 

@@ -18,7 +18,7 @@ static KEY: LazyLock<DataKey> = LazyLock::new(|| {
 });
 
 /// Offset of slot 0's length field; each slot is a u16 length and SLOT_CAPACITY bytes.
-const SLOT0: usize = 136;
+const SLOT0: usize = kmsfs::format::header::offset::SLOTS[0];
 
 fuzz_target!(|data: &[u8]| {
     let Ok(header) = FileHeader::decode(data) else {

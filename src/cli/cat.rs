@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 
 use super::walk::{self, Offline};
 use super::{CatArgs, CliResult};
-use crate::cryptfile::CryptFile;
+use crate::content::CryptFile;
 
 /// Plain bytes decrypted per read (a multiple of every block size up to 1 MiB).
 const CHUNK: usize = 1 << 20;

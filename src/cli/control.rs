@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::runtime_dir;
-use crate::cryptfile::Vault;
+use crate::content::Volume;
 use crate::fs::handles::Handles;
 
 /// The protocol version this build speaks.
@@ -29,11 +29,11 @@ pub struct Daemon {
     /// The file-name key (encrypted names), dropped by `forget` too.
     pub name_key: Option<crate::names::NameKeyHandle>,
     /// The vault's shared state (key cache, counters).
-    pub vault: Arc<Vault>,
+    pub vault: Arc<Volume>,
     /// Open handles (for open_files and page-cache invalidation).
     pub handles: Arc<Handles>,
     /// Tells the kernel to drop cached pages.
-    pub notifier: fuser::Notifier,
+    pub invalidator: Arc<dyn crate::fs::Invalidator>,
     /// The vault directory.
     pub vault_dir: PathBuf,
     /// The mount point.
@@ -101,9 +101,7 @@ impl Daemon {
             k.forget();
         }
         for ino in self.handles.open_inodes() {
-            if let Err(e) = self.notifier.inval_inode(fuser::INodeNo(ino), 0, 0) {
-                tracing::debug!("page cache invalidation of inode {ino}: {e}");
-            }
+            self.invalidator.inval_inode(ino);
         }
         tracing::info!(keys = dropped, "forget: every cached key zeroized");
         json!({ "version": PROTOCOL_VERSION, "ok": true, "keys_dropped": dropped })

@@ -3,7 +3,8 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+
+use crate::sys::process::{self as sys, Forked};
 
 /// The child's end: report readiness or failure to the waiting parent.
 pub struct Ready(Option<File>);
@@ -32,42 +33,25 @@ impl Ready {
 /// Fork. In the parent, wait for the child's report and return `Err(exit code)`; in the child
 /// (a new session, stdio on /dev/null) return its `Ready`.
 pub fn daemonize() -> Result<Ready, i32> {
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid 2-element array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        eprintln!(
-            "kmsfs: cannot create a pipe: {}",
-            std::io::Error::last_os_error()
-        );
-        return Err(1);
-    }
-    // SAFETY: both fds were just created and are owned here.
-    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: no other thread exists yet (mount forks before starting any), so the child
-    // may continue running arbitrary code.
-    match unsafe { libc::fork() } {
-        -1 => {
-            eprintln!("kmsfs: cannot fork: {}", std::io::Error::last_os_error());
+    let (rd, wr) = match sys::pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("kmsfs: cannot create a pipe: {e}");
+            return Err(1);
+        }
+    };
+    // No other thread exists yet: mount forks before starting any.
+    match sys::fork_single_threaded() {
+        Err(e) => {
+            eprintln!("kmsfs: cannot fork: {e}");
             Err(1)
         }
-        0 => {
+        Ok(Forked::Child) => {
             drop(rd);
-            // SAFETY: plain syscalls on valid arguments.
-            unsafe {
-                libc::setsid();
-                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-                if null >= 0 {
-                    libc::dup2(null, 0);
-                    libc::dup2(null, 1);
-                    libc::dup2(null, 2);
-                    if null > 2 {
-                        libc::close(null);
-                    }
-                }
-            }
+            sys::detach_from_terminal();
             Ok(Ready(Some(File::from(wr))))
         }
-        _child => {
+        Ok(Forked::Parent(_)) => {
             drop(wr);
             let mut msg = String::new();
             let _ = File::from(rd).read_to_string(&mut msg);
@@ -89,69 +73,27 @@ pub fn daemonize() -> Result<Ready, i32> {
 /// Allow as many open files as the hard limit (applications' open files each need one; the
 /// cache of inode descriptors is bounded separately); returns the limit now in force.
 pub fn raise_open_file_limit() -> u64 {
-    // SAFETY: getrlimit/setrlimit with a valid rlimit buffer.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let mut raised = lim;
-            raised.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return raised.rlim_cur;
-            }
-            tracing::warn!(
-                "cannot raise the open file limit: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        lim.rlim_cur
-    }
+    sys::raise_open_file_limit()
 }
 
 /// Keep keys out of core dumps and ptrace: not dumpable, no core files.
 pub fn harden() {
-    // SAFETY: plain prctl/setrlimit calls with valid arguments.
-    unsafe {
-        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
-            tracing::warn!(
-                "cannot mark the daemon non-dumpable: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        let zero = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::setrlimit(libc::RLIMIT_CORE, &zero) != 0 {
-            tracing::warn!(
-                "cannot disable core dumps: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+    let [dumpable, core] = sys::harden();
+    if let Err(e) = dumpable {
+        tracing::warn!("cannot mark the daemon non-dumpable: {e}");
+    }
+    if let Err(e) = core {
+        tracing::warn!("cannot disable core dumps: {e}");
     }
 }
 
 /// Block the termination signals in this thread (and every thread spawned later), so one
 /// dedicated thread can wait for them with `wait_for_signal`.
-pub fn block_signals() -> libc::sigset_t {
-    // SAFETY: sigset operations on a zeroed, then initialised, set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
+pub fn block_signals() -> sys::BlockedSignals {
+    sys::block_signals(&sys::TERMINATION_SIGNALS)
 }
 
 /// Wait for one of the blocked signals; returns its number.
-pub fn wait_for_signal(set: &libc::sigset_t) -> i32 {
-    let mut sig = 0;
-    // SAFETY: valid set and out pointer.
-    unsafe { libc::sigwait(set, &mut sig) };
-    sig
+pub fn wait_for_signal(set: &sys::BlockedSignals) -> i32 {
+    set.wait()
 }

@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::walk::{self, Offline, Progress};
 use super::{CliResult, FsckArgs};
-use crate::cryptfile::{CryptError, CryptFile};
-use crate::format::header::{FileHeader, HEADER_SIZE, MAGIC};
+use crate::content::{CryptError, CryptFile};
+use crate::format::header::{FileHeader, HEADER_SIZE, MAGIC, offset};
 use crate::format::layout::BLOCK_OVERHEAD;
 use crate::keys::KeyError;
 use crate::vault::{self, MountLock};
@@ -255,7 +255,9 @@ fn headerless(off: &Offline, file: &File, path: &Path, len: u64, repair: bool) -
             headerless: false,
         };
     }
-    let ours = buf.len() >= 32 && buf[..MAGIC.len()] == MAGIC && buf[16..32] == off.vault.volume_id;
+    let vol = offset::VOLUME_ID..offset::VOLUME_ID + 16;
+    let ours =
+        buf.len() >= vol.end && buf[..MAGIC.len()] == MAGIC && buf[vol] == off.vault.volume_id;
     let decodes = buf.len() < HEADER_SIZE
         || FileHeader::decode(&buf).is_ok_and(|h| h.volume_id == off.vault.volume_id);
     if !(ours && decodes) {

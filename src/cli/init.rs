@@ -72,7 +72,8 @@ pub fn run(args: &InitArgs) -> CliResult {
     cfg.seal_new(key_provider.as_ref())
         .map_err(|e| format!("cannot make the config key: {e}"))?;
     cfg.create(&vault_dir).map_err(|e| e.to_string())?;
-    vault::trust::record(&vault_dir, &cfg, &trusted).map_err(|e| e.to_string())?;
+    vault::trust::record(&vault::config_home(), &vault_dir, &cfg, &trusted)
+        .map_err(|e| e.to_string())?;
     println!(
         "initialised kmsfs vault {} (volume {})",
         vault_dir.display(),

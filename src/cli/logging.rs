@@ -1,7 +1,6 @@
 //! Logging: stderr in the foreground, a file with --log-file, else syslog when daemonized.
 //! Never a key, never plaintext: only paths, block numbers and error kinds are logged.
 
-use std::ffi::CString;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
@@ -38,8 +37,7 @@ pub fn init(sink: Sink<'_>, level: &str) -> Result<(), String> {
                 .try_init()
         }
         Sink::Syslog => {
-            // SAFETY: a static identity string; LOG_PID|LOG_DAEMON are plain flags.
-            unsafe { libc::openlog(c"kmsfs".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+            crate::sys::process::syslog_open();
             builder
                 .with_ansi(false)
                 .without_time()
@@ -65,15 +63,7 @@ impl Write for SyslogLine {
 
 impl Drop for SyslogLine {
     fn drop(&mut self) {
-        let text: Vec<u8> = self
-            .0
-            .iter()
-            .copied()
-            .filter(|&b| b != 0 && b != b'\n')
-            .collect();
-        if let Ok(c) = CString::new(text) {
-            // SAFETY: constant format string and a valid C string argument.
-            unsafe { libc::syslog(libc::LOG_NOTICE, c"%s".as_ptr(), c.as_ptr()) };
-        }
+        let text: Vec<u8> = self.0.iter().copied().filter(|&b| b != b'\n').collect();
+        crate::sys::process::syslog(&String::from_utf8_lossy(&text));
     }
 }

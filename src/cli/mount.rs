@@ -9,18 +9,15 @@ use fuser::{Config, MountOption, Session, SessionACL};
 
 use super::daemon::{self, Ready};
 use super::{CliResult, MountArgs, control, logging, provider, readahead, runtime_dir};
-use crate::cryptfile::Vault;
 use crate::format::header::ProviderId;
 use crate::fs::{FsOptions, KmsFs};
-use crate::keys::bucket::BucketKeyProvider;
-use crate::keys::pool::KeyPool;
-use crate::keys::{KeyCache, KeyProvider};
+use crate::keys::KeyProvider;
 
 /// Threads refilling the data-key pool: enough to overlap KMS latency.
 const POOL_WORKERS: usize = 16;
 /// Directory key prefetch: unwraps in flight at once.
 const PREFETCH_WORKERS: usize = 32;
-use crate::names::Names;
+use crate::vault::open::KeyPolicy;
 use crate::vault::{self, MountLock, Trust, TrustedKey, VaultConfig};
 
 /// Run `kmsfs mount`.
@@ -94,45 +91,19 @@ fn serve(
     let ttl = Duration::from_secs(args.key_ttl);
     let attr_ttl = Duration::try_from_secs_f64(args.attr_ttl)
         .map_err(|_| format!("--attr-ttl {} is not a number of seconds", args.attr_ttl))?;
-    let volume_id = cfg.volume_id_bytes().map_err(|e| e.to_string())?;
-    // Bucket-key mode: file keys are wrapped by the volume's bucket key, which the KMS wraps.
-    let key_provider: Arc<dyn KeyProvider> = match cfg.wrapped_bucket_key.as_deref() {
-        Some(hex_key) => {
-            let wrapped = hex::decode(hex_key)
-                .map_err(|_| "vault config: wrapped_bucket_key is not hex".to_string())?;
-            Arc::new(
-                BucketKeyProvider::new(kms_provider.clone(), wrapped, &volume_id, ttl)
-                    .map_err(|e| format!("cannot unwrap the vault's bucket key: {e}"))?,
-            )
-        }
-        None => kms_provider.clone(),
-    };
-    let provider_id: ProviderId = key_provider.provider_id();
     // Two FUSE workers always stay free of KMS waits, for cached files and metadata.
-    let max_waiters = args.threads.saturating_sub(2).max(1);
-    let keys = Arc::new(
-        KeyCache::new(key_provider.clone(), ttl, ttl, args.key_cache_size)
-            .with_max_waiters(max_waiters),
-    );
-    // Local keys cost nothing to make; only a remote KMS is worth a pool of fresh keys. Pooled
-    // keys live at most one TTL; with --key-ttl 0 no key waits unused in memory: no pool.
-    if provider_id == ProviderId::AwsKms && args.key_pool_size > 0 && !ttl.is_zero() {
-        let pool = KeyPool::start(
-            key_provider.clone(),
-            volume_id,
-            args.key_pool_size,
-            ttl,
-            POOL_WORKERS,
-        )
-        .map_err(|e| format!("cannot start the data-key pool: {e}"))?;
-        keys.set_pool(pool);
-    }
-    let vault = Arc::new(Vault::new(
-        volume_id,
-        cfg.layout().map_err(|e| e.to_string())?,
-        provider_id,
-        keys.clone(),
-    ));
+    let policy = KeyPolicy {
+        ttl,
+        grace: ttl,
+        bucket_ttl: ttl,
+        cache_size: args.key_cache_size,
+        max_waiters: args.threads.saturating_sub(2).max(1),
+        pool: (args.key_pool_size, POOL_WORKERS),
+    };
+    let opened = vault::open::open(vault_dir, cfg, kms_provider.clone(), &policy, true)?;
+    let (vault, names) = (opened.volume, opened.names.unwrap_or_default());
+    let keys = vault.keys.clone();
+    let provider_id: ProviderId = vault.provider;
     let shared = is_shared_store(vault_dir);
     if shared {
         tracing::info!(
@@ -142,7 +113,6 @@ fn serve(
             .shared_store
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
-    let names = Names::for_vault(vault_dir, cfg, kms_provider.clone())?;
     let name_key = names.key_handle();
     if let Some(handle) = name_key.clone() {
         spawn_name_key_refresh(handle, ttl)?;
@@ -172,8 +142,7 @@ fn serve(
             .map_err(|e| format!("cannot start key prefetch: {e}"))?;
     }
     // Backing files get exactly the modes the kernel asks for (it applied the umask).
-    // SAFETY: umask has no preconditions.
-    unsafe { libc::umask(0) };
+    crate::sys::process::set_umask(0);
     let mut options = vec![
         MountOption::FSName(vault_dir.display().to_string()),
         MountOption::Subtype("kmsfs".into()),
@@ -196,20 +165,22 @@ fn serve(
     let (fs_vault, fs_handles, notifier_slot, fs_inodes) = (
         fs.vault().clone(),
         fs.handles(),
-        fs.notifier_slot(),
+        fs.invalidator_slot(),
         fs.inode_table(),
     );
     let (expiry_vault, expiry_handles) = (fs_vault.clone(), fs_handles.clone());
-    let mut session = Session::new(fs, mnt, &config)
+    let mut session = Session::new(crate::fuse::FuseFs(fs), mnt, &config)
         .map_err(|e| format!("cannot mount at {}: {e}", mnt.display()))?;
     let mut unmounter = session.unmount_callable();
-    let _ = notifier_slot.set(session.notifier());
+    let invalidator: Arc<dyn crate::fs::Invalidator> =
+        Arc::new(crate::fuse::Notify(session.notifier()));
+    let _ = notifier_slot.set(invalidator.clone());
     control::serve(control::Daemon {
         name_key,
         inodes: fs_inodes,
         vault: fs_vault,
         handles: fs_handles,
-        notifier: session.notifier(),
+        invalidator: invalidator.clone(),
         vault_dir: vault_dir.to_path_buf(),
         mountpoint: mnt.to_path_buf(),
         ttl,
@@ -256,7 +227,7 @@ fn serve(
         .map_err(|e| e.to_string())?;
     let purge_keys = keys.clone();
     let (expiry_handles, expiry_vault, expiry_notifier) =
-        (expiry_handles, expiry_vault, session.notifier());
+        (expiry_handles, expiry_vault, invalidator);
     // Often enough that pages are dropped well within a tenth of the TTL of their key.
     let tick = (ttl / 8).clamp(Duration::from_millis(100), Duration::from_secs(1));
     std::thread::Builder::new()
@@ -267,7 +238,7 @@ fn serve(
                 crate::fs::drop_pages_of_stale_keys(
                     &expiry_handles,
                     &expiry_vault,
-                    &expiry_notifier,
+                    expiry_notifier.as_ref(),
                 );
                 purge_keys.purge_expired();
             }
@@ -308,18 +279,7 @@ const FUSE_MAGIC: i64 = 0x6573_5546;
 /// Whether `dir` has a default POSIX ACL, which files made in place inherit but spares
 /// (made elsewhere and renamed in) would not.
 fn has_default_acl(dir: &Path) -> bool {
-    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
-        return true;
-    };
-    // SAFETY: valid C strings; a null buffer of length 0 asks only for the size.
-    unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            c"system.posix_acl_default".as_ptr(),
-            std::ptr::null_mut(),
-            0,
-        ) >= 0
-    }
+    crate::sys::xattr::path_has(dir, c"system.posix_acl_default")
 }
 
 /// Whether `dir` is on a file system other hosts may write too (FUSE, e.g. GlusterFS or
@@ -337,8 +297,5 @@ fn is_shared_store(dir: &Path) -> bool {
 
 /// The statfs type of the file system holding `dir`.
 fn fs_type(dir: &Path) -> Option<i64> {
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: zeroed statfs is a valid out buffer; valid C string.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0).then_some(st.f_type as i64)
+    crate::sys::process::fs_type(dir)
 }

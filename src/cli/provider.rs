@@ -29,8 +29,14 @@ pub fn absolute(p: &Path) -> std::path::PathBuf {
 /// What to trust for the vault at `vault` (canonical) with config `cfg`: the command line's
 /// key and volume id, else this host's records (no key service call yet).
 pub fn resolve(args: &TrustArgs, cfg: &VaultConfig, vault: &Path) -> Result<Trust, String> {
-    Trust::resolve(vault, cfg, from_args(&args.key), args.volume_id.as_deref())
-        .map_err(|e| e.to_string())
+    Trust::resolve(
+        &crate::vault::config_home(),
+        vault,
+        cfg,
+        from_args(&args.key),
+        args.volume_id.as_deref(),
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// A live provider for `key` (for AWS this starts the KMS client's runtime: call it only after

@@ -9,7 +9,7 @@
 //! 2. it is written into the *inactive* slot (bytes 129..1024, the active byte untouched) and
 //!    fsynced: a crash here leaves the file readable under the old key;
 //! 3. the active byte (offset 128) is flipped in one 1-byte write and fsynced. When the provider
-//!    kind changes (local ↔ AWS) the provider id (byte 48) and the header tag (112..128) must
+//!    kind changes (local ↔ AWS) the provider id (byte 48) and the key commitment (96..128) must
 //!    change with it: they are written together with the active byte in ONE write of bytes
 //!    48..129 (inside the first 512-byte sector). A crash that tears that write would leave a
 //!    header whose tag does not verify; see kmsfs(5);
@@ -25,7 +25,7 @@
 //! throughout, so the vault cannot be mounted here meanwhile.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
+
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -35,18 +35,15 @@ use super::walk::{self, Progress};
 use super::{CliResult, RewrapArgs, provider};
 use crate::crypto;
 use crate::format::Id;
-use crate::format::header::{FileHeader, HEADER_SIZE, ProviderId, SLOT_CAPACITY};
+use crate::format::header::{
+    FileHeader, HEADER_SIZE, ProviderId, SLOT_CAPACITY, slot_rewrite_plan,
+};
 use crate::keys::bucket::BUCKET_KEY_PURPOSE;
 use crate::keys::local::LocalProvider;
 use crate::keys::{EncryptionContext, KeyError, KeyProvider};
 use crate::names::NAME_KEY_PURPOSE;
 use crate::vault::config::CONFIG_KEY_PURPOSE;
 use crate::vault::{self, MountLock, TrustedKey, VaultConfig};
-
-/// Offset of the provider id byte, the first header byte a kind change rewrites.
-const PROVIDER_OFFSET: usize = 48;
-/// Offset of the active-slot byte.
-const ACTIVE_OFFSET: usize = FileHeader::SLOT_AREA_OFFSET as usize;
 
 /// What happened to one file.
 enum Outcome {
@@ -147,7 +144,7 @@ pub fn run(args: &RewrapArgs) -> CliResult {
     let file_from = if keep_bucket {
         from.clone()
     } else {
-        walk::file_key_provider(&cfg, from.clone())?
+        vault::open::file_key_provider(&cfg, from.clone(), crate::keys::cache::DEFAULT_TTL)?
     };
     let job = Job {
         kms_from: from.as_ref(),
@@ -261,7 +258,8 @@ pub fn run(args: &RewrapArgs) -> CliResult {
     new_cfg.wrapped_config_key = new_config_key;
     new_cfg.seal(&config_key);
     new_cfg.replace(&dir).map_err(|e| e.to_string())?;
-    vault::trust::record(&dir, &new_cfg, &to_trusted).map_err(|e| e.to_string())?;
+    vault::trust::record(&vault::config_home(), &dir, &new_cfg, &to_trusted)
+        .map_err(|e| e.to_string())?;
     println!(
         "vault config and this host's trust record now name {to_desc}; mount with: kmsfs mount {} MOUNTPOINT",
         dir.display()
@@ -475,40 +473,27 @@ fn rewrap_file(job: &Job<'_>, path: &Path) -> Outcome {
     }
 }
 
-/// Steps 2–4 of the module doc: new slot, fsync, flip (with provider id and tag when they
-/// change), fsync, erase the old slot.
+/// Steps 2–4 of the module doc (`format::header::slot_rewrite_plan`): new slot, fsync, flip
+/// (with provider id and commitment when they change), fsync, erase the old slot (not fsynced
+/// here: one syncfs at the end; losing it is harmless).
 fn write_header(
     file: &File,
     old: &FileHeader,
-    mut new: FileHeader,
+    new: FileHeader,
     inactive: usize,
 ) -> std::io::Result<()> {
-    // 2. The inactive slot (with the active byte still naming the old one).
-    let bytes = new.encode();
-    file.write_all_at(&bytes[ACTIVE_OFFSET + 1..], ACTIVE_OFFSET as u64 + 1)?;
-    file.sync_data()?;
-    // 3. The flip.
-    new.active = inactive;
-    let bytes = new.encode();
-    if new.provider == old.provider {
-        file.write_all_at(&bytes[ACTIVE_OFFSET..=ACTIVE_OFFSET], ACTIVE_OFFSET as u64)?;
-    } else {
-        file.write_all_at(
-            &bytes[PROVIDER_OFFSET..=ACTIVE_OFFSET],
-            PROVIDER_OFFSET as u64,
-        )?;
+    for step in slot_rewrite_plan(old, &new, inactive) {
+        file.write_all_at(&step.bytes, step.offset)?;
+        if step.sync {
+            file.sync_data()?;
+        }
     }
-    file.sync_data()?;
-    // 4. Erase the old slot (not fsynced here: one syncfs at the end; losing it is harmless).
-    new.slots[old.active] = Vec::new();
-    let bytes = new.encode();
-    file.write_all_at(&bytes[ACTIVE_OFFSET + 1..], ACTIVE_OFFSET as u64 + 1)
+    Ok(())
 }
 
 /// Flush the vault's file system (the old-slot erasures) before the config changes.
 fn sync_fs(dir: &Path) {
     if let Ok(d) = File::open(dir) {
-        // SAFETY: a valid open fd.
-        unsafe { libc::syncfs(d.as_raw_fd()) };
+        let _ = crate::sys::process::syncfs(std::os::fd::AsFd::as_fd(&d));
     }
 }

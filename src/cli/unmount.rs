@@ -150,13 +150,10 @@ fn detach(mnt: &Path) -> Result<(), DetachError> {
             return Ok(());
         }
     }
-    let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes())
-        .map_err(|e| Failed(e.to_string()))?;
-    // SAFETY: valid C string.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-        return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
+    let err = match crate::sys::process::umount(mnt) {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
     let stderr = fusermount
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())

@@ -15,11 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{TrustArgs, provider};
-use crate::cryptfile::Vault;
+use crate::content::Volume;
 use crate::format::header::{FORMAT_VERSION, FileHeader, HEADER_SIZE};
-use crate::keys::bucket::BucketKeyProvider;
-use crate::keys::{KeyCache, KeyProvider};
 use crate::names::{DIRIV_NAME, Names, cipher};
+use crate::vault::open::KeyPolicy;
 use crate::vault::{self, META_DIR, VaultConfig, VaultError};
 
 /// Keys the offline commands keep unwrapped at once (each file's key is dropped after use).
@@ -34,7 +33,7 @@ pub struct Offline {
     /// Whether `.kmsfs/config.json` was missing.
     pub config_missing: bool,
     /// What every file shares: ids, geometry, keys (a cache that keeps nothing past its use).
-    pub vault: Arc<Vault>,
+    pub vault: Arc<Volume>,
     /// The name translation; `None` when names are encrypted but the name key is lost with
     /// the config (contents can still be checked, plain paths not shown).
     pub names: Option<Names>,
@@ -70,7 +69,7 @@ pub fn open(dir: &Path, trust: &TrustArgs, allow_missing_config: bool) -> Result
         // Nothing to verify: the key from the command line, else this host's volume record.
         let trusted = match provider::from_args(&trust.key) {
             Some(k) => k,
-            None => vault::trust::trusted_key_of(&cfg.volume_id)
+            None => vault::trust::trusted_key_of(&vault::config_home(), &cfg.volume_id)
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| VaultError::NoTrustedKey(dir.display().to_string()).to_string())?,
         };
@@ -78,26 +77,9 @@ pub fn open(dir: &Path, trust: &TrustArgs, allow_missing_config: bool) -> Result
     } else {
         provider::open_verified(&provider::resolve(trust, &cfg, &dir)?)?
     };
-    let names = if config_missing && !cfg.plaintext_names {
-        None
-    } else {
-        Some(Names::for_vault(&dir, &cfg, p.clone())?)
-    };
-    let volume_id = cfg.volume_id_bytes().map_err(|e| e.to_string())?;
-    let files = file_key_provider(&cfg, p)?;
-    // TTL 0: a key lives until its file is done (`KeyCache::release`).
-    let keys = Arc::new(KeyCache::new(
-        files.clone(),
-        Duration::ZERO,
-        Duration::ZERO,
-        KEY_CACHE,
-    ));
-    let vault = Arc::new(Vault::new(
-        volume_id,
-        cfg.layout().map_err(|e| e.to_string())?,
-        files.provider_id(),
-        keys,
-    ));
+    let with_names = !config_missing || cfg.plaintext_names;
+    let opened = vault::open::open(&dir, &cfg, p, &KeyPolicy::offline(KEY_CACHE), with_names)?;
+    let (vault, names) = (opened.volume, opened.names);
     Ok(Offline {
         dir,
         cfg,
@@ -105,29 +87,6 @@ pub fn open(dir: &Path, trust: &TrustArgs, allow_missing_config: bool) -> Result
         vault,
         names,
     })
-}
-
-/// What wraps the vault's file keys: the trusted key itself, or (bucket-key mode) the vault's
-/// bucket key, unwrapped once by the trusted key.
-pub fn file_key_provider(
-    cfg: &VaultConfig,
-    trusted: Arc<dyn KeyProvider>,
-) -> Result<Arc<dyn KeyProvider>, String> {
-    let Some(hex_key) = cfg.wrapped_bucket_key.as_deref() else {
-        return Ok(trusted);
-    };
-    let wrapped = hex::decode(hex_key)
-        .map_err(|_| "vault config: wrapped_bucket_key is not hex".to_string())?;
-    let volume_id = cfg.volume_id_bytes().map_err(|e| e.to_string())?;
-    // One unwrap of the bucket key for the run (a TTL of 0 would unwrap it for every file).
-    let bucket = BucketKeyProvider::new(
-        trusted,
-        wrapped,
-        &volume_id,
-        crate::keys::cache::DEFAULT_TTL,
-    )
-    .map_err(|e| format!("cannot unwrap the vault's bucket key: {e}"))?;
-    Ok(Arc::new(bucket))
 }
 
 /// A config for a vault whose `.kmsfs/` is lost: volume id and block size from the first file

@@ -42,9 +42,80 @@ pub const COMMITTED_LEN: usize = 96;
 /// Length of the key commitment (HMAC-SHA256).
 pub const COMMITMENT_LEN: usize = 32;
 
-const COMMITMENT_OFFSET: usize = COMMITTED_LEN;
-const ACTIVE_OFFSET: usize = 128;
-const SLOT_OFFSETS: [usize; 2] = [136, 580];
+/// Byte offsets of the header's fields (the table above), for code that reads or writes one
+/// field in place: rewrap, fsck, the coherence check of shared stores, tests, fuzz targets.
+pub mod offset {
+    /// The magic.
+    pub const MAGIC: usize = 0;
+    /// The format version (u16 LE).
+    pub const VERSION: usize = 8;
+    /// The block size (u32 LE).
+    pub const BLOCK_SIZE: usize = 12;
+    /// The volume id (16 bytes).
+    pub const VOLUME_ID: usize = 16;
+    /// The file id (16 bytes).
+    pub const FILE_ID: usize = 32;
+    /// The provider id (1 byte).
+    pub const PROVIDER: usize = 48;
+    /// The key commitment (32 bytes).
+    pub const COMMITMENT: usize = 96;
+    /// The active-slot byte: the first byte outside the commitment.
+    pub const ACTIVE: usize = 128;
+    /// Each slot: its u16 LE length, then its wrapped key and zero padding.
+    pub const SLOTS: [usize; 2] = [136, 580];
+}
+
+const COMMITMENT_OFFSET: usize = offset::COMMITMENT;
+const ACTIVE_OFFSET: usize = offset::ACTIVE;
+const SLOT_OFFSETS: [usize; 2] = offset::SLOTS;
+
+/// One in-place write of a header: `bytes` at `offset`, then (if `sync`) fdatasync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderWrite {
+    /// Where in the file.
+    pub offset: u64,
+    /// What.
+    pub bytes: Vec<u8>,
+    /// Whether the step must reach the disk before the next one.
+    pub sync: bool,
+}
+
+/// The crash-safe in-place move of a header from `old` to `new`, which differ only in the
+/// inactive slot `inactive` (the new wrapped key) and possibly the provider id and commitment:
+/// (1) the new slot, synced, while the active byte still names the old one; (2) the flip —
+/// the active byte alone, or bytes 48..=128 (provider, commitment, active byte, in the first
+/// 512-byte sector) when the provider changes — synced; (3) the old slot erased (no sync needed:
+/// a damaged inactive slot is ignored).
+pub fn slot_rewrite_plan(old: &FileHeader, new: &FileHeader, inactive: usize) -> [HeaderWrite; 3] {
+    let slots_from = ACTIVE_OFFSET + 1;
+    let mut staged = new.clone();
+    staged.active = old.active;
+    let step1 = HeaderWrite {
+        offset: slots_from as u64,
+        bytes: staged.encode()[slots_from..].to_vec(),
+        sync: true,
+    };
+    let mut flipped = new.clone();
+    flipped.active = inactive;
+    let flip_from = if flipped.provider == old.provider {
+        ACTIVE_OFFSET
+    } else {
+        offset::PROVIDER
+    };
+    let step2 = HeaderWrite {
+        offset: flip_from as u64,
+        bytes: flipped.encode()[flip_from..=ACTIVE_OFFSET].to_vec(),
+        sync: true,
+    };
+    let mut erased = flipped;
+    erased.slots[old.active] = Vec::new();
+    let step3 = HeaderWrite {
+        offset: slots_from as u64,
+        bytes: erased.encode()[slots_from..].to_vec(),
+        sync: false,
+    };
+    [step1, step2, step3]
+}
 
 /// Which key provider wrapped a file's data key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,6 +372,31 @@ mod tests {
             b[at] ^= 0x40;
             assert!(FileHeader::decode(&b).is_err(), "{what} change accepted");
         }
+    }
+
+    /// Applying the plan step by step gives, after each step, a header that decodes and names a
+    /// slot holding a key: the old one until the flip, the new one after.
+    #[test]
+    fn the_slot_rewrite_plan_is_safe_at_every_step() {
+        let old = sample();
+        let mut new = old.clone();
+        new.slots[1] = vec![5; 200];
+        new.provider = ProviderId::AwsKms;
+        new.commitment = [9; 32];
+        let mut bytes = old.encode().to_vec();
+        let plan = slot_rewrite_plan(&old, &new, 1);
+        let want_active = [0, 1, 1];
+        for (step, w) in plan.iter().enumerate() {
+            let at = w.offset as usize;
+            bytes[at..at + w.bytes.len()].copy_from_slice(&w.bytes);
+            let h = FileHeader::decode(&bytes).expect("decodes after every step");
+            assert_eq!(h.active, want_active[step], "step {step}");
+        }
+        let done = FileHeader::decode(&bytes).expect("final");
+        assert_eq!(done.wrapped_key(), &[5; 200][..]);
+        assert_eq!(done.provider, ProviderId::AwsKms);
+        assert!(done.slots[0].is_empty(), "old slot erased");
+        assert!(plan[1].offset == offset::PROVIDER as u64 && plan[1].bytes.len() == 81);
     }
 
     #[test]

@@ -6,10 +6,10 @@ use std::ffi::OsString;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use fuser::FileType;
+use super::attr::Kind;
 use parking_lot::Mutex;
 
-use crate::cryptfile::CryptFile;
+use crate::content::CryptFile;
 
 /// A snapshot of a directory's entries, taken at opendir.
 #[derive(Debug)]
@@ -24,7 +24,7 @@ pub struct DirEntry {
     /// The backing inode number (what plain `readdir` reports).
     pub ino: u64,
     /// The entry's type.
-    pub kind: FileType,
+    pub kind: Kind,
     /// The name the user sees.
     pub name: OsString,
     /// The name in the backing directory (`readdirplus` looks it up).

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex as PlMutex;
 
-use crate::cryptfile::{Vault, prefetch_key};
+use crate::content::{Volume, prefetch_key};
 use crate::keys::cache::KeyCache;
 use crate::sys;
 
@@ -110,7 +110,7 @@ impl Dirs {
 pub struct Prefetcher {
     jobs: Mutex<Sender<Job>>,
     dirs: Arc<PlMutex<Dirs>>,
-    vault: Arc<Vault>,
+    vault: Arc<Volume>,
 }
 
 impl std::fmt::Debug for Prefetcher {
@@ -134,7 +134,7 @@ fn open_dir(dir: BorrowedFd<'_>) -> Option<OwnedFd> {
 
 impl Prefetcher {
     /// A prefetcher for `vault` with `workers` threads (unwraps in flight at once).
-    pub fn start(vault: Arc<Vault>, workers: usize) -> std::io::Result<Self> {
+    pub fn start(vault: Arc<Volume>, workers: usize) -> std::io::Result<Self> {
         let (tx, rx) = channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         let dirs = Arc::new(PlMutex::new(Dirs::default()));
@@ -224,7 +224,7 @@ fn entries(dir: &OwnedFd, keep: impl Fn(&std::fs::FileType) -> bool) -> Vec<std:
         .collect()
 }
 
-fn worker(rx: &Mutex<Receiver<Job>>, tx: &Sender<Job>, vault: &Vault, dirs: &PlMutex<Dirs>) {
+fn worker(rx: &Mutex<Receiver<Job>>, tx: &Sender<Job>, vault: &Volume, dirs: &PlMutex<Dirs>) {
     loop {
         let job = match rx.lock() {
             Ok(rx) => rx.recv(),

@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -125,13 +125,8 @@ impl Spares {
             return Err(e);
         }
         let fd = spare.fd;
-        let now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW,
-        };
-        // SAFETY: valid fd; a two-element times array.
-        let fixed = sys::cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode & 0o7777) })
-            .and_then(|_| sys::cvt(unsafe { libc::futimens(fd.as_raw_fd(), [now, now].as_ptr()) }));
+        let fixed = sys::fchmod(fd.as_fd(), mode & 0o7777)
+            .and_then(|()| sys::set_times(fd.as_fd(), sys::TimeSpec::Now, sys::TimeSpec::Now));
         if let Err(e) = fixed {
             // Not left in place with the spare's mode: the caller makes the file afresh.
             let _ = sys::unlinkat(dir, name, 0);

@@ -8,6 +8,7 @@ pub mod bucket;
 pub mod cache;
 pub mod local;
 pub mod pool;
+pub mod testing;
 
 use std::collections::BTreeMap;
 

@@ -10,7 +10,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use super::{MetaDir, VaultError};
@@ -27,16 +27,7 @@ pub fn default_host_id() -> String {
             return id.to_string();
         }
     }
-    let mut buf = [0u8; 256];
-    // SAFETY: buf is valid for its length; gethostname NUL-terminates within it on success.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc == 0 {
-        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        if let Ok(s) = std::str::from_utf8(&buf[..end]) {
-            return s.to_string();
-        }
-    }
-    "localhost".to_string()
+    sys::process::hostname().unwrap_or_else(|| "localhost".to_string())
 }
 
 /// The name part this host uses for its files in `.kmsfs/` of volume `volume_id` (the mount
@@ -80,8 +71,7 @@ impl MountLock {
         )
         .map_err(io)?;
         let mut file = File::from(fd);
-        // SAFETY: a valid open fd.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if !sys::flock(file.as_fd(), libc::LOCK_EX | libc::LOCK_NB) {
             let mut holder = String::new();
             let _ = (&mut file)
                 .take(MAX_LOCK as u64)
@@ -110,11 +100,9 @@ impl MountLock {
         let name = lock_name(&host_tag(host_id, volume_id));
         let (fd, _) = sys::open_regular(meta.fd(), OsStr::new(&name), libc::O_RDONLY, 0).ok()?;
         let file = File::from(fd);
-        // SAFETY: a valid open fd; a shared non-blocking probe that we release at once.
-        let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
-        if free {
-            // SAFETY: as above.
-            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+        // A shared non-blocking probe, released at once.
+        if sys::flock(file.as_fd(), libc::LOCK_SH | libc::LOCK_NB) {
+            sys::flock(file.as_fd(), libc::LOCK_UN);
             return None;
         }
         let mut text = String::new();

@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod lock;
+pub mod open;
 pub mod trust;
 
 use std::ffi::OsStr;

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::config::{CONFIG_FILE, ConfigKey};
-use super::{VaultConfig, VaultError, config_home, provider_name};
+use super::{VaultConfig, VaultError, provider_name};
 use crate::format::header::ProviderId;
 use crate::keys::KeyProvider;
 use crate::sys;
@@ -83,9 +83,9 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> VaultError + '_ {
     move |e| VaultError::Io(path.display().to_string(), e)
 }
 
-/// `config_home()/sub`, opened (created 0700 when `create`).
-fn host_dir(sub: &str, create: bool) -> Result<Option<(File, PathBuf)>, VaultError> {
-    let path = config_home().join(sub);
+/// `home/sub` (home: the config home), opened (created 0700 when `create`).
+fn host_dir(home: &Path, sub: &str, create: bool) -> Result<Option<(File, PathBuf)>, VaultError> {
+    let path = home.join(sub);
     if create {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -106,10 +106,11 @@ fn host_dir(sub: &str, create: bool) -> Result<Option<(File, PathBuf)>, VaultErr
 
 /// Read host file `name` of `sub`: a regular file owned by this user, else an error.
 fn read_host_file<T: for<'de> Deserialize<'de>>(
+    home: &Path,
     sub: &str,
     name: &str,
 ) -> Result<Option<T>, VaultError> {
-    let Some((dir, dir_path)) = host_dir(sub, false)? else {
+    let Some((dir, dir_path)) = host_dir(home, sub, false)? else {
         return Ok(None);
     };
     let path = dir_path.join(name);
@@ -142,8 +143,13 @@ fn read_host_file<T: for<'de> Deserialize<'de>>(
         })
 }
 
-fn write_host_file<T: Serialize>(sub: &str, name: &str, value: &T) -> Result<(), VaultError> {
-    let (dir, dir_path) = host_dir(sub, true)?.ok_or_else(|| {
+fn write_host_file<T: Serialize>(
+    home: &Path,
+    sub: &str,
+    name: &str,
+    value: &T,
+) -> Result<(), VaultError> {
+    let (dir, dir_path) = host_dir(home, sub, true)?.ok_or_else(|| {
         VaultError::Io(
             sub.to_string(),
             std::io::Error::from(std::io::ErrorKind::NotFound),
@@ -171,34 +177,41 @@ fn pin_name(vault: &Path) -> String {
     format!("{}.json", &hex::encode(digest)[..32])
 }
 
-fn load_record(volume_id: &str) -> Result<Option<Record>, VaultError> {
-    let rec: Option<Record> = read_host_file("vaults", &record_name(volume_id))?;
+fn load_record(home: &Path, volume_id: &str) -> Result<Option<Record>, VaultError> {
+    let rec: Option<Record> = read_host_file(home, "vaults", &record_name(volume_id))?;
     Ok(rec.filter(|r| r.volume_id == volume_id))
 }
 
-fn pinned_volume(vault: &Path) -> Result<Option<String>, VaultError> {
-    let pin: Option<PathPin> = read_host_file("paths", &pin_name(vault))?;
+fn pinned_volume(home: &Path, vault: &Path) -> Result<Option<String>, VaultError> {
+    let pin: Option<PathPin> = read_host_file(home, "paths", &pin_name(vault))?;
     Ok(pin.filter(|p| p.vault == vault).map(|p| p.volume_id))
 }
 
-/// The key this host trusts for `volume_id`, if it has a record of that volume.
-pub fn trusted_key_of(volume_id: &str) -> Result<Option<TrustedKey>, VaultError> {
-    Ok(load_record(volume_id)?.map(|r| r.key))
+/// The key this host (config home `home`) trusts for `volume_id`, if it has a record of it.
+pub fn trusted_key_of(home: &Path, volume_id: &str) -> Result<Option<TrustedKey>, VaultError> {
+    Ok(load_record(home, volume_id)?.map(|r| r.key))
 }
 
-/// Record that this host trusts `key` for the vault at `vault` (canonical) with verified config
-/// `cfg` (init, rewrap, a first mount): the volume record and the path pin.
-pub fn record(vault: &Path, cfg: &VaultConfig, key: &TrustedKey) -> Result<(), VaultError> {
+/// Record in config home `home` that this host trusts `key` for the vault at `vault`
+/// (canonical) with verified config `cfg` (init, rewrap, a first mount): the volume record and
+/// the path pin.
+pub fn record(
+    home: &Path,
+    vault: &Path,
+    cfg: &VaultConfig,
+    key: &TrustedKey,
+) -> Result<(), VaultError> {
     let rec = Record {
         key: key.clone(),
         volume_id: cfg.volume_id.clone(),
         config: cfg.clone(),
     };
-    if load_record(&cfg.volume_id).ok().flatten().as_ref() != Some(&rec) {
-        write_host_file("vaults", &record_name(&cfg.volume_id), &rec)?;
+    if load_record(home, &cfg.volume_id).ok().flatten().as_ref() != Some(&rec) {
+        write_host_file(home, "vaults", &record_name(&cfg.volume_id), &rec)?;
     }
-    if pinned_volume(vault).ok().flatten().as_deref() != Some(cfg.volume_id.as_str()) {
+    if pinned_volume(home, vault).ok().flatten().as_deref() != Some(cfg.volume_id.as_str()) {
         write_host_file(
+            home,
             "paths",
             &pin_name(vault),
             &PathPin {
@@ -217,6 +230,7 @@ pub fn record(vault: &Path, cfg: &VaultConfig, key: &TrustedKey) -> Result<(), V
 pub struct Trust {
     /// The key that protects the vault.
     pub key: TrustedKey,
+    home: PathBuf,
     vault: PathBuf,
     cfg: VaultConfig,
     /// The config this host last verified for the volume.
@@ -227,9 +241,10 @@ pub struct Trust {
 
 impl Trust {
     /// Decide what to trust for the vault at `vault` (canonical) whose config is `cfg`: the
-    /// key from the command line (`key`) or this host's record; the volume pinned to the path,
-    /// or confirmed by `volume_id` (`--volume-id`).
+    /// key from the command line (`key`) or this host's record (in config home `home`); the
+    /// volume pinned to the path, or confirmed by `volume_id` (`--volume-id`).
     pub fn resolve(
+        home: &Path,
         vault: &Path,
         cfg: &VaultConfig,
         key: Option<TrustedKey>,
@@ -247,7 +262,7 @@ impl Trust {
             Some(_) => true,
             None => false,
         };
-        if let Some(was) = pinned_volume(vault)? {
+        if let Some(was) = pinned_volume(home, vault)? {
             if was != cfg.volume_id && !confirmed {
                 return Err(VaultError::VolumeSwapped {
                     vault: shown,
@@ -256,7 +271,7 @@ impl Trust {
                 });
             }
         }
-        let record = load_record(&cfg.volume_id)?;
+        let record = load_record(home, &cfg.volume_id)?;
         if record.is_none() && !confirmed {
             return Err(match key {
                 Some(_) => VaultError::UnknownVolume {
@@ -273,6 +288,7 @@ impl Trust {
         };
         Ok(Trust {
             key,
+            home: home.to_path_buf(),
             vault: vault.to_path_buf(),
             cfg: cfg.clone(),
             known: record.map(|r| r.config),
@@ -318,7 +334,7 @@ impl Trust {
                 volume: self.cfg.volume_id.clone(),
             });
         }
-        record(&self.vault, &self.cfg, &self.key)?;
+        record(&self.home, &self.vault, &self.cfg, &self.key)?;
         Ok(key)
     }
 }
@@ -328,17 +344,10 @@ mod tests {
     use super::*;
     use crate::keys::local::LocalProvider;
 
-    /// Runs `f` with XDG_CONFIG_HOME at a temp dir; the tests of this module share one lock,
-    /// since the environment is process-wide.
+    /// Runs `f` with a fresh temp dir as the config home.
     fn with_config_home(f: impl FnOnce(&Path)) {
-        static LOCK: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
-        let _g = LOCK.lock();
         let dir = tempfile::tempdir().expect("tempdir");
-        // SAFETY: serialized by LOCK; no other test of this crate reads XDG_CONFIG_HOME.
-        unsafe { std::env::set_var("XDG_CONFIG_HOME", dir.path()) };
         f(dir.path());
-        // SAFETY: as above.
-        unsafe { std::env::remove_var("XDG_CONFIG_HOME") };
     }
 
     /// A new key file in `home` and the trust in it.
@@ -365,17 +374,18 @@ mod tests {
             let (p, key) = key_in(home);
             let (v, vcfg) = vault(home, "v", &p);
             let (w, wcfg) = vault(home, "w", &p);
-            record(&v, &vcfg, &key).expect("record v");
-            record(&w, &wcfg, &key).expect("record w");
+            record(home, &v, &vcfg, &key).expect("record v");
+            record(home, &w, &wcfg, &key).expect("record w");
             wcfg.replace(&v).expect("copy W's config over V's");
             let cfg = VaultConfig::load(&v).expect("load");
             for k in [None, Some(key.clone())] {
-                let err = Trust::resolve(&v, &cfg, k, None).expect_err("swap");
+                let err = Trust::resolve(home, &v, &cfg, k, None).expect_err("swap");
                 assert!(matches!(err, VaultError::VolumeSwapped { .. }), "{err}");
             }
             // The same vault under a path never used here (a second mount of a shared store)
             // is trusted by its volume record.
-            let t = Trust::resolve(&home.join("w"), &wcfg, Some(key.clone()), None).expect("w");
+            let t =
+                Trust::resolve(home, &home.join("w"), &wcfg, Some(key.clone()), None).expect("w");
             t.verify(&p).expect("verifies");
         });
     }
@@ -385,15 +395,16 @@ mod tests {
         with_config_home(|home| {
             let (p, key) = key_in(home);
             let (v, cfg) = vault(home, "v", &p);
-            let err = Trust::resolve(&v, &cfg, Some(key.clone()), None).expect_err("unknown");
+            let err = Trust::resolve(home, &v, &cfg, Some(key.clone()), None).expect_err("unknown");
             assert!(err.to_string().contains("--volume-id"), "{err}");
-            let err = Trust::resolve(&v, &cfg, Some(key.clone()), Some(&"0".repeat(32)))
+            let err = Trust::resolve(home, &v, &cfg, Some(key.clone()), Some(&"0".repeat(32)))
                 .expect_err("wrong id");
             assert!(matches!(err, VaultError::VolumeMismatch { .. }), "{err}");
-            let t = Trust::resolve(&v, &cfg, Some(key), Some(&cfg.volume_id)).expect("confirmed");
+            let t =
+                Trust::resolve(home, &v, &cfg, Some(key), Some(&cfg.volume_id)).expect("confirmed");
             t.verify(&p).expect("verify");
             // Now recorded: no key, no volume id needed.
-            let t = Trust::resolve(&v, &cfg, None, None).expect("recorded");
+            let t = Trust::resolve(home, &v, &cfg, None, None).expect("recorded");
             t.verify(&p).expect("verify");
         });
     }
@@ -403,11 +414,11 @@ mod tests {
         with_config_home(|home| {
             let (p, key) = key_in(home);
             let (v, cfg) = vault(home, "v", &p);
-            record(&v, &cfg, &key).expect("record");
+            record(home, &v, &cfg, &key).expect("record");
             // Tampered: names "on" without a valid tag.
             let mut bad = cfg.clone();
             bad.block_size = 8192;
-            let err = Trust::resolve(&v, &bad, None, None)
+            let err = Trust::resolve(home, &v, &bad, None, None)
                 .expect("resolves")
                 .verify(&p)
                 .expect_err("tampered");
@@ -418,12 +429,12 @@ mod tests {
             // Authentic but different from what this host trusted (re-sealed): needs --volume-id.
             let mut other = cfg.clone();
             other.seal_new(&p).expect("reseal");
-            let err = Trust::resolve(&v, &other, None, None)
+            let err = Trust::resolve(home, &v, &other, None, None)
                 .expect("resolves")
                 .verify(&p)
                 .expect_err("changed");
             assert!(matches!(err, VaultError::ConfigChanged { .. }), "{err}");
-            Trust::resolve(&v, &other, None, Some(&cfg.volume_id))
+            Trust::resolve(home, &v, &other, None, Some(&cfg.volume_id))
                 .expect("resolves")
                 .verify(&p)
                 .expect("confirmed");

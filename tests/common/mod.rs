@@ -1,4 +1,7 @@
 //! Shared test harness (each test binary uses the parts it needs).
 
+pub mod crashkit;
+pub mod kmskit;
 pub mod moto;
 pub mod mount;
+pub mod ops;

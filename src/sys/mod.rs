@@ -1,5 +1,14 @@
-//! Thin, safe wrappers over the *at() system calls the front end needs on O_PATH fds, and the
-//! checked opens of kmsfs's own metadata files (no symlink followed, no FIFO blocked on).
+//! Every libc call of kmsfs, as thin safe wrappers: the *at() calls on O_PATH fds, the checked
+//! opens of kmsfs's own metadata files (no symlink followed, no FIFO blocked on), extended
+//! attributes, credentials, and process-wide calls. With the allocator and direct I/O
+//! buffers, the only code allowed `unsafe`.
+
+pub mod creds;
+pub mod process;
+pub mod xattr;
+
+pub use creds::{ActingAs, peer_uid, supplementary_groups};
+pub use process::{euid, with_umask};
 
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -231,12 +240,6 @@ pub fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
     cvt(unsafe { libc::fsync(fd.as_raw_fd()) }).map(drop)
 }
 
-/// The effective user id of this process.
-pub fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
-
 /// fchmod through an O_PATH-safe path (`/proc/self/fd/N`).
 pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
     let p = proc_path(fd);
@@ -284,24 +287,6 @@ pub fn fd_path(fd: BorrowedFd<'_>) -> io::Result<std::path::PathBuf> {
     )))
 }
 
-/// Set the modification time of the object behind `fd` (any fd, O_PATH too) to `sec`.`nsec`,
-/// leaving its access time.
-pub fn set_mtime(fd: BorrowedFd<'_>, sec: i64, nsec: i64) -> io::Result<()> {
-    let times = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        libc::timespec {
-            tv_sec: sec,
-            tv_nsec: nsec,
-        },
-    ];
-    let p = proc_path(fd);
-    // SAFETY: valid C string and a two-element times array.
-    cvt(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) }).map(drop)
-}
-
 /// The backing path behind `fd`, for log lines (never fails: a placeholder when unknown).
 pub fn describe(fd: BorrowedFd<'_>) -> String {
     fd_path(fd)
@@ -309,106 +294,189 @@ pub fn describe(fd: BorrowedFd<'_>) -> String {
         .unwrap_or_else(|_| format!("fd {}", fd.as_raw_fd()))
 }
 
-/// The user id of the process at the other end of a connected Unix socket (SO_PEERCRED).
-pub fn peer_uid(sock: BorrowedFd<'_>) -> io::Result<u32> {
-    // SAFETY: zeroed ucred is a valid out buffer.
-    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: valid fd, out buffer and its length.
+/// A time for [`set_times`].
+#[derive(Debug, Clone, Copy)]
+pub enum TimeSpec {
+    /// Leave it as it is.
+    Omit,
+    /// The current time.
+    Now,
+    /// Seconds and nanoseconds since the epoch.
+    At(i64, i64),
+}
+
+impl TimeSpec {
+    fn timespec(self) -> libc::timespec {
+        match self {
+            TimeSpec::Omit => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+            TimeSpec::Now => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_NOW,
+            },
+            TimeSpec::At(sec, nsec) => libc::timespec {
+                tv_sec: sec as libc::time_t,
+                tv_nsec: nsec as libc::c_long,
+            },
+        }
+    }
+}
+
+/// Set the access and modification times of the object behind `fd` (any fd, O_PATH too; a
+/// symlink itself, not its target).
+pub fn set_times(fd: BorrowedFd<'_>, atime: TimeSpec, mtime: TimeSpec) -> io::Result<()> {
+    let times = [atime.timespec(), mtime.timespec()];
+    // SAFETY: valid fd, empty path (the object itself) and a two-element times array.
     cvt(unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
+        libc::utimensat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            times.as_ptr(),
+            libc::AT_EMPTY_PATH,
         )
-    })?;
-    Ok(cred.uid)
+    })
+    .map(drop)
 }
 
-/// Run `f` with the process umask set to `mask`, then restore it. The umask is process-wide:
-/// use it only where no other thread creates files meanwhile, or where they pass modes that
-/// `mask` leaves alone.
-pub fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
-    // SAFETY: umask has no preconditions.
-    let old = unsafe { libc::umask(mask) };
-    let r = f();
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
-    r
+/// Set the access and modification times of the object behind `fd` through its
+/// `/proc/self/fd` path (following it to the object: for files and directories, whose time
+/// changes a writer who is not the owner may make too).
+pub fn set_times_via_proc(fd: BorrowedFd<'_>, atime: TimeSpec, mtime: TimeSpec) -> io::Result<()> {
+    let times = [atime.timespec(), mtime.timespec()];
+    let p = proc_path(fd);
+    // SAFETY: valid C string and a two-element times array.
+    cvt(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) }).map(drop)
 }
 
-/// The supplementary groups of process (or thread) `pid`, from `/proc/PID/status`; empty when
-/// it cannot be read (the process is gone).
-pub fn supplementary_groups(pid: u32) -> Vec<libc::gid_t> {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return Vec::new();
+/// Set the modification time of the object behind `fd` to `sec`.`nsec`, leaving its access
+/// time.
+pub fn set_mtime(fd: BorrowedFd<'_>, sec: i64, nsec: i64) -> io::Result<()> {
+    set_times_via_proc(fd, TimeSpec::Omit, TimeSpec::At(sec, nsec))
+}
+
+/// Change the owner and group of the object behind `fd` (not following a symlink); `u32::MAX`
+/// leaves one as it is.
+pub fn chown_fd(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: valid fd; empty path with AT_EMPTY_PATH names the fd itself.
+    cvt(unsafe {
+        libc::fchownat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            uid,
+            gid,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+/// fchmod(2) of an open (not O_PATH) file.
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    // SAFETY: valid fd.
+    cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(drop)
+}
+
+/// mknodat(2).
+pub fn mknodat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, dev: u64) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid dir fd and C string.
+    cvt(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), mode, dev as libc::dev_t) }).map(drop)
+}
+
+/// symlinkat(2): make `name` in `dir` a symbolic link to `target`.
+pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let (t, c) = (cstr(target)?, cstr(name)?);
+    // SAFETY: valid C strings and dir fd.
+    cvt(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) }).map(drop)
+}
+
+/// A new hard link `name` in `dir` to the object behind `fd` (any fd, O_PATH too).
+pub fn link_fd(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let (src, c) = (proc_path(fd), cstr(name)?);
+    // SAFETY: valid C strings and dir fd; the proc path is followed to the object.
+    cvt(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+/// The target of the symbolic link behind `link` (an O_PATH fd of the link itself).
+pub fn readlink_fd(link: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: valid fd, empty path (the link itself), buffer of the given length.
+    let n = unsafe {
+        libc::readlinkat(
+            link.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
     };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| {
-            g.split_whitespace()
-                .filter_map(|n| n.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
 }
 
-fn set_thread_groups(groups: &[libc::gid_t]) -> io::Result<()> {
-    // The raw system call changes this thread only; glibc's setgroups() would change them all.
-    // SAFETY: a valid array of `groups.len()` gids.
-    let rc = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
-    if rc == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
+/// fstatvfs(2) of the file system holding `fd`.
+pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
+    // SAFETY: zeroed statvfs is a valid out buffer.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and out pointer.
+    cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut s) })?;
+    Ok(s)
+}
+
+/// Drop the page cache of the file behind `fd` (advice; errors ignored).
+pub fn drop_page_cache(fd: BorrowedFd<'_>) {
+    // SAFETY: valid fd; advice only.
+    unsafe { libc::posix_fadvise(fd.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
+/// Start writing `len` bytes at `offset` of the file behind `fd` to the disk without waiting
+/// (errors ignored: it only schedules I/O).
+pub fn start_writeback(fd: BorrowedFd<'_>, offset: u64, len: usize) {
+    // SAFETY: valid fd; the call only schedules I/O.
+    unsafe {
+        libc::sync_file_range(
+            fd.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
+}
+
+/// A whole-file open-file-description lock of `kind` (F_RDLCK, F_WRLCK, F_UNLCK) with `cmd`
+/// (F_OFD_SETLK, F_OFD_SETLKW), retried on EINTR.
+pub fn ofd_lock(fd: BorrowedFd<'_>, kind: libc::c_short, cmd: libc::c_int) -> io::Result<()> {
+    // SAFETY: zeroed flock is valid; l_pid must be 0 for OFD locks.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    loop {
+        // SAFETY: valid fd and flock pointer.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), cmd, &fl) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }
 
-/// This thread's file-system identity switched to another user (setfsuid, setfsgid and the
-/// supplementary groups, all per thread), so what it creates is theirs from the first moment
-/// and permission checks are theirs; restored to the daemon's own on drop.
-#[derive(Debug)]
-pub struct ActingAs {
-    own_groups: Vec<libc::gid_t>,
-}
-
-impl ActingAs {
-    /// Act as `uid`:`gid` with `groups` on this thread (the daemon must run as root).
-    pub fn begin(uid: u32, gid: u32, groups: &[libc::gid_t]) -> io::Result<ActingAs> {
-        // SAFETY: getgroups with a zero size only counts.
-        let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
-        let mut own_groups = vec![0 as libc::gid_t; n.max(0) as usize];
-        // SAFETY: a buffer of the size just asked for.
-        let n =
-            unsafe { libc::getgroups(own_groups.len() as libc::c_int, own_groups.as_mut_ptr()) };
-        own_groups.truncate(n.max(0) as usize);
-        set_thread_groups(groups)?;
-        // SAFETY: setfsgid/setfsuid have no preconditions; they return the previous id.
-        unsafe {
-            libc::setfsgid(gid);
-            libc::setfsuid(uid);
-        }
-        // Both calls report no error: check that they took.
-        // SAFETY: as above; an invalid id (-1) only queries.
-        let (now_uid, now_gid) = unsafe { (libc::setfsuid(u32::MAX), libc::setfsgid(u32::MAX)) };
-        let acting = ActingAs { own_groups };
-        if now_uid as u32 != uid || now_gid as u32 != gid {
-            return Err(io::Error::from_raw_os_error(libc::EPERM));
-        }
-        Ok(acting)
-    }
-}
-
-impl Drop for ActingAs {
-    fn drop(&mut self) {
-        // SAFETY: as in `begin`; back to the daemon's own ids.
-        unsafe {
-            libc::setfsuid(libc::geteuid());
-            libc::setfsgid(libc::getegid());
-        }
-        let _ = set_thread_groups(&self.own_groups);
-    }
+/// flock(2) with `op` (LOCK_EX, LOCK_SH, LOCK_UN, with LOCK_NB); whether it succeeded.
+pub fn flock(fd: BorrowedFd<'_>, op: libc::c_int) -> bool {
+    // SAFETY: valid fd.
+    unsafe { libc::flock(fd.as_raw_fd(), op) == 0 }
 }

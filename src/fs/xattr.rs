@@ -1,0 +1,57 @@
+//! Extended attributes (encrypted `user.*` ones in an encrypted-names vault, see `names`).
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+
+use super::{FsError, FsResult, KmsFs, e_io, inodes};
+use crate::sys;
+
+impl KmsFs {
+    /// The descriptor of `ino` for xattr calls: EPERM for a symlink (user xattrs do not exist
+    /// on symlinks, and the /proc path the calls go through would follow it).
+    fn xattr_fd(&self, ino: u64) -> FsResult<inodes::Fd> {
+        let fd = self.fd(&*self.inode(ino)?)?;
+        let st = sys::stat_fd(fd.as_fd()).map_err(e_io)?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Err(FsError::EPERM);
+        }
+        Ok(fd)
+    }
+
+    /// Set xattr `name` of `ino` to `value` (`flags`: XATTR_CREATE, XATTR_REPLACE).
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
+        self.writable()?;
+        let fd = self.xattr_fd(ino)?;
+        let n = self.names.xattr_name(name).map_err(e_io)?;
+        let value = self.names.seal_xattr(&n, value).map_err(e_io)?;
+        sys::xattr::set(fd.as_fd(), &n, &value, flags).map_err(e_io)
+    }
+
+    /// The value of xattr `name` of `ino`.
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
+        let fd = self.xattr_fd(ino)?;
+        let n = self.names.xattr_name(name).map_err(e_io)?;
+        let stored = sys::xattr::get(fd.as_fd(), &n).map_err(e_io)?;
+        self.names.open_xattr(&n, stored).map_err(e_io)
+    }
+
+    /// The xattr names of `ino` (each NUL-terminated); none for a symlink.
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        match self.xattr_fd(ino) {
+            // Symlinks have no user xattrs: list nothing rather than fail `ls -l`.
+            Err(FsError::EPERM) => Ok(Vec::new()),
+            Err(e) => Err(e),
+            Ok(fd) => sys::xattr::list(fd.as_fd())
+                .map(|list| self.names.plain_xattr_list(list))
+                .map_err(e_io),
+        }
+    }
+
+    /// Remove xattr `name` of `ino`.
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> FsResult<()> {
+        self.writable()?;
+        let fd = self.xattr_fd(ino)?;
+        let n = self.names.xattr_name(name).map_err(e_io)?;
+        sys::xattr::remove(fd.as_fd(), &n).map_err(e_io)
+    }
+}
