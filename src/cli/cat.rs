@@ -10,7 +10,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use super::walk::{self, Offline};
-use super::{CatArgs, CliResult};
+use super::{CatArgs, CliError, CliResult};
 use crate::content::CryptFile;
 
 /// Plain bytes decrypted per read (a multiple of every block size up to 1 MiB).
@@ -37,31 +37,32 @@ pub fn run(args: &CatArgs) -> CliResult {
         .map_err(|e| format!("{}: {e}", backing.display()))?
         .is_file()
     {
-        return Err(format!("{} is not a regular file", backing.display()));
+        return Err(format!("{} is not a regular file", backing.display()).into());
     }
     let cf = CryptFile::new(file, off.vault.clone());
-    let size = cf.size().map_err(|e| e.to_string())?;
+    let size = cf.size()?;
     let mut out = std::io::stdout().lock();
     let mut at = 0u64;
     while at < size {
-        let data = cf.read(at, CHUNK).map_err(|e| e.to_string())?;
+        let data = cf.read(at, CHUNK)?;
         if data.is_empty() {
             return Err(format!(
                 "{}: ends before its size says (changed while reading?)",
                 backing.display()
-            ));
+            )
+            .into());
         }
         at += data.len() as u64;
         match out.write_all(&data) {
             Ok(()) => {}
             // The reader went away (`kmsfs cat ... | head`): not an error of ours.
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-            Err(e) => return Err(format!("writing to stdout: {e}")),
+            Err(e) => return Err(format!("writing to stdout: {e}").into()),
         }
     }
     match out.flush() {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(format!("writing to stdout: {e}"))
+            Err(format!("writing to stdout: {e}").into())
         }
         _ => Ok(()),
     }
@@ -74,13 +75,14 @@ enum Target {
 
 /// One argument: a backing file inside a vault (found by walking up to `.kmsfs/`), or, when no
 /// such backing file exists, `VAULT/PLAIN/PATH`.
-fn locate(path: &Path) -> Result<(PathBuf, Target), String> {
+fn locate(path: &Path) -> Result<(PathBuf, Target), CliError> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_symlink() {
             return Err(format!(
                 "{} is a symbolic link: cat reads regular files",
                 path.display()
-            ));
+            )
+            .into());
         }
         let canon = path
             .canonicalize()
@@ -106,11 +108,12 @@ fn locate(path: &Path) -> Result<(PathBuf, Target), String> {
     Err(format!(
         "{}: no such file, and no kmsfs vault above it",
         path.display()
-    ))
+    )
+    .into())
 }
 
 /// The backing path of plain path `plain` (relative to the vault root; symlinks not followed).
-fn resolve(off: &Offline, plain: &Path) -> Result<PathBuf, String> {
+fn resolve(off: &Offline, plain: &Path) -> Result<PathBuf, CliError> {
     let names = off
         .names
         .as_ref()
@@ -125,9 +128,9 @@ fn resolve(off: &Offline, plain: &Path) -> Result<PathBuf, String> {
                 plain.display()
             ))),
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, String>>()?;
     if parts.is_empty() {
-        return Err(format!("{}: name a file inside the vault", plain.display()));
+        return Err(format!("{}: name a file inside the vault", plain.display()).into());
     }
     let not_found = || {
         format!(
@@ -139,7 +142,7 @@ fn resolve(off: &Offline, plain: &Path) -> Result<PathBuf, String> {
     let mut backing = off.dir.clone();
     for (i, name) in parts.iter().enumerate() {
         if names.is_reserved(i == 0, name) {
-            return Err(not_found());
+            return Err(not_found().into());
         }
         let dir = File::open(&backing).map_err(|e| format!("{}: {e}", backing.display()))?;
         let b = names
@@ -152,13 +155,14 @@ fn resolve(off: &Offline, plain: &Path) -> Result<PathBuf, String> {
             return Err(format!(
                 "{}: a symbolic link in the path (cat does not follow links)",
                 plain.display()
-            ));
+            )
+            .into());
         }
         if !is_last && !meta.is_dir() {
-            return Err(not_found());
+            return Err(not_found().into());
         }
         if is_last && !meta.is_file() {
-            return Err(format!("{} is not a regular file", plain.display()));
+            return Err(format!("{} is not a regular file", plain.display()).into());
         }
     }
     Ok(backing)

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::runtime_dir;
+use super::{CliError, runtime_dir};
 use crate::content::Volume;
 use crate::fs::handles::Handles;
 
@@ -184,7 +184,7 @@ pub fn serve(daemon: Daemon) -> std::io::Result<()> {
 }
 
 /// Send `command` to the daemon serving `mountpoint`; returns its JSON answer.
-pub fn request(mountpoint: &Path, command: &str) -> Result<Value, String> {
+pub fn request(mountpoint: &Path, command: &str) -> Result<Value, CliError> {
     let path = runtime_dir::socket_path(mountpoint);
     let mut stream = UnixStream::connect(&path).map_err(|e| {
         format!(
@@ -195,13 +195,13 @@ pub fn request(mountpoint: &Path, command: &str) -> Result<Value, String> {
     })?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("control socket {}: {e}", path.display()))?;
     writeln!(
         stream,
         "{}",
         json!({ "version": PROTOCOL_VERSION, "command": command })
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| format!("control socket {}: {e}", path.display()))?;
     let mut line = String::new();
     BufReader::new(&stream)
         .read_line(&mut line)
@@ -213,7 +213,7 @@ pub fn request(mountpoint: &Path, command: &str) -> Result<Value, String> {
             .get("error")
             .and_then(Value::as_str)
             .unwrap_or("unknown error");
-        return Err(format!("the daemon refused {command}: {why}"));
+        return Err(format!("the daemon refused {command}: {why}").into());
     }
     Ok(v)
 }

@@ -50,10 +50,8 @@ pub fn run(args: &FsckArgs) -> CliResult {
     let host_id = args.host_id.clone().unwrap_or_else(vault::default_host_id);
     // Repairs write: keep a mount (on this host) away meanwhile. Checking only reads.
     let _lock = if args.repair_headerless && !off.config_missing {
-        let mut lock = MountLock::acquire(&off.dir, &host_id, &off.cfg.volume_id)
-            .map_err(|e| e.to_string())?;
-        lock.write_pid(std::process::id())
-            .map_err(|e| e.to_string())?;
+        let mut lock = MountLock::acquire(&off.dir, &host_id, &off.cfg.volume_id)?;
+        lock.write_pid(std::process::id())?;
         Some(lock)
     } else {
         if let Some(pid) = MountLock::holder(&off.dir, &host_id, &off.cfg.volume_id) {
@@ -153,14 +151,15 @@ pub fn run(args: &FsckArgs) -> CliResult {
         return Err(format!(
             "fsck stopped after {checked} of {} files: the key service is unreachable ({why}); run fsck again when it is back",
             tree.files.len()
-        ));
+        ).into());
     }
     if damaged + key_failures > 0 {
         return Err(format!(
             "{} damaged and {key_failures} unreadable entries in {} (listed above)",
             damaged,
             off.dir.display()
-        ));
+        )
+        .into());
     }
     Ok(())
 }

@@ -26,9 +26,7 @@ pub fn run(args: &InitArgs) -> CliResult {
         .canonicalize()
         .map_err(|e| format!("{}: {e}", args.vault.display()))?;
     if VaultConfig::path(&vault_dir).exists() {
-        return Err(
-            vault::VaultError::AlreadyInitialised(vault_dir.display().to_string()).to_string(),
-        );
+        return Err(vault::VaultError::AlreadyInitialised(vault_dir.display().to_string()).into());
     }
     // The volume id comes first: the default key file is named after it.
     let mut cfg = VaultConfig::new(
@@ -36,8 +34,7 @@ pub fn run(args: &InitArgs) -> CliResult {
         crate::format::header::ProviderId::Local,
         "",
         args.plaintext_names,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let trusted = provider::from_args(&args.key).unwrap_or_else(|| TrustedKey::Local {
         key_file: vault::default_key_file(&cfg.volume_id),
     });
@@ -46,9 +43,9 @@ pub fn run(args: &InitArgs) -> CliResult {
             refuse_inside(key_file, &vault_dir)?;
             if key_file.exists() {
                 // An existing key (of this or another vault) is reused, never overwritten.
-                std::sync::Arc::new(LocalProvider::open(key_file).map_err(|e| e.to_string())?)
+                std::sync::Arc::new(LocalProvider::open(key_file)?)
             } else {
-                std::sync::Arc::new(LocalProvider::create(key_file).map_err(|e| e.to_string())?)
+                std::sync::Arc::new(LocalProvider::create(key_file)?)
             }
         }
         TrustedKey::AwsKms { .. } => provider::open(&trusted)?,
@@ -64,16 +61,15 @@ pub fn run(args: &InitArgs) -> CliResult {
     };
     Names::init_vault(&vault_dir, &mut cfg, key_provider.as_ref())?;
     if args.bucket_key {
-        let volume_id = cfg.volume_id_bytes().map_err(|e| e.to_string())?;
+        let volume_id = cfg.volume_id_bytes()?;
         let wrapped = BucketKeyProvider::generate(key_provider.as_ref(), &volume_id)
             .map_err(|e| format!("cannot make the bucket key: {e}"))?;
         cfg.wrapped_bucket_key = Some(hex::encode(wrapped));
     }
     cfg.seal_new(key_provider.as_ref())
         .map_err(|e| format!("cannot make the config key: {e}"))?;
-    cfg.create(&vault_dir).map_err(|e| e.to_string())?;
-    vault::trust::record(&vault::config_home(), &vault_dir, &cfg, &trusted)
-        .map_err(|e| e.to_string())?;
+    cfg.create(&vault_dir)?;
+    vault::trust::record(&vault::config_home(), &vault_dir, &cfg, &trusted)?;
     println!(
         "initialised kmsfs vault {} (volume {})",
         vault_dir.display(),
@@ -112,7 +108,8 @@ fn refuse_inside(key_file: &Path, vault_dir: &Path) -> CliResult {
         return Err(format!(
             "the key file {} is inside the vault: keep it outside (e.g. under ~/.config/kmsfs)",
             key_file.display()
-        ));
+        )
+        .into());
     }
     Ok(())
 }

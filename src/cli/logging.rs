@@ -5,6 +5,8 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 
+use super::CliError;
+
 use tracing_subscriber::EnvFilter;
 
 /// Where log lines go.
@@ -18,7 +20,7 @@ pub enum Sink<'a> {
 }
 
 /// Install the global subscriber; `level` is used unless RUST_LOG is set.
-pub fn init(sink: Sink<'_>, level: &str) -> Result<(), String> {
+pub fn init(sink: Sink<'_>, level: &str) -> Result<(), CliError> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .map_err(|e| format!("bad --log-level {level}: {e}"))?;
@@ -45,7 +47,7 @@ pub fn init(sink: Sink<'_>, level: &str) -> Result<(), String> {
                 .try_init()
         }
     };
-    result.map_err(|e| format!("cannot set up logging: {e}"))
+    result.map_err(|e| format!("cannot set up logging: {e}").into())
 }
 
 /// One log record, sent to syslog when dropped.

@@ -3,6 +3,7 @@
 mod cat;
 mod control;
 mod daemon;
+mod error;
 mod fsck;
 mod init;
 mod logging;
@@ -354,12 +355,14 @@ pub fn main() -> i32 {
     }
 }
 
-/// An error for the user: one line that says what to do.
-pub type CliResult = Result<(), String>;
+pub use error::CliError;
+
+/// A subcommand's outcome; the error is one line for the user that says what to do.
+pub type CliResult = Result<(), CliError>;
 
 /// `mount.fuse` (from `mount -t fuse.kmsfs` or /etc/fstab) runs `kmsfs VAULT MOUNTPOINT -o
 /// OPTS`: translate that into `kmsfs mount VAULT MOUNTPOINT --option...`.
-fn fstab_form(argv: Vec<std::ffi::OsString>) -> Result<Option<Vec<std::ffi::OsString>>, String> {
+fn fstab_form(argv: Vec<std::ffi::OsString>) -> Result<Option<Vec<std::ffi::OsString>>, CliError> {
     const SUBCOMMANDS: &[&str] = &[
         "init", "mount", "unmount", "status", "forget", "rewrap", "fsck", "cat", "help",
     ];
@@ -389,7 +392,8 @@ fn fstab_form(argv: Vec<std::ffi::OsString>) -> Result<Option<Vec<std::ffi::OsSt
             _ => {
                 return Err(format!(
                     "unexpected argument {arg:?}: use kmsfs mount VAULT MOUNTPOINT"
-                ));
+                )
+                .into());
             }
         };
         for opt in opts.split(',').filter(|o| !o.is_empty()) {
@@ -397,7 +401,7 @@ fn fstab_form(argv: Vec<std::ffi::OsString>) -> Result<Option<Vec<std::ffi::OsSt
                 .split_once('=')
                 .map_or((opt, None), |(n, v)| (n, Some(v)));
             let flag = |f: &str| -> Vec<std::ffi::OsString> { vec![f.into()] };
-            let with = |f: &str| -> Result<Vec<std::ffi::OsString>, String> {
+            let with = |f: &str| -> Result<Vec<std::ffi::OsString>, CliError> {
                 let v = value
                     .ok_or_else(|| format!("mount option {name} needs a value ({name}=...)"))?;
                 Ok(vec![f.into(), v.into()])
@@ -423,7 +427,7 @@ fn fstab_form(argv: Vec<std::ffi::OsString>) -> Result<Option<Vec<std::ffi::OsSt
                 "rw" | "defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "_netdev"
                 | "nofail" | "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime"
                 | "noatime" | "relatime" => vec![],
-                other => return Err(format!("unknown mount option {other} (see man kmsfs)")),
+                other => return Err(format!("unknown mount option {other} (see man kmsfs)").into()),
             });
         }
     }

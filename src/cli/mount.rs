@@ -1,7 +1,7 @@
 //! `kmsfs mount VAULT MOUNTPOINT`: check everything that can fail in the foreground, fork,
 //! start the key provider and FUSE session in the daemon, report ready, serve until unmounted.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,9 +33,9 @@ pub fn run(args: MountArgs) -> CliResult {
         )
     })?;
     if !mnt.is_dir() {
-        return Err(format!("mount point {} is not a directory", mnt.display()));
+        return Err(format!("mount point {} is not a directory", mnt.display()).into());
     }
-    let cfg = VaultConfig::load(&vault_dir).map_err(|e| e.to_string())?;
+    let cfg = VaultConfig::load(&vault_dir)?;
     let trust = provider::resolve(&args.trust, &cfg, &vault_dir)?;
     // A local key (and the config it verifies) is checked before forking, so a bad key file or
     // a tampered config fails in the foreground.
@@ -44,8 +44,7 @@ pub fn run(args: MountArgs) -> CliResult {
         TrustedKey::AwsKms { .. } => None,
     };
     let host_id = args.host_id.clone().unwrap_or_else(vault::default_host_id);
-    let lock =
-        MountLock::acquire(&vault_dir, &host_id, &cfg.volume_id).map_err(|e| e.to_string())?;
+    let lock = MountLock::acquire(&vault_dir, &host_id, &cfg.volume_id)?;
     let mut ready = if args.foreground {
         Ready::none()
     } else {
@@ -54,24 +53,44 @@ pub fn run(args: MountArgs) -> CliResult {
             Err(code) => std::process::exit(code),
         }
     };
-    serve(
-        &args, &vault_dir, &mnt, &cfg, &trust, early, lock, &mut ready,
-    )
-    .inspect_err(|msg| ready.fail(msg))
+    let checked = Checked {
+        vault_dir,
+        mnt,
+        cfg,
+        trust,
+        early,
+        lock,
+    };
+    serve(&args, checked, &mut ready).inspect_err(|e| ready.fail(&e.to_string()))
+}
+
+/// What the foreground checked before forking, handed to the daemon.
+struct Checked {
+    /// The vault's backing directory (canonical).
+    vault_dir: PathBuf,
+    /// The mount point (canonical).
+    mnt: PathBuf,
+    /// The vault's config (verified already when the key is local).
+    cfg: VaultConfig,
+    /// What this host trusts for the vault.
+    trust: Trust,
+    /// The local key's provider, opened and verified before forking (None for AWS KMS).
+    early: Option<Arc<dyn KeyProvider>>,
+    /// This host's mount lock on the vault.
+    lock: MountLock,
 }
 
 /// The daemon's life: provider, session, ready, serve, clean up.
-#[allow(clippy::too_many_arguments)]
-fn serve(
-    args: &MountArgs,
-    vault_dir: &Path,
-    mnt: &Path,
-    cfg: &VaultConfig,
-    trust: &Trust,
-    early: Option<Arc<dyn KeyProvider>>,
-    mut lock: MountLock,
-    ready: &mut Ready,
-) -> CliResult {
+fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
+    let Checked {
+        vault_dir,
+        mnt,
+        cfg,
+        trust,
+        early,
+        mut lock,
+    } = checked;
+    let (vault_dir, mnt, cfg, trust) = (vault_dir.as_path(), mnt.as_path(), &cfg, &trust);
     // Before any thread exists, so every thread inherits the blocked set.
     let signals = daemon::block_signals();
     let sink = match (&args.log_file, args.foreground) {
@@ -82,8 +101,7 @@ fn serve(
     logging::init(sink, &args.log_level)?;
     daemon::harden();
     let fd_limit = daemon::raise_open_file_limit();
-    lock.write_pid(std::process::id())
-        .map_err(|e| e.to_string())?;
+    lock.write_pid(std::process::id())?;
     let kms_provider = match early {
         Some(p) => p,
         None => provider::open_verified(trust)?,
@@ -213,7 +231,7 @@ fn serve(
             tracing::info!(mountpoint = %ready_mnt.display(), "mounted");
             ready.ok();
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("cannot start a thread: {e}"))?;
 
     std::thread::Builder::new()
         .name("kmsfs-signals".into())
@@ -224,7 +242,7 @@ fn serve(
                 tracing::error!("unmount on signal failed: {e}");
             }
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("cannot start a thread: {e}"))?;
     let purge_keys = keys.clone();
     let (expiry_handles, expiry_vault, expiry_notifier) =
         (expiry_handles, expiry_vault, invalidator);
@@ -243,13 +261,13 @@ fn serve(
                 purge_keys.purge_expired();
             }
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("cannot start a thread: {e}"))?;
 
     let result = session.run();
     keys.shutdown();
     runtime_dir::remove(mnt);
     tracing::info!(mountpoint = %mnt.display(), "unmounted; keys zeroized");
-    result.map_err(|e| format!("FUSE session ended with an error: {e}"))
+    result.map_err(|e| format!("FUSE session ended with an error: {e}").into())
 }
 
 /// Re-unwrap the file-name key once per TTL in the background (lookups keep using the current
@@ -270,7 +288,7 @@ fn spawn_name_key_refresh(handle: crate::names::NameKeyHandle, ttl: Duration) ->
             }
         })
         .map(drop)
-        .map_err(|e| e.to_string())
+        .map_err(|e| format!("cannot start a thread: {e}").into())
 }
 
 /// The statfs magic number of FUSE file systems.

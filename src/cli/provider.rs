@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{KeyArgs, TrustArgs};
+use super::{CliError, KeyArgs, TrustArgs};
 use crate::keys::KeyProvider;
 use crate::keys::aws::{AwsKmsProvider, AwsOptions};
 use crate::keys::local::LocalProvider;
@@ -28,7 +28,7 @@ pub fn absolute(p: &Path) -> std::path::PathBuf {
 
 /// What to trust for the vault at `vault` (canonical) with config `cfg`: the command line's
 /// key and volume id, else this host's records (no key service call yet).
-pub fn resolve(args: &TrustArgs, cfg: &VaultConfig, vault: &Path) -> Result<Trust, String> {
+pub fn resolve(args: &TrustArgs, cfg: &VaultConfig, vault: &Path) -> Result<Trust, CliError> {
     Trust::resolve(
         &crate::vault::config_home(),
         vault,
@@ -36,25 +36,24 @@ pub fn resolve(args: &TrustArgs, cfg: &VaultConfig, vault: &Path) -> Result<Trus
         from_args(&args.key),
         args.volume_id.as_deref(),
     )
-    .map_err(|e| e.to_string())
+    .map_err(CliError::from)
 }
 
 /// A live provider for `key` (for AWS this starts the KMS client's runtime: call it only after
 /// daemonizing).
-pub fn open(key: &TrustedKey) -> Result<Arc<dyn KeyProvider>, String> {
+pub fn open(key: &TrustedKey) -> Result<Arc<dyn KeyProvider>, CliError> {
     match key {
-        TrustedKey::Local { key_file } => Ok(Arc::new(
-            LocalProvider::open(key_file).map_err(|e| e.to_string())?,
-        )),
-        TrustedKey::AwsKms { kms_key_id } => Ok(Arc::new(
-            AwsKmsProvider::new(kms_key_id, AwsOptions::default()).map_err(|e| e.to_string())?,
-        )),
+        TrustedKey::Local { key_file } => Ok(Arc::new(LocalProvider::open(key_file)?)),
+        TrustedKey::AwsKms { kms_key_id } => Ok(Arc::new(AwsKmsProvider::new(
+            kms_key_id,
+            AwsOptions::default(),
+        )?)),
     }
 }
 
 /// Open the trusted key's provider and verify the vault config with it (and record the trust).
-pub fn open_verified(trust: &Trust) -> Result<Arc<dyn KeyProvider>, String> {
+pub fn open_verified(trust: &Trust) -> Result<Arc<dyn KeyProvider>, CliError> {
     let p = open(&trust.key)?;
-    trust.verify(p.as_ref()).map_err(|e| e.to_string())?;
+    trust.verify(p.as_ref())?;
     Ok(p)
 }

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::walk::{self, Progress};
-use super::{CliResult, RewrapArgs, provider};
+use super::{CliError, CliResult, RewrapArgs, provider};
 use crate::crypto;
 use crate::format::Id;
 use crate::format::header::{
@@ -77,7 +77,7 @@ pub fn run(args: &RewrapArgs) -> CliResult {
         .vault
         .canonicalize()
         .map_err(|e| format!("vault {}: {e}", args.vault.display()))?;
-    let cfg = VaultConfig::load(&dir).map_err(|e| e.to_string())?;
+    let cfg = VaultConfig::load(&dir)?;
     let trust = provider::resolve(&args.trust, &cfg, &dir)?;
     let from = provider::open(&trust.key)?;
     let (to, to_trusted, created) = open_target(args, &dir)?;
@@ -100,10 +100,10 @@ pub fn run(args: &RewrapArgs) -> CliResult {
     // The config key, from a config that verifies under the old key (or, when an interrupted
     // run already replaced it, under the new one): rewrap re-seals the config with it.
     let config_key = match to_ref {
-        Some(to) if !hint_is(from.as_ref()) && hint_is(to) => cfg
-            .verify(to, &VaultConfig::path(&dir).display().to_string())
-            .map_err(|e| e.to_string())?,
-        _ => trust.verify(from.as_ref()).map_err(|e| e.to_string())?,
+        Some(to) if !hint_is(from.as_ref()) && hint_is(to) => {
+            cfg.verify(to, &VaultConfig::path(&dir).display().to_string())?
+        }
+        _ => trust.verify(from.as_ref())?,
     };
     if let Some(t) = to_ref {
         if t.provider_id() == from.provider_id() && t.key_id() == from.key_id() {
@@ -124,10 +124,8 @@ pub fn run(args: &RewrapArgs) -> CliResult {
         }
         None
     } else {
-        let mut lock =
-            MountLock::acquire(&dir, &host_id, &cfg.volume_id).map_err(|e| e.to_string())?;
-        lock.write_pid(std::process::id())
-            .map_err(|e| e.to_string())?;
+        let mut lock = MountLock::acquire(&dir, &host_id, &cfg.volume_id)?;
+        lock.write_pid(std::process::id())?;
         Some(lock)
     };
     if created {
@@ -150,7 +148,7 @@ pub fn run(args: &RewrapArgs) -> CliResult {
         kms_from: from.as_ref(),
         from: file_from.as_ref(),
         to: to_ref,
-        volume_id: cfg.volume_id_bytes().map_err(|e| e.to_string())?,
+        volume_id: cfg.volume_id_bytes()?,
         dry_run: args.dry_run,
     };
     let tree = if keep_bucket {
@@ -211,7 +209,7 @@ pub fn run(args: &RewrapArgs) -> CliResult {
         return Err(format!(
             "rewrap of {} is incomplete ({failed} failed, {not_started} not started): every file still opens under the old or the new key; fix the cause and run the same kmsfs rewrap again to resume",
             dir.display()
-        ));
+        ).into());
     }
 
     // The volume keys, then the config, then this host's trust record.
@@ -257,9 +255,8 @@ pub fn run(args: &RewrapArgs) -> CliResult {
     new_cfg.wrapped_bucket_key = new_bucket_key;
     new_cfg.wrapped_config_key = new_config_key;
     new_cfg.seal(&config_key);
-    new_cfg.replace(&dir).map_err(|e| e.to_string())?;
-    vault::trust::record(&vault::config_home(), &dir, &new_cfg, &to_trusted)
-        .map_err(|e| e.to_string())?;
+    new_cfg.replace(&dir)?;
+    vault::trust::record(&vault::config_home(), &dir, &new_cfg, &to_trusted)?;
     println!(
         "vault config and this host's trust record now name {to_desc}; mount with: kmsfs mount {} MOUNTPOINT",
         dir.display()
@@ -268,7 +265,7 @@ pub fn run(args: &RewrapArgs) -> CliResult {
         return Err(format!(
             "{damaged} damaged files were left as they were (they did not open under the old key either): see kmsfs fsck {}",
             dir.display()
-        ));
+        ).into());
     }
     Ok(())
 }
@@ -278,7 +275,7 @@ pub fn run(args: &RewrapArgs) -> CliResult {
 type Target = (Option<Arc<dyn KeyProvider>>, TrustedKey, bool);
 
 /// Open (or, for a missing local key file outside a dry run, create) the new key.
-fn open_target(args: &RewrapArgs, vault_dir: &Path) -> Result<Target, String> {
+fn open_target(args: &RewrapArgs, vault_dir: &Path) -> Result<Target, CliError> {
     if let Some(id) = &args.to.to_kms_key_id {
         let p = provider::open(&TrustedKey::AwsKms {
             kms_key_id: id.clone(),
@@ -303,21 +300,20 @@ fn open_target(args: &RewrapArgs, vault_dir: &Path) -> Result<Target, String> {
         return Err(format!(
             "the key file {} is inside the vault: keep it outside (e.g. under ~/.config/kmsfs)",
             path.display()
-        ));
+        )
+        .into());
     }
     let t = TrustedKey::Local {
         key_file: path.clone(),
     };
     if path.exists() {
-        let p: Arc<dyn KeyProvider> =
-            Arc::new(LocalProvider::open(&path).map_err(|e| e.to_string())?);
+        let p: Arc<dyn KeyProvider> = Arc::new(LocalProvider::open(&path)?);
         return Ok((Some(p), t, false));
     }
     if args.dry_run {
         return Ok((None, t, false));
     }
-    let p: Arc<dyn KeyProvider> =
-        Arc::new(LocalProvider::create(&path).map_err(|e| e.to_string())?);
+    let p: Arc<dyn KeyProvider> = Arc::new(LocalProvider::create(&path)?);
     Ok((Some(p), t, true))
 }
 
@@ -335,7 +331,7 @@ fn rewrap_volume_key(
     hex_key: &str,
     purpose: &str,
     what: &str,
-) -> Result<String, String> {
+) -> Result<String, CliError> {
     let wrapped = hex::decode(hex_key)
         .map_err(|_| format!("the vault config's wrapped {what} is not hex"))?;
     let ctx = EncryptionContext::for_volume(&job.volume_id, purpose);
@@ -351,7 +347,7 @@ fn rewrap_volume_key(
             Err(e) => to
                 .decrypt(&wrapped, &ctx)
                 .map(|_| hex_key.to_string())
-                .map_err(|_| format!("the {what} opens under neither key: {e}")),
+                .map_err(|_| format!("the {what} opens under neither key: {e}").into()),
         };
     }
     match job.kms_from.reencrypt(&wrapped, &ctx, to) {
@@ -360,7 +356,8 @@ fn rewrap_volume_key(
             Ok(_) => Ok(hex_key.to_string()),
             Err(_) => Err(format!(
                 "cannot rewrap the {what}: {e}; run the same kmsfs rewrap again to resume"
-            )),
+            )
+            .into()),
         },
     }
 }

@@ -18,13 +18,14 @@ pub fn run(args: &UnmountCmd) -> CliResult {
     let mounted = mounted_at(&mnt);
     let pid = runtime_dir::lookup(&mnt);
     match &mounted {
-        None if pid.is_none() => return Err(format!("{} is not mounted", mnt.display())),
+        None if pid.is_none() => return Err(format!("{} is not mounted", mnt.display()).into()),
         // fuser mounts with type "fuse" as root and "fuse.kmsfs" through fusermount3.
         Some((fstype, source)) if !is_kmsfs(fstype, source, pid.is_some()) => {
             return Err(format!(
                 "{} is a {fstype} mount, not kmsfs: use umount",
                 mnt.display()
-            ));
+            )
+            .into());
         }
         _ => {}
     }
@@ -47,7 +48,8 @@ pub fn run(args: &UnmountCmd) -> CliResult {
                 Some(_) if start.elapsed() > DAEMON_EXIT_WAIT => {
                     return Err(format!(
                         "unmounted, but daemon {pid} has not exited after 30 s: check it with ps"
-                    ));
+                    )
+                    .into());
                 }
                 Some(_) => {}
             }
@@ -82,9 +84,10 @@ fn detach_when_idle(mnt: &Path, wait: Duration) -> CliResult {
                     "{} is busy{}: close the files and shells using it, then retry",
                     mnt.display(),
                     users_of(mnt)
-                ));
+                )
+                .into());
             }
-            Err(Failed(msg)) => return Err(msg),
+            Err(Failed(msg)) => return Err(msg.into()),
             Ok(()) => return Ok(()),
         }
     }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{TrustArgs, provider};
+use super::{CliError, TrustArgs, provider};
 use crate::content::Volume;
 use crate::format::header::{FORMAT_VERSION, FileHeader, HEADER_SIZE};
 use crate::names::{DIRIV_NAME, Names, cipher};
@@ -49,7 +49,11 @@ impl Offline {
 /// Open the vault in `dir` with the key from `key` (else this host's trust record), refusing a
 /// vault whose config names another key. A vault without `.kmsfs/config.json` is opened from
 /// the first file header found (with a warning) when `allow_missing_config`.
-pub fn open(dir: &Path, trust: &TrustArgs, allow_missing_config: bool) -> Result<Offline, String> {
+pub fn open(
+    dir: &Path,
+    trust: &TrustArgs,
+    allow_missing_config: bool,
+) -> Result<Offline, CliError> {
     let dir = dir
         .canonicalize()
         .map_err(|e| format!("vault {}: {e}", dir.display()))?;
@@ -63,14 +67,13 @@ pub fn open(dir: &Path, trust: &TrustArgs, allow_missing_config: bool) -> Result
             );
             (config_from_headers(&dir)?, true)
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     };
     let p = if config_missing {
         // Nothing to verify: the key from the command line, else this host's volume record.
         let trusted = match provider::from_args(&trust.key) {
             Some(k) => k,
-            None => vault::trust::trusted_key_of(&vault::config_home(), &cfg.volume_id)
-                .map_err(|e| e.to_string())?
+            None => vault::trust::trusted_key_of(&vault::config_home(), &cfg.volume_id)?
                 .ok_or_else(|| VaultError::NoTrustedKey(dir.display().to_string()).to_string())?,
         };
         provider::open(&trusted)?
@@ -91,7 +94,7 @@ pub fn open(dir: &Path, trust: &TrustArgs, allow_missing_config: bool) -> Result
 
 /// A config for a vault whose `.kmsfs/` is lost: volume id and block size from the first file
 /// with a valid header; names taken as encrypted when the root holds a `.kmsfs.diriv`.
-fn config_from_headers(dir: &Path) -> Result<VaultConfig, String> {
+fn config_from_headers(dir: &Path) -> Result<VaultConfig, CliError> {
     let encrypted = dir.join(DIRIV_NAME).exists();
     let tree = walk(dir, encrypted, None);
     for f in &tree.files {
@@ -125,7 +128,7 @@ fn config_from_headers(dir: &Path) -> Result<VaultConfig, String> {
     Err(format!(
         "{} has no {META_DIR}/config.json and no kmsfs file header to learn the volume id from: it is not a kmsfs vault",
         dir.display()
-    ))
+    ).into())
 }
 
 /// The vault holding backing path `path`: the nearest ancestor with `.kmsfs/config.json`.

@@ -20,10 +20,11 @@
 
 pub mod cipher;
 pub mod diriv;
+mod error;
 pub mod key;
+mod setup;
 
 use std::ffi::{CString, OsStr, OsString};
-use std::fs::File;
 use std::io;
 use std::ops::Deref;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -32,11 +33,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::crypto::DataKey;
-use crate::keys::{EncryptionContext, KeyProvider};
+
 use crate::sys::{self, mkdirat, renameat2, stat_fd as stat, unlinkat};
-use crate::vault::{META_DIR, VaultConfig};
+use crate::vault::META_DIR;
 pub use cipher::{DIRIV_NAME, DirIv, NameCipher};
 use diriv::{DirIvs, write_new};
+pub use error::NamesError;
 pub use key::{NameKeyHandle, NameKeySource};
 use sys::describe;
 
@@ -123,77 +125,6 @@ impl Names {
                 dirivs: DirIvs::new(root)?,
             }),
         })
-    }
-
-    /// The names of the vault in `vault_dir` with (verified) config `cfg`: plaintext, or
-    /// encrypted with the name key unwrapped by `provider` (one Decrypt), after checking the
-    /// root's IV file.
-    pub fn for_vault(
-        vault_dir: &Path,
-        cfg: &VaultConfig,
-        provider: Arc<dyn KeyProvider>,
-    ) -> Result<Self, String> {
-        if cfg.plaintext_names {
-            return Ok(Names::plaintext());
-        }
-        let wrapped = cfg
-            .wrapped_name_key
-            .as_deref()
-            .and_then(|h| hex::decode(h).ok())
-            .ok_or_else(|| {
-                format!(
-                    "vault {}: the config has no valid wrapped_name_key",
-                    vault_dir.display()
-                )
-            })?;
-        let volume_id = cfg.volume_id_bytes().map_err(|e| e.to_string())?;
-        let ctx = EncryptionContext::for_volume(&volume_id, NAME_KEY_PURPOSE);
-        let key = provider.decrypt(&wrapped, &ctx).map_err(|e| {
-            format!(
-                "cannot unwrap the file-name key of vault {}: {e}",
-                vault_dir.display()
-            )
-        })?;
-        crate::crypto::scrub_stack();
-        let source = NameKeySource::new(provider, wrapped, ctx);
-        let names = Names::encrypted(key, Some(source), vault_dir)
-            .map_err(|e| format!("{}: {e}", vault_dir.display()))?;
-        let root = File::open(vault_dir).map_err(|e| format!("{}: {e}", vault_dir.display()))?;
-        if let Some(enc) = &names.enc {
-            enc.diriv(root.as_fd()).map_err(|e| {
-                format!(
-                    "vault {}: {DIRIV_NAME} is unreadable or not this vault's ({e}): without it no name in the vault root can be read; restore it from a backup",
-                    vault_dir.display()
-                )
-            })?;
-        }
-        Ok(names)
-    }
-
-    /// At `init`: for an encrypted-names vault, a new name key wrapped by `provider` (recorded
-    /// in `cfg`) and the root directory's IV file. Nothing for a plaintext-names vault.
-    pub fn init_vault(
-        vault_dir: &Path,
-        cfg: &mut VaultConfig,
-        provider: &dyn KeyProvider,
-    ) -> Result<(), String> {
-        if cfg.plaintext_names {
-            return Ok(());
-        }
-        let volume_id = cfg.volume_id_bytes().map_err(|e| e.to_string())?;
-        let generated = provider
-            .generate_data_key(&EncryptionContext::for_volume(&volume_id, NAME_KEY_PURPOSE))
-            .map_err(|e| format!("cannot make the file-name key: {e}"))?;
-        cfg.wrapped_name_key = Some(hex::encode(&generated.wrapped));
-        let cipher = NameCipher::new(generated.key);
-        let dirivs = DirIvs::new(vault_dir).map_err(|e| format!("{}: {e}", vault_dir.display()))?;
-        // A root IV left by an interrupted init belongs to a name key now lost: replace it.
-        if let Ok(root) = File::open(vault_dir) {
-            let _ = unlinkat(root.as_fd(), OsStr::new(DIRIV_NAME), 0);
-        }
-        dirivs
-            .init_root(&cipher)
-            .map_err(|e| format!("cannot write {}/{DIRIV_NAME}: {e}", vault_dir.display()))
     }
 
     /// Drop the unwrapped name key (`forget`); the next name operation unwraps it again.

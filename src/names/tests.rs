@@ -1,5 +1,6 @@
 //! Names against backing directories in a temporary dir.
 use super::*;
+use std::fs::File;
 use std::os::fd::AsRawFd;
 
 /// A vault root in a temp dir with encrypted names, its root IV made as `init` makes it.

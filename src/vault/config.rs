@@ -230,10 +230,7 @@ impl VaultConfig {
     }
 
     fn config_ctx(&self) -> Result<EncryptionContext, VaultError> {
-        let volume = self.volume_id_bytes().map_err(|_| VaultError::BadConfig {
-            path: "config".into(),
-            why: "volume id is not hex".into(),
-        })?;
+        let volume = self.volume_id_bytes()?;
         Ok(EncryptionContext::for_volume(&volume, CONFIG_KEY_PURPOSE))
     }
 
@@ -351,9 +348,12 @@ impl VaultConfig {
     }
 
     /// The volume id as bytes.
-    pub fn volume_id_bytes(&self) -> Result<Id, hex::FromHexError> {
+    pub fn volume_id_bytes(&self) -> Result<Id, VaultError> {
         let mut id = [0u8; 16];
-        hex::decode_to_slice(&self.volume_id, &mut id)?;
+        hex::decode_to_slice(&self.volume_id, &mut id).map_err(|_| VaultError::BadConfig {
+            path: format!("{}/{}", super::META_DIR, CONFIG_FILE),
+            why: "volume id is not 32 hex digits".into(),
+        })?;
         Ok(id)
     }
 

@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use super::VaultConfig;
 use crate::content::Volume;
+use crate::format::FormatError;
 use crate::format::header::ProviderId;
+use crate::keys::KeyError;
 use crate::keys::bucket::BucketKeyProvider;
 use crate::keys::pool::KeyPool;
 use crate::keys::{KeyCache, KeyProvider};
-use crate::names::Names;
+use crate::names::{Names, NamesError};
 
 /// How long keys live and how many there are.
 #[derive(Debug, Clone)]
@@ -48,6 +50,29 @@ impl KeyPolicy {
     }
 }
 
+/// Why a vault cannot be opened; each message says what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The config is not valid.
+    #[error(transparent)]
+    Config(#[from] super::VaultError),
+    /// The config's block layout is not one this build supports.
+    #[error("vault config: {0}")]
+    Layout(#[from] FormatError),
+    /// The config's bucket key is not hex.
+    #[error("vault config: wrapped_bucket_key is not hex")]
+    BucketKeyNotHex,
+    /// The key service would not unwrap the bucket key.
+    #[error("cannot unwrap the vault's bucket key: {0}")]
+    BucketKey(#[source] KeyError),
+    /// The pool's refill threads could not start.
+    #[error("cannot start the data-key pool: {0}")]
+    Pool(#[source] std::io::Error),
+    /// The names could not be opened.
+    #[error(transparent)]
+    Names(#[from] NamesError),
+}
+
 /// An open vault.
 pub struct OpenVault {
     /// The live provider of the trusted key (it wraps the vault-level keys).
@@ -64,15 +89,14 @@ pub fn file_key_provider(
     cfg: &VaultConfig,
     trusted: Arc<dyn KeyProvider>,
     bucket_ttl: Duration,
-) -> Result<Arc<dyn KeyProvider>, String> {
+) -> Result<Arc<dyn KeyProvider>, OpenError> {
     let Some(hex_key) = cfg.wrapped_bucket_key.as_deref() else {
         return Ok(trusted);
     };
-    let wrapped = hex::decode(hex_key)
-        .map_err(|_| "vault config: wrapped_bucket_key is not hex".to_string())?;
-    let volume_id = cfg.volume_id_bytes().map_err(|e| e.to_string())?;
+    let wrapped = hex::decode(hex_key).map_err(|_| OpenError::BucketKeyNotHex)?;
+    let volume_id = cfg.volume_id_bytes()?;
     let bucket = BucketKeyProvider::new(trusted, wrapped, &volume_id, bucket_ttl)
-        .map_err(|e| format!("cannot unwrap the vault's bucket key: {e}"))?;
+        .map_err(OpenError::BucketKey)?;
     Ok(Arc::new(bucket))
 }
 
@@ -84,8 +108,8 @@ pub fn open(
     trusted: Arc<dyn KeyProvider>,
     policy: &KeyPolicy,
     with_names: bool,
-) -> Result<OpenVault, String> {
-    let volume_id = cfg.volume_id_bytes().map_err(|e| e.to_string())?;
+) -> Result<OpenVault, OpenError> {
+    let volume_id = cfg.volume_id_bytes()?;
     let files = file_key_provider(cfg, trusted.clone(), policy.bucket_ttl)?;
     let keys = Arc::new(
         KeyCache::new(files.clone(), policy.ttl, policy.grace, policy.cache_size)
@@ -96,12 +120,12 @@ pub fn open(
     // keys live at most one TTL; with a zero TTL no key waits unused in memory: no pool.
     if files.provider_id() == ProviderId::AwsKms && pool_size > 0 && !policy.ttl.is_zero() {
         let pool = KeyPool::start(files.clone(), volume_id, pool_size, policy.ttl, workers)
-            .map_err(|e| format!("cannot start the data-key pool: {e}"))?;
+            .map_err(OpenError::Pool)?;
         keys.set_pool(pool);
     }
     let volume = Arc::new(Volume::new(
         volume_id,
-        cfg.layout().map_err(|e| e.to_string())?,
+        cfg.layout()?,
         files.provider_id(),
         keys,
     ));

@@ -16,12 +16,9 @@ pub const BS: u64 = 4096;
 pub const H: u64 = 1024;
 pub const SB: u64 = BS + 28;
 
-/// The splitmix64 finalizer: a well-mixed 64-bit hash of `z`.
-pub fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+/// A well-mixed 64-bit hash of `z` (splitmix64, as `Rng`).
+pub fn mix(z: u64) -> u64 {
+    super::mount::Rng::hash(z)
 }
 
 /// `len` bytes at offset `off` of generation `g` of the deterministic content of file `seed`:

@@ -467,8 +467,15 @@ impl Rng {
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
+        let out = Rng::hash(self.0);
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
+        out
+    }
+
+    /// The splitmix64 output for state `z`: a well-mixed 64-bit hash, for data that must be
+    /// computable at any offset (the generator's n-th output is `hash(seed + (n-1)·γ)`).
+    pub fn hash(z: u64) -> u64 {
+        let mut z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
