@@ -9,8 +9,8 @@ use std::time::SystemTime;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::fs::{
@@ -28,6 +28,13 @@ impl Invalidator for Notify {
     fn inval_inode(&self, ino: u64) {
         if let Err(e) = self.0.inval_inode(INodeNo(ino), 0, 0) {
             tracing::debug!("page cache invalidation of inode {ino}: {e}");
+        }
+    }
+
+    fn inval_attr(&self, ino: u64) {
+        // A negative offset: attributes only, no pages (so no page lock is waited for).
+        if let Err(e) = self.0.inval_inode(INodeNo(ino), -1, 0) {
+            tracing::debug!("attribute invalidation of inode {ino}: {e}");
         }
     }
 }
@@ -79,8 +86,20 @@ fn caller(req: &Request) -> Caller {
 fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     t.map(|t| match t {
         TimeOrNow::Now => SetTime::Now,
-        TimeOrNow::SpecificTime(t) => SetTime::At(t),
+        TimeOrNow::SpecificTime(t) => SetTime::At(before_epoch_fixed(t)),
     })
+}
+
+/// fuser 0.18 turns a kernel time before 1970, (seconds −s, nanoseconds n), into 1970 − s − n
+/// instead of 1970 − s + n: undo that, so 1969-12-31 23:59:59.25 stays .25 and not .75.
+fn before_epoch_fixed(t: SystemTime) -> SystemTime {
+    match std::time::UNIX_EPOCH.duration_since(t) {
+        Ok(d) if d.subsec_nanos() != 0 => {
+            std::time::UNIX_EPOCH - std::time::Duration::from_secs(d.as_secs())
+                + std::time::Duration::from_nanos(u64::from(d.subsec_nanos()))
+        }
+        _ => t,
+    }
 }
 
 impl FuseFs {
@@ -142,6 +161,9 @@ impl Filesystem for FuseFs {
         // We clear set-user/group-ID bits on write and truncate ourselves (`kill_suid_sgid`),
         // which spares every write() the kernel's GETXATTR "security.capability" round trip.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
+        // POSIX ACLs: the kernel enforces them (under default_permissions) and keeps the mode
+        // in step; we store them as xattrs (encrypted like the others).
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_POSIX_ACL);
         Ok(())
     }
 
@@ -317,7 +339,7 @@ impl Filesystem for FuseFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -327,8 +349,12 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let writer = caller(req);
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        match self.0.write(ino.0, fh.0, offset, data, kill) {
+        match self
+            .0
+            .write(ino.0, fh.0, offset, data, kill.then_some(&writer))
+        {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
         }
@@ -372,14 +398,16 @@ impl Filesystem for FuseFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let r = self.0.readdir(fh.0, offset, |ino, next, kind, name| {
-            reply.add(INodeNo(ino), next, file_type(kind), name)
-        });
+        let r = self
+            .0
+            .readdir(ino.0, fh.0, offset, |ino, next, kind, name| {
+                reply.add(INodeNo(ino), next, file_type(kind), name)
+            });
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -509,7 +537,7 @@ impl Filesystem for FuseFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -517,6 +545,30 @@ impl Filesystem for FuseFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.0.fallocate(ino.0, fh.0, offset, length, mode));
+        let r = self
+            .0
+            .fallocate(&caller(req), ino.0, fh.0, offset, length, mode);
+        reply_empty(reply, r);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            // The kernel answers SEEK_SET, SEEK_CUR and SEEK_END itself.
+            _ => return reply.error(Errno::EINVAL),
+        };
+        match self.0.lseek(fh.0, offset, data) {
+            Ok(at) => reply.offset(at as i64),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 }

@@ -69,6 +69,7 @@ pub fn run(args: &InitArgs) -> CliResult {
     cfg.seal_new(key_provider.as_ref())
         .map_err(|e| format!("cannot make the config key: {e}"))?;
     cfg.create(&vault_dir)?;
+    vault::hole_dir(&vault_dir, true)?;
     vault::trust::record(&vault::config_home(), &vault_dir, &cfg, &trusted)?;
     println!(
         "initialised kmsfs vault {} (volume {})",

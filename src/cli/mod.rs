@@ -5,9 +5,11 @@ mod control;
 mod daemon;
 mod error;
 mod fsck;
+mod helper;
 mod init;
 mod logging;
 mod mount;
+mod mount_flags;
 mod provider;
 mod readahead;
 mod rewrap;
@@ -161,6 +163,10 @@ struct MountArgs {
     /// Log filter, e.g. info, debug, kmsfs=trace (RUST_LOG wins when set).
     #[arg(long, value_name = "FILTER", default_value = "info")]
     log_level: String,
+    /// Generic mount flags, as mount(8) takes them: noatime, nodiratime, strictatime,
+    /// noexec, sync, dirsync; dev and suid (root only: the default is nodev,nosuid).
+    #[arg(long, value_name = "LIST", default_value = "", value_parser = mount_flags::MountFlags::parse)]
+    flags: mount_flags::MountFlags,
 }
 
 #[derive(Debug, Args)]
@@ -328,9 +334,18 @@ fn forget(args: &MountpointArgs) -> CliResult {
 
 /// Run the command line; returns the process exit code.
 pub fn main() -> i32 {
-    let cli = match fstab_form(std::env::args_os().collect()) {
-        Ok(Some(argv)) => Cli::parse_from(argv),
-        Ok(None) => Cli::parse(),
+    let cli = match helper::parse(std::env::args_os().collect()) {
+        Ok(helper::Helper::Mount(argv)) => Cli::parse_from(argv),
+        Ok(helper::Helper::Remount(mnt, flags)) => {
+            return match mount_flags::remount(&mnt, flags) {
+                Ok(()) => 0,
+                Err(msg) => {
+                    eprintln!("kmsfs: {msg}");
+                    1
+                }
+            };
+        }
+        Ok(helper::Helper::None) => Cli::parse(),
         Err(msg) => {
             eprintln!("kmsfs: {msg}");
             return 1;
@@ -359,115 +374,3 @@ pub use error::CliError;
 
 /// A subcommand's outcome; the error is one line for the user that says what to do.
 pub type CliResult = Result<(), CliError>;
-
-/// `mount.fuse` (from `mount -t fuse.kmsfs` or /etc/fstab) runs `kmsfs VAULT MOUNTPOINT -o
-/// OPTS`: translate that into `kmsfs mount VAULT MOUNTPOINT --option...`.
-fn fstab_form(argv: Vec<std::ffi::OsString>) -> Result<Option<Vec<std::ffi::OsString>>, CliError> {
-    const SUBCOMMANDS: &[&str] = &[
-        "init", "mount", "unmount", "status", "forget", "rewrap", "fsck", "cat", "help",
-    ];
-    let Some(first) = argv.get(1).and_then(|a| a.to_str()) else {
-        return Ok(None);
-    };
-    if argv.len() < 3 || first.starts_with('-') || SUBCOMMANDS.contains(&first) {
-        return Ok(None);
-    }
-    let mut out: Vec<std::ffi::OsString> = vec![
-        "kmsfs".into(),
-        "mount".into(),
-        argv[1].clone(),
-        argv[2].clone(),
-    ];
-    let mut rest = argv[3..].iter();
-    while let Some(arg) = rest.next() {
-        let opts = match arg.to_str() {
-            Some("-o") => rest
-                .next()
-                .and_then(|o| o.to_str())
-                .ok_or("-o needs a value")?
-                .to_string(),
-            Some(o) if o.starts_with("-o") => o[2..].to_string(),
-            // mount.fuse adds these for its own bookkeeping.
-            Some("-n" | "-s" | "-v") => continue,
-            _ => {
-                return Err(format!(
-                    "unexpected argument {arg:?}: use kmsfs mount VAULT MOUNTPOINT"
-                )
-                .into());
-            }
-        };
-        for opt in opts.split(',').filter(|o| !o.is_empty()) {
-            let (name, value) = opt
-                .split_once('=')
-                .map_or((opt, None), |(n, v)| (n, Some(v)));
-            let flag = |f: &str| -> Vec<std::ffi::OsString> { vec![f.into()] };
-            let with = |f: &str| -> Result<Vec<std::ffi::OsString>, CliError> {
-                let v = value
-                    .ok_or_else(|| format!("mount option {name} needs a value ({name}=...)"))?;
-                Ok(vec![f.into(), v.into()])
-            };
-            out.extend(match name {
-                "key_ttl" => with("--key-ttl")?,
-                "key_cache_size" => with("--key-cache-size")?,
-                "key_pool_size" => with("--key-pool-size")?,
-                "key_file" => with("--key-file")?,
-                "kms_key_id" => with("--kms-key-id")?,
-                "volume_id" => with("--volume-id")?,
-                "host_id" => with("--host-id")?,
-                "threads" => with("--threads")?,
-                "fd_cache" => with("--fd-cache")?,
-                "attr_ttl" => with("--attr-ttl")?,
-                "readahead" => with("--readahead")?,
-                "spare_files" => with("--spare-files")?,
-                "log_file" => with("--log-file")?,
-                "log_level" => with("--log-level")?,
-                "allow_other" => flag("--allow-other"),
-                "ro" | "read_only" => flag("--read-only"),
-                // Generic mount(8) options with nothing to do here.
-                "rw" | "defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "_netdev"
-                | "nofail" | "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime"
-                | "noatime" | "relatime" => vec![],
-                other => return Err(format!("unknown mount option {other} (see man kmsfs)").into()),
-            });
-        }
-    }
-    Ok(Some(out))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(a: &[&str]) -> Vec<std::ffi::OsString> {
-        a.iter().map(Into::into).collect()
-    }
-
-    #[test]
-    fn fstab_form_maps_options() {
-        let got = fstab_form(args(&[
-            "kmsfs",
-            "/v",
-            "/m",
-            "-o",
-            "rw,key_ttl=5,allow_other,_netdev",
-        ]))
-        .expect("ok");
-        assert_eq!(
-            got,
-            Some(args(&[
-                "kmsfs",
-                "mount",
-                "/v",
-                "/m",
-                "--key-ttl",
-                "5",
-                "--allow-other"
-            ]))
-        );
-        assert_eq!(
-            fstab_form(args(&["kmsfs", "mount", "/v", "/m"])).expect("ok"),
-            None
-        );
-        assert!(fstab_form(args(&["kmsfs", "/v", "/m", "-o", "bogus"])).is_err());
-    }
-}

@@ -8,6 +8,7 @@ use std::time::Duration;
 use fuser::{Config, MountOption, Session, SessionACL};
 
 use super::daemon::{self, Ready};
+use super::mount_flags::MountFlags;
 use super::{CliResult, MountArgs, control, logging, provider, readahead, runtime_dir};
 use crate::format::header::ProviderId;
 use crate::fs::{FsOptions, KmsFs};
@@ -34,6 +35,12 @@ pub fn run(args: MountArgs) -> CliResult {
     })?;
     if !mnt.is_dir() {
         return Err(format!("mount point {} is not a directory", mnt.display()).into());
+    }
+    if (args.flags.dev || args.flags.suid) && crate::sys::process::euid() != 0 {
+        return Err(
+            "the dev and suid mount flags need a mount by root (the default is nodev,nosuid)"
+                .into(),
+        );
     }
     let cfg = VaultConfig::load(&vault_dir)?;
     let trust = provider::resolve(&args.trust, &cfg, &vault_dir)?;
@@ -80,6 +87,24 @@ struct Checked {
     lock: MountLock,
 }
 
+/// fuser's options for the generic mount flags (nodev,nosuid unless asked otherwise).
+fn kernel_options(f: MountFlags) -> Vec<MountOption> {
+    let pick = |on: bool, yes: MountOption, no: Option<MountOption>| {
+        if on { Some(yes) } else { no }
+    };
+    [
+        pick(f.dev, MountOption::Dev, Some(MountOption::NoDev)),
+        pick(f.suid, MountOption::Suid, Some(MountOption::NoSuid)),
+        pick(f.noexec, MountOption::NoExec, None),
+        pick(f.noatime, MountOption::NoAtime, None),
+        pick(f.sync, MountOption::Sync, None),
+        pick(f.dirsync, MountOption::DirSync, None),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 /// The daemon's life: provider, session, ready, serve, clean up.
 fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
     let Checked {
@@ -118,7 +143,14 @@ fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
         max_waiters: args.threads.saturating_sub(2).max(1),
         pool: (args.key_pool_size, POOL_WORKERS),
     };
-    let opened = vault::open::open(vault_dir, cfg, kms_provider.clone(), &policy, true)?;
+    let opened = vault::open::open(
+        vault_dir,
+        cfg,
+        kms_provider.clone(),
+        &policy,
+        true,
+        !args.read_only,
+    )?;
     let (vault, names) = (opened.volume, opened.names.unwrap_or_default());
     let keys = vault.keys.clone();
     let provider_id: ProviderId = vault.provider;
@@ -130,6 +162,9 @@ fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
         vault
             .shared_store
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(holes) = &vault.holes {
+            holes.set_shared();
+        }
     }
     let name_key = names.key_handle();
     if let Some(handle) = name_key.clone() {
@@ -145,6 +180,7 @@ fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
             fd_cache: args
                 .fd_cache
                 .unwrap_or_else(|| crate::fs::default_fd_cache(fd_limit)),
+            noatime: args.flags.noatime,
         },
     )
     .map_err(|e| format!("cannot open vault {}: {e}", vault_dir.display()))?;
@@ -163,11 +199,12 @@ fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
     crate::sys::process::set_umask(0);
     let mut options = vec![
         MountOption::FSName(vault_dir.display().to_string()),
-        MountOption::Subtype("kmsfs".into()),
+        // As a kernel option (fuser passes Subtype only to fusermount): the mount then shows
+        // as fuse.kmsfs, and mount(8) finds kmsfs again for `-o remount`.
+        MountOption::CUSTOM("subtype=kmsfs".into()),
         MountOption::DefaultPermissions,
-        MountOption::NoDev,
-        MountOption::NoSuid,
     ];
+    options.extend(kernel_options(args.flags));
     if args.read_only {
         options.push(MountOption::RO);
     }
@@ -211,6 +248,10 @@ fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
     // serves below; the readahead window can only be widened after it.
     let mut ready = std::mem::replace(ready, Ready::none());
     let (ready_mnt, readahead_kib) = (mnt.to_path_buf(), args.readahead);
+    let mount_point_flags = MountFlags {
+        ro: args.read_only,
+        ..args.flags
+    };
     std::thread::Builder::new()
         .name("kmsfs-ready".into())
         .spawn(move || {
@@ -223,6 +264,13 @@ fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
             if fs_type(&ready_mnt) != Some(FUSE_MAGIC) {
                 ready.fail(&format!("mount {} vanished", ready_mnt.display()));
                 return;
+            }
+            if mount_point_flags.nodiratime || mount_point_flags.strictatime {
+                // fuser has no option for these: set them on the mount point itself.
+                let flags = mount_point_flags.ms_flags();
+                if let Err(e) = crate::sys::process::remount(&ready_mnt, flags, true) {
+                    tracing::warn!("nodiratime/strictatime not set on the mount point: {e}");
+                }
             }
             match readahead::set(&ready_mnt, readahead_kib) {
                 Ok(()) => tracing::debug!(kib = readahead_kib, "readahead set"),

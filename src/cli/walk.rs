@@ -81,7 +81,14 @@ pub fn open(
         provider::open_verified(&provider::resolve(trust, &cfg, &dir)?)?
     };
     let with_names = !config_missing || cfg.plaintext_names;
-    let opened = vault::open::open(&dir, &cfg, p, &KeyPolicy::offline(KEY_CACHE), with_names)?;
+    let opened = vault::open::open(
+        &dir,
+        &cfg,
+        p,
+        &KeyPolicy::offline(KEY_CACHE),
+        with_names,
+        false,
+    )?;
     let (vault, names) = (opened.volume, opened.names);
     Ok(Offline {
         dir,

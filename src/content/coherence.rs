@@ -22,6 +22,10 @@ impl CryptFile {
         write: bool,
     ) -> Result<BackingLock<'_>, CryptError> {
         let lock = BackingLock::acquire(&self.file, self.shared(), write)?;
+        if let Some(keyed) = state.as_ref().filter(|_| self.shared()) {
+            // Another host may have made or changed the hole map since it was read.
+            keyed.holes.lock().forget();
+        }
         if let Some(keyed) = state.as_ref() {
             let mut id = [0u8; 16];
             let n = read_full(&self.file, &mut id, header_offset::FILE_ID as u64)?;
@@ -56,6 +60,9 @@ impl CryptFile {
         if *seen != Some(stamp) {
             crate::sys::drop_page_cache(std::os::fd::AsFd::as_fd(&self.file));
             *seen = Some(stamp);
+            if let Some(keyed) = self.state.read().as_ref() {
+                keyed.holes.lock().forget();
+            }
         }
         Ok(())
     }

@@ -20,11 +20,16 @@ use parking_lot::RwLock;
 mod coherence;
 #[allow(unsafe_code)]
 pub mod direct;
+mod holes;
 mod read;
+mod sparse;
 mod write;
+
+pub use holes::HoleStore;
 
 use crate::crypto::{self, BlockCipher};
 use crate::format::header::{FileHeader, HEADER_SIZE, ProviderId, offset as header_offset};
+use crate::format::holes::HoleGeometry;
 use crate::format::layout::BLOCK_OVERHEAD;
 use crate::format::{FormatError, Id, Layout};
 use crate::keys::{EncryptionContext, KeyCache, KeyError};
@@ -133,6 +138,8 @@ pub struct Volume {
     pub provider: ProviderId,
     /// Unwrapped data keys.
     pub keys: Arc<KeyCache>,
+    /// Where files' hole maps live (None: holes are stored as encrypted zeros).
+    pub holes: Option<HoleStore>,
 }
 
 impl Volume {
@@ -145,7 +152,19 @@ impl Volume {
             layout,
             provider,
             keys,
+            holes: None,
         }
+    }
+
+    /// The same, with files' holes kept sparse through the maps in `store`.
+    pub fn with_holes(mut self, store: Option<HoleStore>) -> Self {
+        self.holes = store;
+        self
+    }
+
+    /// The geometry of this vault's hole maps.
+    pub fn hole_geometry(&self) -> HoleGeometry {
+        HoleGeometry::new(self.layout.block_size())
     }
 
     /// Plain size of a backing file of `backing` bytes (lossy for damaged files: stat must work).
@@ -159,6 +178,17 @@ impl Volume {
 #[derive(Debug)]
 struct Keyed {
     header: FileHeader,
+    /// Which blocks may read as holes.
+    holes: parking_lot::Mutex<holes::HoleMap>,
+}
+
+impl Keyed {
+    fn new(header: FileHeader) -> Self {
+        Keyed {
+            header,
+            holes: Default::default(),
+        }
+    }
 }
 
 /// One open encrypted file.
@@ -251,9 +281,7 @@ impl CryptFile {
         if let Some(id) = self.file_id() {
             return Some(id);
         }
-        let mut buf = vec![0u8; HEADER_SIZE];
-        let n = read_full(&self.file, &mut buf, 0).ok()?;
-        FileHeader::decode(&buf[..n]).ok().map(|h| h.file_id)
+        header_file_id(&self.file)
     }
 
     /// The block cipher of a loaded file, its key from the cache (or the KMS after expiry).
@@ -296,7 +324,7 @@ impl CryptFile {
         let key = self.key_for(&header)?;
         crypto::verify_header(&key, &header)
             .map_err(|_| self.integrity(None, "header tag does not verify"))?;
-        Ok(Keyed { header })
+        Ok(Keyed::new(header))
     }
 
     /// A file with content but no loaded header: load it (under the write lock).
@@ -374,23 +402,11 @@ impl CryptFile {
         self.counted(self.truncate_uncounted(new_size))
     }
 
-    /// Overwrite the plain range `offset .. offset + len` with zeros, keeping the size
-    /// (punch hole / zero range: the zeros stay encrypted and authenticated).
-    pub fn zero_range(&self, offset: u64, len: u64) -> Result<(), CryptError> {
-        let size = self.size()?;
-        let end = size.min(offset.saturating_add(len));
-        let mut at = offset;
-        let chunk = BATCH_BLOCKS * self.vault.layout.block_size() as u64;
-        while at < end {
-            let n = chunk.min(end - at);
-            self.write(at, &vec![0u8; n as usize])?;
-            at += n;
-        }
-        Ok(())
-    }
-
-    /// Flush the backing file to stable storage.
+    /// Flush the backing file (and its hole map) to stable storage.
     pub fn sync(&self, data_only: bool) -> Result<(), CryptError> {
+        if let Some(keyed) = self.state.read().as_ref() {
+            keyed.holes.lock().sync()?;
+        }
         if data_only {
             self.file.sync_data()?
         } else {
@@ -408,6 +424,14 @@ impl CryptFile {
             .as_ref()
             .ok_or_else(|| self.integrity(None, "header vanished"))
     }
+}
+
+/// The file id the header of backing file `file` names (not authenticated; no key needed).
+/// None for an empty or foreign file.
+pub fn header_file_id(file: &File) -> Option<Id> {
+    let mut buf = vec![0u8; HEADER_SIZE];
+    let n = read_full(file, &mut buf, 0).ok()?;
+    FileHeader::decode(&buf[..n]).ok().map(|h| h.file_id)
 }
 
 /// Unwrap the key of the backing file `file` ahead of use, if it is a kmsfs file of `vault`
@@ -437,6 +461,12 @@ pub fn key_is_cached(file: &CryptFile) -> bool {
     // Empty or foreign: no key to fetch.
     file.stored_file_id()
         .is_none_or(|id| file.vault.keys.contains(&id))
+}
+
+/// Whether stored bytes are all zero: a hole (or data removed from the backing file). A sealed
+/// block never is: its nonce is random.
+fn is_zero(stored: &[u8]) -> bool {
+    stored.iter().all(|&b| b == 0)
 }
 
 /// pread until `buf` is full or end of file; returns the bytes read.

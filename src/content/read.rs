@@ -63,7 +63,7 @@ impl CryptFile {
                 offset,
                 end,
             };
-            self.open_blocks(&cipher, &span, &stored, &mut out[lo..hi], true)?;
+            self.open_blocks(keyed, &cipher, &span, &stored, &mut out[lo..hi], true)?;
             index = batch_end + 1;
         }
         Ok(out)
@@ -73,6 +73,7 @@ impl CryptFile {
     /// they cover). Large spans are split in two and opened on two cores at once.
     pub(super) fn open_blocks(
         &self,
+        keyed: &Keyed,
         cipher: &BlockCipher,
         span: &Span,
         stored: &[u8],
@@ -102,9 +103,10 @@ impl CryptFile {
             );
             return std::thread::scope(|scope| {
                 // No thread to be had (out of resources): the request fails, the daemon stays.
-                let second = std::thread::Builder::new()
-                    .spawn_scoped(scope, || self.open_blocks(cipher, &right, s2, o2, false))?;
-                let r1 = self.open_blocks(cipher, &left, s1, o1, false);
+                let second = std::thread::Builder::new().spawn_scoped(scope, || {
+                    self.open_blocks(keyed, cipher, &right, s2, o2, false)
+                })?;
+                let r1 = self.open_blocks(keyed, cipher, &left, s1, o1, false);
                 let r2 = second
                     .join()
                     .unwrap_or_else(|_| Err(self.integrity(Some(mid), "decryption thread failed")));
@@ -129,9 +131,7 @@ impl CryptFile {
             } else {
                 &mut plain[..blen]
             };
-            cipher
-                .open(i, block, target)
-                .map_err(|e| self.integrity(Some(i), e.to_string()))?;
+            self.open_block(keyed, cipher, i, block, target)?;
             if !whole {
                 out[put..put + (to - from)].copy_from_slice(&plain[from..to]);
             }
@@ -182,9 +182,34 @@ impl CryptFile {
         Ok(bytes)
     }
 
+    /// Open stored block `index` into `out`: decrypt it, or zeros for a hole its map grants.
+    pub(super) fn open_block(
+        &self,
+        keyed: &Keyed,
+        cipher: &BlockCipher,
+        index: u64,
+        stored: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), CryptError> {
+        if is_zero(stored) {
+            if self.hole_granted(keyed, cipher, index)? {
+                out.fill(0);
+                return Ok(());
+            }
+            return Err(self.integrity(
+                Some(index),
+                "block is all zeros and no hole was made there: its data was removed from the backing file",
+            ));
+        }
+        cipher
+            .open(index, stored, out)
+            .map_err(|e| self.integrity(Some(index), e.to_string()))
+    }
+
     /// Decrypt block `index` of a file of plain size `size` (empty if it does not exist).
     pub(super) fn read_block(
         &self,
+        keyed: &Keyed,
         cipher: &BlockCipher,
         index: u64,
         size: u64,
@@ -195,9 +220,7 @@ impl CryptFile {
         }
         let stored = self.read_stored(index, index, size)?;
         let mut plain = vec![0u8; layout.block_len(index, size)];
-        cipher
-            .open(index, &stored, &mut plain)
-            .map_err(|e| self.integrity(Some(index), e.to_string()))?;
+        self.open_block(keyed, cipher, index, &stored, &mut plain)?;
         Ok(plain)
     }
 }

@@ -26,9 +26,11 @@ impl CryptFile {
         let _lock = self.lock_for_change(&mut state)?;
         if new_size == 0 {
             // An empty file has no header; its next write makes a new file id and key. This
-            // also works on a damaged file: O_TRUNC replaces it.
+            // also works on a damaged file: O_TRUNC replaces it. The old id's holes go too.
+            let old_id = state.as_ref().map(|k| k.header.file_id);
             self.file.set_len(0)?;
             *state = None;
+            self.remove_hole_map(old_id);
             return Ok(());
         }
         let size = self.size()?;
@@ -39,9 +41,10 @@ impl CryptFile {
             return self.rewrite(&mut state, size, new_size, new_size, &[]);
         }
         let layout = self.vault.layout;
-        let cipher = self.cipher(self.keyed(&mut state)?)?;
+        let keyed = self.keyed(&mut state)?;
+        let cipher = self.cipher(keyed)?;
         let last = layout.block_of(new_size);
-        let mut plain = self.read_block(&cipher, last, size)?;
+        let mut plain = self.read_block(keyed, &cipher, last, size)?;
         plain.truncate(layout.block_len(last, new_size));
         let mut out = Vec::with_capacity(plain.len() + BLOCK_OVERHEAD as usize);
         cipher
@@ -50,6 +53,8 @@ impl CryptFile {
         plain.fill(0);
         self.file.write_all_at(&out, layout.backing_offset(last))?;
         self.file.set_len(layout.backing_size(new_size))?;
+        // The new final block holds data now, even where a hole was.
+        self.revoke_holes(keyed, &cipher, last..last + 1)?;
         Ok(())
     }
 
@@ -74,11 +79,13 @@ impl CryptFile {
         .map_err(|e: FormatError| std::io::Error::other(e.to_string()))?;
         header.commitment = crypto::key_commitment(&key, &header);
         let cipher = BlockCipher::new(key, self.vault.volume_id, file_id);
-        Ok((Keyed { header }, cipher))
+        Ok((Keyed::new(header), cipher))
     }
 
     /// Re-seal the blocks a write of `data` at `offset` changes, growing the file from `size`
-    /// to `new_size`. Blocks before the old final block are never rewritten unless written to.
+    /// to `new_size`. Blocks before the old final block are never rewritten unless written to;
+    /// whole blocks a growth skips over become holes (granted in the file's hole map first),
+    /// or encrypted zeros where the vault keeps no maps.
     pub(super) fn rewrite(
         &self,
         state: &mut Option<Keyed>,
@@ -97,6 +104,9 @@ impl CryptFile {
         } else {
             self.cipher(self.keyed(state)?)?
         };
+        let keyed = state
+            .as_ref()
+            .ok_or_else(|| self.integrity(None, "header vanished"))?;
         let data_end = offset + data.len() as u64;
         // The old final block changes whenever the file grows; written blocks change anyway.
         let first = if new_size > size {
@@ -110,62 +120,96 @@ impl CryptFile {
             layout.block_of(data_end - 1)
         };
         let old_count = layout.block_count(size);
-        let mut index = first;
-        while index <= last {
-            let batch_end = last.min(index + BATCH_BLOCKS - 1);
-            // Each block's new plaintext: borrowed from `data` or the zero page when the write
-            // or a gap covers it whole; only the (at most two) partly written blocks that hold
-            // old data are decrypted and merged.
-            let mut plains: Vec<Cow<'_, [u8]>> =
-                Vec::with_capacity((batch_end - index + 1) as usize);
-            for i in index..=batch_end {
-                let blen = layout.block_len(i, new_size);
-                let bstart = layout.plain_offset(i);
-                let from = offset.max(bstart).min(bstart + blen as u64);
-                let to = data_end.min(bstart + blen as u64).max(from);
-                let src = if to > from {
-                    &data[(from - offset) as usize..(to - offset) as usize]
-                } else {
-                    &[]
-                };
-                plains.push(if src.len() == blen {
-                    Cow::Borrowed(src)
-                } else if i >= old_count && src.is_empty() {
-                    Cow::Borrowed(&ZEROS[..blen])
-                } else {
-                    let mut plain = self.read_block(&cipher, i, size)?;
-                    plain.resize(blen, 0);
-                    plain[(from - bstart) as usize..(to - bstart) as usize].copy_from_slice(src);
-                    Cow::Owned(plain)
-                });
-            }
-            let header = new_header.take();
-            let head_len = header.as_ref().map_or(0, |h| h.len());
-            let sealed_len: usize = plains
-                .iter()
-                .map(|p| p.len() + BLOCK_OVERHEAD as usize)
-                .sum();
-            let mut out = vec![0u8; head_len + sealed_len];
-            let sealed = self.seal_blocks(&cipher, index, &plains, &mut out[head_len..], true);
-            for p in &mut plains {
-                if let Cow::Owned(merged) = p {
-                    merged.fill(0);
-                }
-            }
-            sealed?;
-            // The first write of a file puts header and blocks down in one call.
-            let at = match header {
-                Some(h) => {
-                    out[..head_len].copy_from_slice(&h);
-                    0
-                }
-                None => layout.backing_offset(index),
+        // New blocks before the first one written (or before the new final block): a gap. An
+        // old final block that held nothing belongs to it.
+        let mut gap = 0..0;
+        if new_size > size {
+            let empty_end = size > 0 && size % layout.block_size() as u64 == 0;
+            let gap_start = old_count - u64::from(empty_end);
+            let gap_end = if data.is_empty() {
+                last
+            } else {
+                layout.block_of(offset)
             };
-            self.file.write_all_at(&out, at)?;
-            if new_size > size && out.len() >= STREAM_WRITEBACK_MIN {
-                start_writeback(&self.file, at, out.len());
+            if gap_end > gap_start && self.allow_holes(keyed, &cipher, gap_start..gap_end)? {
+                gap = gap_start..gap_end;
+                if empty_end {
+                    // Its nonce and tag go: a hole's stored bytes are all zero.
+                    let at = layout.backing_offset(gap_start);
+                    self.file
+                        .write_all_at(&[0u8; BLOCK_OVERHEAD as usize], at)?;
+                }
             }
-            index = batch_end + 1;
+        }
+        if let Some(h) = new_header.take() {
+            if first != 0 || !gap.is_empty() {
+                self.file.write_all_at(&h, 0)?;
+            } else {
+                new_header = Some(h);
+            }
+        }
+        let written = [first..gap.start.max(first), gap.end.max(first)..last + 1];
+        for run in written.iter().filter(|r| !r.is_empty()) {
+            let mut index = run.start;
+            while index < run.end {
+                let batch_end = (run.end - 1).min(index + BATCH_BLOCKS - 1);
+                // Each block's new plaintext: borrowed from `data` or the zero page when the
+                // write or a gap covers it whole; only the (at most two) partly written blocks
+                // that hold old data are decrypted and merged.
+                let mut plains: Vec<Cow<'_, [u8]>> =
+                    Vec::with_capacity((batch_end - index + 1) as usize);
+                for i in index..=batch_end {
+                    let blen = layout.block_len(i, new_size);
+                    let bstart = layout.plain_offset(i);
+                    let from = offset.max(bstart).min(bstart + blen as u64);
+                    let to = data_end.min(bstart + blen as u64).max(from);
+                    let src = if to > from {
+                        &data[(from - offset) as usize..(to - offset) as usize]
+                    } else {
+                        &[]
+                    };
+                    plains.push(if src.len() == blen {
+                        Cow::Borrowed(src)
+                    } else if i >= old_count && src.is_empty() {
+                        Cow::Borrowed(&ZEROS[..blen])
+                    } else {
+                        let mut plain = self.read_block(keyed, &cipher, i, size)?;
+                        plain.resize(blen, 0);
+                        plain[(from - bstart) as usize..(to - bstart) as usize]
+                            .copy_from_slice(src);
+                        Cow::Owned(plain)
+                    });
+                }
+                let header = new_header.take();
+                let head_len = header.as_ref().map_or(0, |h| h.len());
+                let sealed_len: usize = plains
+                    .iter()
+                    .map(|p| p.len() + BLOCK_OVERHEAD as usize)
+                    .sum();
+                let mut out = vec![0u8; head_len + sealed_len];
+                let sealed = self.seal_blocks(&cipher, index, &plains, &mut out[head_len..], true);
+                for p in &mut plains {
+                    if let Cow::Owned(merged) = p {
+                        merged.fill(0);
+                    }
+                }
+                sealed?;
+                // The first write of a file puts header and blocks down in one call.
+                let at = match header {
+                    Some(h) => {
+                        out[..head_len].copy_from_slice(&h);
+                        0
+                    }
+                    None => layout.backing_offset(index),
+                };
+                self.file.write_all_at(&out, at)?;
+                if new_size > size && out.len() >= STREAM_WRITEBACK_MIN {
+                    start_writeback(&self.file, at, out.len());
+                }
+                index = batch_end + 1;
+            }
+            // Data is down: the blocks are no holes any more.
+            self.revoke_holes(keyed, &cipher, run.clone())?;
         }
         Ok(())
     }

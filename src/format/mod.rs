@@ -3,6 +3,7 @@
 //! `docs/FORMAT.md` specifies every byte; `layout` owns all offset arithmetic.
 
 pub mod header;
+pub mod holes;
 pub mod layout;
 
 pub use header::{FileHeader, HEADER_SIZE};

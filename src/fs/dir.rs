@@ -4,6 +4,8 @@
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::DirEntryExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::handles::{DirEntry, DirHandle};
 use super::{Entry, FsError, FsResult, KmsFs, e_io, inodes};
@@ -62,15 +64,29 @@ impl KmsFs {
         Ok(self.handles.open_dir(dir))
     }
 
-    /// Entries of handle `fh` from `offset` on: `add(ino, next offset, kind, name)` until it
-    /// says it is full.
+    /// The snapshot of directory handle `fh` of `ino` to list from `offset`: a listing from 0
+    /// after one was served (rewinddir) takes a new snapshot, so it shows entries made since.
+    fn snapshot(&self, ino: u64, fh: u64, offset: u64) -> FsResult<Arc<DirHandle>> {
+        let dir = self.handles.dir(fh).ok_or(FsError::EBADF)?;
+        if offset != 0 || !dir.listed.swap(true, Ordering::Relaxed) {
+            return Ok(dir);
+        }
+        let fresh = Arc::new(self.read_dir(&*self.inode(ino)?)?);
+        fresh.listed.store(true, Ordering::Relaxed);
+        self.handles.replace_dir(fh, fresh.clone());
+        Ok(fresh)
+    }
+
+    /// Entries of handle `fh` of directory `ino` from `offset` on: `add(ino, next offset,
+    /// kind, name)` until it says it is full.
     pub fn readdir(
         &self,
+        ino: u64,
         fh: u64,
         offset: u64,
         mut add: impl FnMut(u64, u64, super::Kind, &OsStr) -> bool,
     ) -> FsResult<()> {
-        let dir = self.handles.dir(fh).ok_or(FsError::EBADF)?;
+        let dir = self.snapshot(ino, fh, offset)?;
         for (i, e) in dir.entries.iter().enumerate().skip(offset as usize) {
             if add(e.ino, i as u64 + 1, e.kind, &e.name) {
                 break;
@@ -89,7 +105,7 @@ impl KmsFs {
         offset: u64,
         sink: &mut dyn DirSink,
     ) -> FsResult<()> {
-        let dir = self.handles.dir(fh).ok_or(FsError::EBADF)?;
+        let dir = self.snapshot(ino, fh, offset)?;
         let parent = self.inode(ino).map_err(|_| FsError::EBADF)?;
         let mut added = 0;
         for (i, e) in dir.entries.iter().enumerate().skip(offset as usize) {
@@ -168,10 +184,12 @@ impl KmsFs {
         let bname = self.existing_name(&p, name)?;
         let pfd = self.fd(&p)?;
         let gone = self.before_removal(pfd.as_fd(), &bname);
+        let map = self.hole_map_going(pfd.as_fd(), &bname);
         self.names.unlink(pfd.as_fd(), &bname).map_err(e_io)?;
         if let Some((key, nlink)) = gone {
             self.inodes
                 .removed(key, p.ino, &bname, nlink.saturating_sub(1));
+            self.drop_hole_map(key, map);
         }
         Ok(())
     }
@@ -209,6 +227,10 @@ impl KmsFs {
             .ok()
             .map(|st| inodes::key_of(&st));
         let replaced = self.before_removal(npfd.as_fd(), &to);
+        let map = match flags & libc::RENAME_EXCHANGE {
+            0 => self.hole_map_going(npfd.as_fd(), &to),
+            _ => None,
+        };
         self.names
             .rename(pfd.as_fd(), &from, npfd.as_fd(), &to, flags)
             .map_err(e_io)?;
@@ -231,6 +253,7 @@ impl KmsFs {
                     .is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
                 let left = if dir { 0 } else { nlink.saturating_sub(1) };
                 self.inodes.removed(key, np.ino, &to, left);
+                self.drop_hole_map(key, map);
             }
             None => {}
         }
@@ -249,6 +272,37 @@ impl KmsFs {
             })
             .map_err(e_io)?;
         self.lookup_backing(&np, &bname)
+    }
+
+    /// The file id of the hole map that goes when `name` in `dir` goes: a regular file with
+    /// content, a last link, and a vault that may hold maps (else None, without reading).
+    fn hole_map_going(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<crate::format::Id> {
+        let store = self.vault.holes.as_ref()?;
+        let st = sys::stat_at(dir, name).ok()?;
+        let last_file = st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink == 1;
+        if !last_file || st.st_size == 0 || !store.may_have_maps() {
+            return None;
+        }
+        let (fd, _) = sys::open_regular(dir, name, libc::O_RDONLY, 0).ok()?;
+        crate::content::header_file_id(&std::fs::File::from(fd))
+    }
+
+    /// After the last name of object `key` went: drop its hole map `map`, unless the file is
+    /// still open (its last close does it).
+    fn drop_hole_map(&self, key: (u64, u64), map: Option<crate::format::Id>) {
+        let (Some(id), Some(store)) = (map, self.vault.holes.as_ref()) else {
+            return;
+        };
+        if self
+            .handles
+            .file_of_inode(self.inodes.ino_of(key))
+            .is_some()
+        {
+            return;
+        }
+        if let Err(e) = store.remove(&id) {
+            tracing::warn!("cannot remove a hole map: {e}");
+        }
     }
 
     /// Before `name` in `dir` is removed or replaced: its backing object and link count, with
@@ -293,6 +347,9 @@ impl KmsFs {
                 backing: entry.file_name(),
             });
         }
-        Ok(DirHandle { entries })
+        Ok(DirHandle {
+            entries,
+            listed: false.into(),
+        })
     }
 }

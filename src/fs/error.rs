@@ -26,6 +26,10 @@ impl FsError {
     pub const EIO: FsError = FsError(libc::EIO);
     /// Not supported.
     pub const EOPNOTSUPP: FsError = FsError(libc::EOPNOTSUPP);
+    /// An invalid argument.
+    pub const EINVAL: FsError = FsError(libc::EINVAL);
+    /// No data or hole past the end of file.
+    pub const ENXIO: FsError = FsError(libc::ENXIO);
 
     /// The errno value.
     pub fn code(self) -> i32 {

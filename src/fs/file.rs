@@ -3,7 +3,7 @@
 use std::os::fd::AsFd;
 
 use super::inodes::Inode;
-use super::{FsError, FsResult, KmsFs, e_io};
+use super::{Caller, FsError, FsResult, KmsFs, e_io};
 use crate::content::CryptError;
 use crate::keys::KeyError;
 use crate::sys;
@@ -73,20 +73,20 @@ impl KmsFs {
         })
     }
 
-    /// Write `data` at `offset` through handle `fh` (inode `ino`); `kill_suid` when the kernel
-    /// says the writer may not keep set-ID bits. Returns the bytes written.
+    /// Write `data` at `offset` through handle `fh` (inode `ino`); `kill_suid`: the writer,
+    /// when the kernel says it may not keep set-ID bits. Returns the bytes written.
     pub fn write(
         &self,
         ino: u64,
         fh: u64,
         offset: u64,
         data: &[u8],
-        kill_suid: bool,
+        kill_suid: Option<&Caller>,
     ) -> FsResult<u32> {
         self.writable()?;
         let file = self.handles.file(fh).ok_or(FsError::EBADF)?;
-        if kill_suid {
-            self.kill_suid_sgid(&*self.inode(ino)?)?;
+        if let Some(writer) = kill_suid {
+            self.kill_suid_sgid(&*self.inode(ino)?, writer)?;
         }
         self.change_in_step(ino, || file.write(offset, data))
             .map(|n| n as u32)
@@ -104,10 +104,13 @@ impl KmsFs {
         file.sync(datasync).map_err(|e| FsError::crypt(&e))
     }
 
-    /// fallocate(2) `mode` over `offset..offset + length` through handle `fh`: allocation
-    /// (keeping or growing the size), punch hole and zero range; others are EOPNOTSUPP.
+    /// fallocate(2) `mode` over `offset..offset + length` through handle `fh` for `caller`:
+    /// allocation (keeping or growing the size), punch hole (the range becomes a hole: its
+    /// space is freed) and zero range; others are EOPNOTSUPP. Like a write, it clears set-ID
+    /// bits for a caller other than root.
     pub fn fallocate(
         &self,
+        caller: &Caller,
         ino: u64,
         fh: u64,
         offset: u64,
@@ -121,6 +124,9 @@ impl KmsFs {
                 .file(fh)
                 .or_else(|| self.handles.file_of_inode(ino))
                 .ok_or(FsError::EBADF)?;
+            if caller.uid != 0 {
+                self.kill_suid_sgid(&*self.inode(ino)?, caller)?;
+            }
             let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
             let end = offset.saturating_add(length);
             let crypt = |e| FsError::crypt(&e);
@@ -139,26 +145,46 @@ impl KmsFs {
         })
     }
 
-    /// Clear set-user-ID, and set-group-ID when the group may execute, and (plaintext names
-    /// only: no other mode stores it) file capabilities: what Linux does when a caller without
-    /// CAP_FSETID writes or truncates a file. Under FUSE_HANDLE_KILLPRIV_V2 the kernel leaves
-    /// this to us; the daemon's own root writes to the backing file would not do it.
-    pub(super) fn kill_suid_sgid(&self, inode: &Inode) -> FsResult<()> {
+    /// SEEK_DATA (`data`) or SEEK_HOLE from `offset` in handle `fh`: the offset found, or
+    /// ENXIO at or past the end of file.
+    pub fn lseek(&self, fh: u64, offset: i64, data: bool) -> FsResult<u64> {
+        let file = self.handles.file(fh).ok_or(FsError::EBADF)?;
+        let offset = u64::try_from(offset).map_err(|_| FsError::EINVAL)?;
+        file.seek(offset, data)
+            .map_err(|e| FsError::crypt(&e))?
+            .ok_or(FsError::ENXIO)
+    }
+
+    /// Clear set-user-ID; set-group-ID when the group may execute or `caller` is not in the
+    /// file's group; and (plaintext names only: no other mode stores it) file capabilities:
+    /// what Linux does when a caller without CAP_FSETID writes, truncates or allocates. Under
+    /// FUSE_HANDLE_KILLPRIV_V2 the kernel leaves this to us; the daemon's own root writes to
+    /// the backing file would not do it.
+    pub(super) fn kill_suid_sgid(&self, inode: &Inode, caller: &Caller) -> FsResult<()> {
         let fd = self.fd(inode)?;
-        let mode = sys::stat_fd(fd.as_fd()).map_err(e_io)?.st_mode;
+        let st = sys::stat_fd(fd.as_fd()).map_err(e_io)?;
+        let mode = st.st_mode;
         if mode & libc::S_IFMT != libc::S_IFREG {
             return Ok(());
         }
         let mut kill = libc::S_ISUID;
-        if mode & libc::S_IXGRP != 0 {
+        let in_group = || {
+            caller.gid == st.st_gid
+                || sys::creds::supplementary_groups(caller.pid).contains(&st.st_gid)
+        };
+        if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !in_group()) {
             kill |= libc::S_ISGID;
         }
         if mode & kill != 0 {
             sys::chmod_fd(fd.as_fd(), mode & 0o7777 & !kill).map_err(e_io)?;
+            self.drop_cached_attr(inode.ino);
         }
-        let caps = c"security.capability";
-        if !self.names.is_encrypted() && sys::xattr::has(fd.as_fd(), caps) {
-            sys::xattr::remove(fd.as_fd(), caps).map_err(e_io)?;
+        let caps = self
+            .names
+            .xattr_name(std::ffi::OsStr::new("security.capability"))
+            .map_err(e_io)?;
+        if sys::xattr::has(fd.as_fd(), &caps) {
+            sys::xattr::remove(fd.as_fd(), &caps).map_err(e_io)?;
         }
         Ok(())
     }

@@ -11,11 +11,13 @@ use parking_lot::Mutex;
 
 use crate::content::CryptFile;
 
-/// A snapshot of a directory's entries, taken at opendir.
+/// A snapshot of a directory's entries, taken at opendir and again at every rewind.
 #[derive(Debug)]
 pub struct DirHandle {
     /// "." and ".." first, then one entry per listed file.
     pub entries: Vec<DirEntry>,
+    /// Whether a listing from offset 0 has been served from this snapshot.
+    pub listed: std::sync::atomic::AtomicBool,
 }
 
 /// One entry of a directory snapshot.
@@ -105,6 +107,13 @@ impl Handles {
     /// The directory snapshot of handle `fh`.
     pub fn dir(&self, fh: u64) -> Option<Arc<DirHandle>> {
         self.dirs.lock().get(&fh).cloned()
+    }
+
+    /// Replace the snapshot of directory handle `fh` (a rewind).
+    pub fn replace_dir(&self, fh: u64, dir: Arc<DirHandle>) {
+        if let Some(d) = self.dirs.lock().get_mut(&fh) {
+            *d = dir;
+        }
     }
 
     /// Close directory handle `fh`.

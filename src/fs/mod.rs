@@ -50,6 +50,9 @@ pub struct FsOptions {
     pub attr_ttl: Duration,
     /// Most descriptors kept for inodes that no handle has open (see `inodes`).
     pub fd_cache: usize,
+    /// Reads of files leave the backing access times alone (O_NOATIME; the times shown are
+    /// the backing store's): the `noatime` mount flag.
+    pub noatime: bool,
 }
 
 impl Default for FsOptions {
@@ -58,6 +61,7 @@ impl Default for FsOptions {
             read_only: false,
             attr_ttl: Duration::from_secs(1),
             fd_cache: 1024,
+            noatime: false,
         }
     }
 }
@@ -103,6 +107,9 @@ pub struct Entry {
 pub trait Invalidator: Send + Sync {
     /// Drop the cached pages of `ino`.
     fn inval_inode(&self, ino: u64);
+    /// Drop the cached attributes of `ino` (changed behind the kernel's back, e.g. set-ID
+    /// bits cleared by an fallocate).
+    fn inval_attr(&self, ino: u64);
 }
 
 /// The mounted filesystem.
@@ -231,6 +238,13 @@ impl KmsFs {
         }
     }
 
+    /// The kernel's cached attributes of `ino` are stale.
+    fn drop_cached_attr(&self, ino: u64) {
+        if let Some(inval) = self.invalidator.get() {
+            inval.inval_attr(ino);
+        }
+    }
+
     fn inode(&self, ino: u64) -> FsResult<Arc<Inode>> {
         self.inodes.get(ino).ok_or(FsError::ESTALE)
     }
@@ -308,7 +322,22 @@ impl KmsFs {
     fn open_crypt(&self, ino: u64, inode: &Inode) -> FsResult<(u64, Arc<CryptFile>)> {
         self.handles.open_file(ino, || {
             let path_fd = self.fd(inode)?;
-            let reopen = |flags| self.inodes.retrying(|| sys::reopen(path_fd.as_fd(), flags));
+            let noatime = if self.opts.noatime {
+                libc::O_NOATIME
+            } else {
+                0
+            };
+            let reopen = |flags: libc::c_int| {
+                self.inodes
+                    .retrying(|| sys::reopen(path_fd.as_fd(), flags | noatime))
+                    // O_NOATIME needs the owner or CAP_FOWNER.
+                    .or_else(|e| match e.raw_os_error() {
+                        Some(libc::EPERM) if noatime != 0 => {
+                            self.inodes.retrying(|| sys::reopen(path_fd.as_fd(), flags))
+                        }
+                        _ => Err(e),
+                    })
+            };
             let fd = reopen(libc::O_RDWR)
                 .or_else(|e| {
                     if e.raw_os_error() == Some(libc::EACCES)
@@ -332,6 +361,7 @@ impl KmsFs {
             if let Some(id) = file.file_id() {
                 self.vault.keys.release(&id);
             }
+            file.closed();
             self.inodes.unpin(ino);
         }
     }

@@ -38,10 +38,19 @@ fn spec(t: Option<SetTime>) -> TimeSpec {
     match t {
         None => TimeSpec::Omit,
         Some(SetTime::Now) => TimeSpec::Now,
-        Some(SetTime::At(t)) => {
-            let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-            TimeSpec::At(d.as_secs() as i64, i64::from(d.subsec_nanos()))
-        }
+        Some(SetTime::At(t)) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => TimeSpec::At(d.as_secs() as i64, i64::from(d.subsec_nanos())),
+            // Before 1970: whole seconds down, nanoseconds up, as timespec has it.
+            Err(before) => {
+                let d = before.duration();
+                let (secs, nanos) = (d.as_secs() as i64, i64::from(d.subsec_nanos()));
+                if nanos == 0 {
+                    TimeSpec::At(-secs, 0)
+                } else {
+                    TimeSpec::At(-secs - 1, 1_000_000_000 - nanos)
+                }
+            }
+        },
     }
 }
 
@@ -100,7 +109,7 @@ impl KmsFs {
             };
             file.truncate(size).map_err(|e| FsError::crypt(&e))?;
             if caller.uid != 0 {
-                self.kill_suid_sgid(&inode)?;
+                self.kill_suid_sgid(&inode, caller)?;
             }
         }
         if atime.is_some() || mtime.is_some() {

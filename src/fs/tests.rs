@@ -34,6 +34,8 @@ impl Invalidator for Recorder {
     fn inval_inode(&self, _ino: u64) {
         self.0.fetch_add(1, Ordering::SeqCst);
     }
+
+    fn inval_attr(&self, _ino: u64) {}
 }
 
 fn fixture_with(encrypted: bool, opts: FsOptions, ttl: Duration) -> Fixture {
@@ -80,7 +82,7 @@ impl Fixture {
         if !data.is_empty() {
             assert_eq!(
                 self.fs
-                    .write(e.attr.ino, fh, 0, data, false)
+                    .write(e.attr.ino, fh, 0, data, None)
                     .expect("write") as usize,
                 data.len()
             );
@@ -166,7 +168,7 @@ fn listings_show_plain_names_with_the_numbers_stat_gives() {
     }
     let mut plain = Vec::new();
     let fh = f.fs.opendir(d).expect("opendir");
-    f.fs.readdir(fh, 0, |ino, _, kind, name| {
+    f.fs.readdir(d, fh, 0, |ino, _, kind, name| {
         plain.push((name.to_os_string(), ino, kind));
         false
     })
@@ -312,13 +314,23 @@ fn xattrs_round_trip_encrypted() {
         b"secret value"
     );
     assert_eq!(f.fs.listxattr(ino).expect("list"), b"user.comment\0");
+    // Trusted xattrs and ACLs are stored too (the kernel gives them their meaning).
+    f.fs.setxattr(ino, OsStr::new("trusted.x"), b"v", 0)
+        .expect("trusted");
+    let acl = OsStr::new("system.posix_acl_access");
+    f.fs.setxattr(ino, acl, b"\x02\0\0\0", 0).expect("acl");
+    assert_eq!(f.fs.getxattr(ino, acl).expect("acl"), b"\x02\0\0\0");
     assert_eq!(
-        f.fs.setxattr(ino, OsStr::new("trusted.x"), b"v", 0).err(),
+        f.fs.setxattr(ino, OsStr::new("system.other"), b"v", 0).err(),
         Some(FsError::EOPNOTSUPP)
     );
     f.fs.removexattr(ino, OsStr::new("user.comment"))
         .expect("remove");
-    assert_eq!(f.fs.listxattr(ino).expect("list"), b"");
+    let mut left = f.fs.listxattr(ino).expect("list");
+    left.sort();
+    let mut want = b"trusted.x\0system.posix_acl_access\0".to_vec();
+    want.sort();
+    assert_eq!(left, want);
 }
 
 #[test]
@@ -359,11 +371,12 @@ fn fallocate_zeroes_ranges_and_refuses_unknown_modes() {
     let ino = f.file(ROOT, "f", &vec![1u8; 10_000]);
     let o = f.fs.open(ino, libc::O_RDWR).expect("open");
     let keep = libc::FALLOC_FL_KEEP_SIZE;
-    f.fs.fallocate(ino, o.fh, 100, 5000, libc::FALLOC_FL_PUNCH_HOLE | keep)
+    let root = &Caller::ROOT;
+    f.fs.fallocate(root, ino, o.fh, 100, 5000, libc::FALLOC_FL_PUNCH_HOLE | keep)
         .expect("punch");
-    f.fs.fallocate(ino, o.fh, 20_000, 10, 0).expect("grow");
+    f.fs.fallocate(root, ino, o.fh, 20_000, 10, 0).expect("grow");
     let err =
-        f.fs.fallocate(ino, o.fh, 0, 10, libc::FALLOC_FL_COLLAPSE_RANGE);
+        f.fs.fallocate(root, ino, o.fh, 0, 10, libc::FALLOC_FL_COLLAPSE_RANGE);
     assert_eq!(err.err(), Some(FsError::EOPNOTSUPP));
     f.fs.release(ino, o.fh);
     let data = f.read_all(ino).expect("read");
@@ -377,7 +390,7 @@ fn unknown_inodes_and_handles_are_estale_and_ebadf() {
     assert_eq!(f.lookup(999_999, "x").err(), Some(FsError::ESTALE));
     assert_eq!(f.fs.read(ROOT, 12345, 0, 10).err(), Some(FsError::EBADF));
     assert_eq!(f.fs.opendir(999_999).err(), Some(FsError::ESTALE));
-    let d = f.fs.readdir(777, 0, |_, _, _, _| false);
+    let d = f.fs.readdir(ROOT, 777, 0, |_, _, _, _| false);
     assert_eq!(d.err(), Some(FsError::EBADF));
 }
 

@@ -71,8 +71,17 @@ pub const LONG_NAME_PREFIX: &str = "kmsfs.longname.";
 pub const SIDECAR_SUFFIX: &str = ".name";
 /// Prefix of every backing extended attribute name in encrypted mode.
 pub const XATTR_PREFIX: &str = "user.kmsfs.";
-/// The only namespace of plain extended attributes an encrypted-names vault stores.
-pub const XATTR_PLAIN_PREFIX: &str = "user.";
+/// The plain xattr names an encrypted-names vault stores (each encrypted whole, under
+/// `user.kmsfs.`): user, trusted and security xattrs and POSIX ACLs. Their meaning is the
+/// kernel's business on the mount (it enforces ACLs under FUSE_POSIX_ACL); the backing store
+/// sees only user xattrs it cannot read.
+pub const XATTR_NAMESPACES: &[&str] = &[
+    "user.",
+    "trusted.",
+    "security.",
+    "system.posix_acl_access",
+    "system.posix_acl_default",
+];
 /// Longest backing xattr name the kernel accepts (XATTR_NAME_MAX).
 const XATTR_NAME_MAX: usize = 255;
 /// Longest plain xattr name (bytes, "user." included) whose backing name fits XATTR_NAME_MAX.

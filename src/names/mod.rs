@@ -385,9 +385,9 @@ impl Names {
         let b = match &self.enc {
             None => plain.as_bytes().to_vec(),
             Some(enc) => {
-                if !plain
-                    .as_bytes()
-                    .starts_with(cipher::XATTR_PLAIN_PREFIX.as_bytes())
+                if !cipher::XATTR_NAMESPACES
+                    .iter()
+                    .any(|ns| plain.as_bytes().starts_with(ns.as_bytes()))
                 {
                     return Err(errno(libc::EOPNOTSUPP));
                 }

@@ -305,14 +305,18 @@ fn mkdir_rmdir_and_rename_keep_ivs_and_sidecars_in_step() {
 }
 
 #[test]
-fn xattrs_are_user_only_and_round_trip() {
+fn xattrs_of_the_stored_namespaces_round_trip() {
     let (_t, n, _d) = vault();
     assert_eq!(
-        n.xattr_name(OsStr::new("security.selinux"))
+        n.xattr_name(OsStr::new("system.foo"))
             .expect_err("")
             .raw_os_error(),
         Some(libc::EOPNOTSUPP)
     );
+    for name in ["security.selinux", "trusted.t", "system.posix_acl_default"] {
+        let b = n.xattr_name(OsStr::new(name)).expect("name");
+        assert!(b.as_bytes().starts_with(b"user.kmsfs."), "{name}");
+    }
     let b = n.xattr_name(OsStr::new("user.x")).expect("name");
     assert!(b.as_bytes().starts_with(b"user.kmsfs."));
     let v = n.seal_xattr(&b, b"v").expect("seal");

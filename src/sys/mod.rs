@@ -442,6 +442,37 @@ pub fn drop_page_cache(fd: BorrowedFd<'_>) {
     unsafe { libc::posix_fadvise(fd.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
 }
 
+/// fallocate(2) of `len` bytes at `offset` with `mode` (e.g. punch hole).
+pub fn fallocate(fd: BorrowedFd<'_>, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+    let (offset, len) = (
+        libc::off64_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?,
+        libc::off64_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?,
+    );
+    // SAFETY: valid fd; plain integer arguments.
+    cvt(unsafe { libc::fallocate64(fd.as_raw_fd(), mode, offset, len) }).map(drop)
+}
+
+/// lseek(2) with SEEK_DATA or SEEK_HOLE: the next data or hole at or after `offset`, None at
+/// end of file (ENXIO).
+pub fn seek_data_or_hole(
+    fd: BorrowedFd<'_>,
+    offset: u64,
+    whence: libc::c_int,
+) -> io::Result<Option<u64>> {
+    let at =
+        libc::off64_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: valid fd; moves only this fd's offset, which kmsfs never uses (it reads with pread).
+    let r = unsafe { libc::lseek64(fd.as_raw_fd(), at, whence) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(r as u64))
+}
+
 /// Start writing `len` bytes at `offset` of the file behind `fd` to the disk without waiting
 /// (errors ignored: it only schedules I/O).
 pub fn start_writeback(fd: BorrowedFd<'_>, offset: u64, len: usize) {

@@ -181,6 +181,25 @@ pub fn umount(path: &Path) -> io::Result<()> {
     cvt(unsafe { libc::umount2(c.as_ptr(), 0) }).map(drop)
 }
 
+/// mount(2) with MS_REMOUNT and `flags` (MS_RDONLY, MS_NOSUID, ...) on mount point `path`;
+/// with `bind` (MS_BIND) only the mount point's own flags change, not the file system's.
+pub fn remount(path: &Path, flags: libc::c_ulong, bind: bool) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let flags = flags | libc::MS_REMOUNT | if bind { libc::MS_BIND } else { 0 };
+    // SAFETY: valid C string; null source, type and data are allowed for a remount.
+    cvt(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    })
+    .map(drop)
+}
+
 /// syncfs(2) of the file system holding `fd`.
 pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: valid fd.

@@ -225,3 +225,25 @@ impl MetaDir {
         self.path.join(name)
     }
 }
+
+/// Name of the directory of files' hole maps inside `.kmsfs`.
+pub const HOLES_DIR: &str = "holes";
+
+/// The directory of the vault's hole maps, `.kmsfs/holes`, opened without following links
+/// (made, mode 0700, when `create`); None when it is missing and not made.
+pub fn hole_dir(vault: &Path, create: bool) -> Result<Option<OwnedFd>, VaultError> {
+    let meta = MetaDir::open(vault, false)?;
+    let io = |e| VaultError::Io(meta.path_of(HOLES_DIR).display().to_string(), e);
+    if create {
+        match sys::mkdirat(meta.fd(), OsStr::new(HOLES_DIR), 0o700) {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(io(e)),
+            _ => {}
+        }
+    }
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+    match sys::openat(meta.fd(), OsStr::new(HOLES_DIR), flags, 0) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(io(e)),
+    }
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::VaultConfig;
-use crate::content::Volume;
+use crate::content::{HoleStore, Volume};
 use crate::format::FormatError;
 use crate::format::header::ProviderId;
 use crate::keys::KeyError;
@@ -101,13 +101,15 @@ pub fn file_key_provider(
 }
 
 /// Open the vault in `dir` with (verified) config `cfg` through `trusted`, under `policy`.
-/// `with_names`: unwrap the name key (false when it is lost with the config).
+/// `with_names`: unwrap the name key (false when it is lost with the config); `writable`:
+/// make the hole-map directory if missing (a mount that may write).
 pub fn open(
     dir: &Path,
     cfg: &VaultConfig,
     trusted: Arc<dyn KeyProvider>,
     policy: &KeyPolicy,
     with_names: bool,
+    writable: bool,
 ) -> Result<OpenVault, OpenError> {
     let volume_id = cfg.volume_id_bytes()?;
     let files = file_key_provider(cfg, trusted.clone(), policy.bucket_ttl)?;
@@ -123,12 +125,10 @@ pub fn open(
             .map_err(OpenError::Pool)?;
         keys.set_pool(pool);
     }
-    let volume = Arc::new(Volume::new(
-        volume_id,
-        cfg.layout()?,
-        files.provider_id(),
-        keys,
-    ));
+    let holes = super::hole_dir(dir, writable)?.map(HoleStore::new);
+    let volume = Arc::new(
+        Volume::new(volume_id, cfg.layout()?, files.provider_id(), keys).with_holes(holes),
+    );
     let names = if with_names {
         Some(Names::for_vault(dir, cfg, trusted.clone())?)
     } else {

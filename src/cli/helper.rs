@@ -1,0 +1,173 @@
+//! The mount helper form: `mount.fuse` (from `mount -t fuse.kmsfs`, /etc/fstab, or `mount -o
+//! remount` of a kmsfs mount) runs `kmsfs VAULT MOUNTPOINT -o OPTS`. A mount becomes `kmsfs
+//! mount VAULT MOUNTPOINT --option...`; a remount changes the mount's flags in place.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use super::CliError;
+use super::mount_flags::MountFlags;
+
+/// What the command line is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Helper {
+    /// Not the helper form: parse it as it is.
+    None,
+    /// A mount, as `kmsfs mount` arguments.
+    Mount(Vec<OsString>),
+    /// `-o remount,...` of the mount at this path.
+    Remount(PathBuf, MountFlags),
+}
+
+const SUBCOMMANDS: &[&str] = &[
+    "init", "mount", "unmount", "status", "forget", "rewrap", "fsck", "cat", "help",
+];
+
+/// Recognize and translate the helper form of `argv`.
+pub fn parse(argv: Vec<OsString>) -> Result<Helper, CliError> {
+    let Some(first) = argv.get(1).and_then(|a| a.to_str()) else {
+        return Ok(Helper::None);
+    };
+    if argv.len() < 3 || first.starts_with('-') || SUBCOMMANDS.contains(&first) {
+        return Ok(Helper::None);
+    }
+    let mut out: Vec<OsString> = vec![
+        "kmsfs".into(),
+        "mount".into(),
+        argv[1].clone(),
+        argv[2].clone(),
+    ];
+    let mut flags = MountFlags::default();
+    let mut remount = false;
+    let mut rest = argv[3..].iter();
+    while let Some(arg) = rest.next() {
+        let opts = match arg.to_str() {
+            Some("-o") => rest
+                .next()
+                .and_then(|o| o.to_str())
+                .ok_or("-o needs a value")?
+                .to_string(),
+            Some(o) if o.starts_with("-o") => o[2..].to_string(),
+            // mount.fuse adds these for its own bookkeeping.
+            Some("-n" | "-s" | "-v") => continue,
+            _ => {
+                return Err(format!(
+                    "unexpected argument {arg:?}: use kmsfs mount VAULT MOUNTPOINT"
+                )
+                .into());
+            }
+        };
+        for opt in opts.split(',').filter(|o| !o.is_empty()) {
+            let (name, value) = opt
+                .split_once('=')
+                .map_or((opt, None), |(n, v)| (n, Some(v)));
+            let flag = |f: &str| -> Vec<OsString> { vec![f.into()] };
+            let with = |f: &str| -> Result<Vec<OsString>, CliError> {
+                let v = value
+                    .ok_or_else(|| format!("mount option {name} needs a value ({name}=...)"))?;
+                Ok(vec![f.into(), v.into()])
+            };
+            if value.is_none() && flags.take(name) {
+                continue;
+            }
+            out.extend(match name {
+                "key_ttl" => with("--key-ttl")?,
+                "key_cache_size" => with("--key-cache-size")?,
+                "key_pool_size" => with("--key-pool-size")?,
+                "key_file" => with("--key-file")?,
+                "kms_key_id" => with("--kms-key-id")?,
+                "volume_id" => with("--volume-id")?,
+                "host_id" => with("--host-id")?,
+                "threads" => with("--threads")?,
+                "fd_cache" => with("--fd-cache")?,
+                "attr_ttl" => with("--attr-ttl")?,
+                "readahead" => with("--readahead")?,
+                "spare_files" => with("--spare-files")?,
+                "log_file" => with("--log-file")?,
+                "log_level" => with("--log-level")?,
+                "allow_other" => flag("--allow-other"),
+                "read_only" => flag("--read-only"),
+                "remount" => {
+                    remount = true;
+                    vec![]
+                }
+                // mount(8) bookkeeping, and what the kernel shows of a FUSE mount (mount.fuse
+                // passes the current options back on a remount).
+                "defaults"
+                | "auto"
+                | "noauto"
+                | "user"
+                | "nouser"
+                | "users"
+                | "_netdev"
+                | "nofail"
+                | "user_id"
+                | "group_id"
+                | "default_permissions"
+                | "fsname"
+                | "subtype"
+                | "max_read"
+                | "blksize" => vec![],
+                other => return Err(format!("unknown mount option {other} (see man kmsfs)").into()),
+            });
+        }
+    }
+    if remount {
+        return Ok(Helper::Remount(PathBuf::from(&argv[2]), flags));
+    }
+    if flags.ro {
+        out.push("--read-only".into());
+    }
+    let list = flags.to_list();
+    if !list.is_empty() {
+        out.extend(["--flags".into(), list.into()]);
+    }
+    Ok(Helper::Mount(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(Into::into).collect()
+    }
+
+    #[test]
+    fn the_helper_form_maps_options_and_remounts() {
+        let got = parse(args(&[
+            "kmsfs",
+            "/v",
+            "/m",
+            "-o",
+            "rw,key_ttl=5,allow_other,_netdev,noatime,dev",
+        ]))
+        .expect("ok");
+        let want = [
+            "kmsfs",
+            "mount",
+            "/v",
+            "/m",
+            "--key-ttl",
+            "5",
+            "--allow-other",
+            "--flags",
+            "dev,noatime",
+        ];
+        assert_eq!(got, Helper::Mount(args(&want)));
+        assert_eq!(
+            parse(args(&["kmsfs", "mount", "/v", "/m"])).expect("ok"),
+            Helper::None
+        );
+        assert!(parse(args(&["kmsfs", "/v", "/m", "-o", "bogus"])).is_err());
+        // What mount.fuse passes on `mount -o remount,ro MOUNTPOINT`.
+        let opts = "ro,nosuid,nodev,relatime,remount,user_id=0,group_id=0,default_permissions";
+        match parse(args(&["kmsfs", "/v", "/m", "-o", opts])).expect("ok") {
+            Helper::Remount(m, f) => {
+                assert_eq!(m, PathBuf::from("/m"));
+                assert!(f.ro && !f.dev && !f.suid);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
