@@ -484,4 +484,6 @@ fn read_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize>
 }
 
 #[cfg(test)]
+mod sparse_tests;
+#[cfg(test)]
 mod tests;

@@ -3,13 +3,19 @@ use super::*;
 use crate::keys::local::LocalProvider;
 use std::time::Duration;
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    vault: Arc<Volume>,
-    path: PathBuf,
+pub(super) struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub vault: Arc<Volume>,
+    pub path: PathBuf,
 }
 
-fn fixture(bs: u32) -> Fixture {
+pub(super) fn fixture(bs: u32) -> Fixture {
+    fixture_with_holes(bs, false)
+}
+
+/// A volume over a temporary directory; `holes`: with a hole-map store (else holes are
+/// stored as encrypted zeros).
+pub(super) fn fixture_with_holes(bs: u32, holes: bool) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let provider = LocalProvider::create(&dir.path().join("key")).expect("key");
     let keys = Arc::new(KeyCache::new(
@@ -19,18 +25,19 @@ fn fixture(bs: u32) -> Fixture {
         16,
     ));
     let layout = Layout::new(HEADER_SIZE as u64, bs).expect("layout");
-    let vault = Arc::new(Volume::new([3; 16], layout, ProviderId::Local, keys));
+    let store = holes.then(|| {
+        let maps = dir.path().join("holes");
+        std::fs::create_dir(&maps).expect("holes dir");
+        HoleStore::new(File::open(&maps).expect("open holes").into())
+    });
+    let vault = Arc::new(Volume::new([3; 16], layout, ProviderId::Local, keys).with_holes(store));
     let path = dir.path().join("f");
     File::create(&path).expect("create");
-    Fixture {
-        _dir: dir,
-        vault,
-        path,
-    }
+    Fixture { dir, vault, path }
 }
 
 impl Fixture {
-    fn open(&self) -> CryptFile {
+    pub(super) fn open(&self) -> CryptFile {
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -38,15 +45,15 @@ impl Fixture {
             .expect("open");
         CryptFile::new(f, self.vault.clone())
     }
-    fn backing(&self) -> Vec<u8> {
+    pub(super) fn backing(&self) -> Vec<u8> {
         std::fs::read(&self.path).expect("read backing")
     }
-    fn set_backing(&self, b: &[u8]) {
+    pub(super) fn set_backing(&self, b: &[u8]) {
         std::fs::write(&self.path, b).expect("write backing");
     }
 }
 
-fn pattern(n: usize, seed: u8) -> Vec<u8> {
+pub(super) fn pattern(n: usize, seed: u8) -> Vec<u8> {
     (0..n)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()

@@ -27,7 +27,10 @@ impl CryptFile {
         if new_size == 0 {
             // An empty file has no header; its next write makes a new file id and key. This
             // also works on a damaged file: O_TRUNC replaces it. The old id's holes go too.
-            let old_id = state.as_ref().map(|k| k.header.file_id);
+            let old_id = match state.as_ref() {
+                Some(k) => Some(k.header.file_id),
+                None => header_file_id(&self.file),
+            };
             self.file.set_len(0)?;
             *state = None;
             self.remove_hole_map(old_id);

@@ -51,7 +51,10 @@ fn fixture_with(encrypted: bool, opts: FsOptions, ttl: Duration) -> Fixture {
     let keys = Arc::new(KeyCache::new(provider.clone(), ttl, ttl, 64).with_max_waiters(2));
     let layout = Layout::new(HEADER_SIZE as u64, 4096).expect("layout");
     let volume = cfg.volume_id_bytes().expect("volume id");
-    let vault = Arc::new(Volume::new(volume, layout, ProviderId::AwsKms, keys));
+    std::fs::create_dir(root.join(".kmsfs")).expect("meta dir");
+    let holes = crate::vault::hole_dir(&root, true).expect("holes dir");
+    let store = holes.map(crate::content::HoleStore::new);
+    let vault = Arc::new(Volume::new(volume, layout, ProviderId::AwsKms, keys).with_holes(store));
     let fs = KmsFs::new(&root, vault, names, opts).expect("fs");
     let invalidated = Arc::new(Recorder::default());
     let inval: Arc<dyn Invalidator> = invalidated.clone();
@@ -81,9 +84,7 @@ impl Fixture {
             .expect("create");
         if !data.is_empty() {
             assert_eq!(
-                self.fs
-                    .write(e.attr.ino, fh, 0, data, None)
-                    .expect("write") as usize,
+                self.fs.write(e.attr.ino, fh, 0, data, None).expect("write") as usize,
                 data.len()
             );
         }
@@ -321,7 +322,8 @@ fn xattrs_round_trip_encrypted() {
     f.fs.setxattr(ino, acl, b"\x02\0\0\0", 0).expect("acl");
     assert_eq!(f.fs.getxattr(ino, acl).expect("acl"), b"\x02\0\0\0");
     assert_eq!(
-        f.fs.setxattr(ino, OsStr::new("system.other"), b"v", 0).err(),
+        f.fs.setxattr(ino, OsStr::new("system.other"), b"v", 0)
+            .err(),
         Some(FsError::EOPNOTSUPP)
     );
     f.fs.removexattr(ino, OsStr::new("user.comment"))
@@ -336,7 +338,7 @@ fn xattrs_round_trip_encrypted() {
 #[test]
 fn the_vault_config_dir_is_reserved_and_read_only_mounts_refuse_changes() {
     let f = fixture();
-    std::fs::create_dir(f.backing().join(".kmsfs")).expect("meta dir");
+    assert!(f.backing().join(".kmsfs").is_dir());
     assert_eq!(f.lookup(ROOT, ".kmsfs").err(), Some(FsError::ENOENT));
     let made = f.fs.create(&ME, ROOT, OsStr::new(".kmsfs"), 0o644, 0, 0);
     assert_eq!(made.err(), Some(FsError::EPERM));
@@ -372,9 +374,17 @@ fn fallocate_zeroes_ranges_and_refuses_unknown_modes() {
     let o = f.fs.open(ino, libc::O_RDWR).expect("open");
     let keep = libc::FALLOC_FL_KEEP_SIZE;
     let root = &Caller::ROOT;
-    f.fs.fallocate(root, ino, o.fh, 100, 5000, libc::FALLOC_FL_PUNCH_HOLE | keep)
-        .expect("punch");
-    f.fs.fallocate(root, ino, o.fh, 20_000, 10, 0).expect("grow");
+    f.fs.fallocate(
+        root,
+        ino,
+        o.fh,
+        100,
+        5000,
+        libc::FALLOC_FL_PUNCH_HOLE | keep,
+    )
+    .expect("punch");
+    f.fs.fallocate(root, ino, o.fh, 20_000, 10, 0)
+        .expect("grow");
     let err =
         f.fs.fallocate(root, ino, o.fh, 0, 10, libc::FALLOC_FL_COLLAPSE_RANGE);
     assert_eq!(err.err(), Some(FsError::EOPNOTSUPP));
@@ -382,6 +392,136 @@ fn fallocate_zeroes_ranges_and_refuses_unknown_modes() {
     let data = f.read_all(ino).expect("read");
     assert_eq!(data.len(), 20_010);
     assert!(data[100..5100].iter().all(|&b| b == 0) && data[99] == 1 && data[5100] == 1);
+}
+
+/// The hole maps in the fixture's vault.
+fn maps(f: &Fixture) -> usize {
+    std::fs::read_dir(f.backing().join(".kmsfs/holes"))
+        .expect("holes dir")
+        .count()
+}
+
+#[test]
+fn a_sparse_file_takes_its_hole_map_along_when_its_last_name_goes() {
+    let f = fixture();
+    let ino = f.file(ROOT, "sparse", b"x");
+    let o = f.fs.open(ino, libc::O_RDWR).expect("open");
+    f.fs.write(ino, o.fh, 1 << 20, b"far", None)
+        .expect("write past a hole");
+    assert_eq!(maps(&f), 1);
+    let seen = f.fs.lseek(o.fh, 0, false).expect("SEEK_HOLE");
+    assert_eq!(seen, 4096);
+    assert_eq!(f.fs.lseek(o.fh, 4096, true).expect("SEEK_DATA"), 1 << 20);
+    assert_eq!(f.fs.lseek(o.fh, 2 << 20, true).err(), Some(FsError::ENXIO));
+    f.fs.release(ino, o.fh);
+    // A second name keeps it; removing both drops it.
+    f.fs.link(ino, ROOT, OsStr::new("again")).expect("link");
+    f.fs.unlink(ROOT, OsStr::new("sparse")).expect("unlink");
+    assert_eq!(maps(&f), 1);
+    // Open while its last name goes: the map stays until the last close.
+    let o = f.fs.open(ino, libc::O_RDONLY).expect("open");
+    f.fs.unlink(ROOT, OsStr::new("again")).expect("unlink");
+    assert_eq!(maps(&f), 1);
+    let hole =
+        f.fs.read(ino, o.fh, 4096, 100)
+            .expect("hole of an unlinked file");
+    assert!(hole.iter().all(|&b| b == 0));
+    f.fs.release(ino, o.fh);
+    assert_eq!(maps(&f), 0);
+    // Replaced by a rename, and emptied by O_TRUNC.
+    for how in ["rename", "truncate"] {
+        let victim = f.file(ROOT, "victim", b"y");
+        let o = f.fs.open(victim, libc::O_RDWR).expect("open");
+        f.fs.write(victim, o.fh, 1 << 20, b"z", None).expect("hole");
+        f.fs.release(victim, o.fh);
+        assert_eq!(maps(&f), 1, "{how}");
+        if how == "rename" {
+            f.file(ROOT, "new", b"n");
+            f.fs.rename(ROOT, OsStr::new("new"), ROOT, OsStr::new("victim"), 0)
+                .expect("rename over");
+        } else {
+            let o =
+                f.fs.open(victim, libc::O_RDWR | libc::O_TRUNC)
+                    .expect("O_TRUNC");
+            f.fs.release(victim, o.fh);
+        }
+        assert_eq!(maps(&f), 0, "{how}");
+        f.fs.unlink(ROOT, OsStr::new("victim")).expect("clean up");
+    }
+}
+
+#[test]
+fn fallocate_by_another_user_clears_set_id_bits_as_linux_does() {
+    let f = fixture();
+    let ino = f.file(ROOT, "sid", b"");
+    let backing_mode = |m: u32| {
+        let e = f.lookup(ROOT, "sid").expect("lookup");
+        f.fs.setattr(
+            &Caller::ROOT,
+            e.attr.ino,
+            SetAttr {
+                mode: Some(m),
+                ..Default::default()
+            },
+        )
+        .expect("chmod");
+    };
+    let mode = || f.fs.getattr(ino).expect("getattr").perm;
+    let o = f.fs.open(ino, libc::O_RDWR).expect("open");
+    let nobody = Caller {
+        uid: 65534,
+        gid: 65534,
+        pid: std::process::id(),
+    };
+    // Not in the file's group: both bits go, group-exec or not.
+    backing_mode(0o6666);
+    f.fs.fallocate(&nobody, ino, o.fh, 0, 8192, 0)
+        .expect("fallocate");
+    assert_eq!(mode(), 0o666);
+    // In the file's group: set-group-ID without group-exec stays (generic/355).
+    let member = Caller {
+        uid: 65534,
+        gid: 0,
+        pid: std::process::id(),
+    };
+    backing_mode(0o6666);
+    f.fs.fallocate(&member, ino, o.fh, 0, 8192, 0)
+        .expect("fallocate");
+    assert_eq!(mode(), 0o2666);
+    backing_mode(0o6676);
+    f.fs.fallocate(&member, ino, o.fh, 0, 8192, 0)
+        .expect("fallocate");
+    assert_eq!(mode(), 0o676);
+    // Root keeps them.
+    backing_mode(0o6666);
+    f.fs.fallocate(&Caller::ROOT, ino, o.fh, 0, 8192, 0)
+        .expect("fallocate");
+    assert_eq!(mode(), 0o6666);
+    f.fs.release(ino, o.fh);
+}
+
+#[test]
+fn rewinding_a_directory_lists_entries_made_since_opendir() {
+    let f = fixture();
+    let d = f.dir(ROOT, "d");
+    f.file(d, "before", b"");
+    let fh = f.fs.opendir(d).expect("opendir");
+    let names = |f: &Fixture| {
+        let mut v = Vec::new();
+        f.fs.readdir(d, fh, 0, |_, _, _, name| {
+            v.push(name.to_os_string());
+            false
+        })
+        .expect("readdir");
+        v
+    };
+    assert!(names(&f).contains(&OsString::from("before")));
+    f.file(d, "after", b"");
+    assert!(
+        names(&f).contains(&OsString::from("after")),
+        "rewinddir missed a new entry"
+    );
+    f.fs.releasedir(fh);
 }
 
 #[test]
