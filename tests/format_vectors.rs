@@ -17,12 +17,14 @@ use std::sync::Arc;
 
 use kmsfs::crypto::{self, BlockCipher, CryptoError, DataKey};
 use kmsfs::format::header::{FileHeader, ProviderId, SLOT_CAPACITY};
+use kmsfs::format::holes::{Chunk, HoleGeometry, set_bits};
 use kmsfs::format::layout::{BLOCK_OVERHEAD, DEFAULT_BLOCK_SIZE};
 use kmsfs::format::{HEADER_SIZE, Id, Layout};
 use kmsfs::keys::local::LocalProvider;
 use kmsfs::keys::{EncryptionContext, KeyProvider};
 use kmsfs::vault::VaultConfig;
 use kmsfs::vault::config::ConfigKey;
+use sha2::{Digest, Sha256};
 
 /// The file's data key: bytes 00 01 … 1f.
 const DATA_KEY: [u8; 32] = seq(0x00);
@@ -34,6 +36,8 @@ const VOLUME_ID: Id = seq(0x40);
 const FILE_ID: Id = seq(0x50);
 /// Nonce of the local provider's wrap: a0 … ab.
 const WRAP_NONCE: [u8; 12] = seq(0xa0);
+/// Nonce of the hole-map chunk vector: b0 … bb.
+const HOLE_NONCE: [u8; 12] = seq(0xb0);
 /// Plaintext of the partial final block at index 1 (a file of 4096 + 13 bytes).
 const PARTIAL_PLAIN: &[u8] = b"Hello, kmsfs!";
 /// Plaintext of the one-byte file's only block.
@@ -286,6 +290,49 @@ fn generate() -> Vec<Entry> {
             b.name,
             hex::encode(stored),
             "stored: nonce ‖ ciphertext ‖ tag",
+        ));
+    }
+
+    // Hole maps (docs/FORMAT.md 4.1): a level-0 chunk granting blocks 1..=4 and 10 of the
+    // vector file, and where chunks sit in the map file.
+    let geometry = HoleGeometry::new(BS as usize);
+    let leaf = Chunk { level: 0, index: 0 };
+    v.push(entry(
+        "hole_chunk_aad",
+        hex::encode(crypto::chunk_aad(&VOLUME_ID, &FILE_ID, leaf)),
+        "hole map: AAD of level-0 chunk 0: \"KMSFS-H0\" ‖ volume id ‖ file id ‖ u64 LE index",
+    ));
+    let mut bitmap = vec![0u8; BS as usize];
+    set_bits(&mut bitmap, 1..5, true);
+    set_bits(&mut bitmap, 10..11, true);
+    v.push(entry(
+        "hole_chunk_plain_head",
+        hex::encode(&bitmap[..4]),
+        "its bitmap's first 4 bytes (bit i of byte j = block 8j + i); the other 4092 are zero",
+    ));
+    v.push(entry("hole_chunk_nonce", hex::encode(HOLE_NONCE), ""));
+    let mut stored = Vec::new();
+    cipher.seal_chunk_with_nonce(leaf, &HOLE_NONCE, &bitmap, &mut stored);
+    v.push(entry(
+        "hole_chunk",
+        hex::encode(Sha256::digest(&stored)),
+        "SHA-256 of the stored chunk (nonce ‖ ciphertext ‖ tag, 4124 bytes)",
+    ));
+    v.push(entry(
+        "hole_chunk_tag",
+        hex::encode(&stored[stored.len() - 16..]),
+        "its tag",
+    ));
+    for (level, index) in [(0u8, 0u64), (1, 0), (0, 1), (4, 0)] {
+        let offset = geometry.offset(Chunk { level, index }).expect("offset");
+        v.push(entry(
+            format!("hole_chunk_offset.{level}.{index}"),
+            offset.to_string(),
+            if (level, index) == (0, 0) {
+                "map-file offset of chunk (level.index), decimal: (index · 5 + level) · 4124"
+            } else {
+                ""
+            },
         ));
     }
 

@@ -49,7 +49,7 @@ pub fn run(args: &FsckArgs) -> CliResult {
     let off = walk::open(&args.vault, &args.trust, true)?;
     let host_id = args.host_id.clone().unwrap_or_else(vault::default_host_id);
     // Repairs write: keep a mount (on this host) away meanwhile. Checking only reads.
-    let _lock = if args.repair_headerless && !off.config_missing {
+    let _lock = if (args.repair_headerless || args.repair_orphans) && !off.config_missing {
         let mut lock = MountLock::acquire(&off.dir, &host_id, &off.cfg.volume_id)?;
         lock.write_pid(std::process::id())?;
         Some(lock)
@@ -65,14 +65,24 @@ pub fn run(args: &FsckArgs) -> CliResult {
     let tree = walk::walk(&off.dir, off.encrypted_names(), off.names.as_ref());
     let progress = Progress::new("fsck", tree.files.len() as u64);
     let stop = AtomicBool::new(false);
+    let ids = std::sync::Mutex::new(std::collections::HashSet::new());
     let outcomes = walk::parallel(&tree.files, args.jobs, &stop, &progress, |f| {
-        let o = check(&off, &f.backing, args.repair_headerless);
+        let (o, id) = check(&off, &f.backing, args.repair_headerless);
+        if let (Some(id), Ok(mut ids)) = (id, ids.lock()) {
+            ids.insert(id);
+        }
         if matches!(o, Outcome::Unreachable(_)) {
             stop.store(true, Ordering::Relaxed);
         }
         o
     });
     progress.finish();
+    let orphans = match (&off.vault.holes, ids.into_inner()) {
+        (Some(store), Ok(ids)) if unreachable_none(&stop) => {
+            orphan_maps(store, &ids, args.repair_orphans)?
+        }
+        _ => 0,
+    };
 
     let (mut clean, mut empty, mut damaged, mut repaired, mut bytes) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
@@ -128,6 +138,16 @@ pub fn run(args: &FsckArgs) -> CliResult {
     } else {
         "plaintext names"
     };
+    if orphans > 0 {
+        println!(
+            "{orphans} hole maps of files that no longer exist (left by a crash; harmless){}",
+            if args.repair_orphans {
+                ": removed"
+            } else {
+                ": --repair-orphans removes them"
+            }
+        );
+    }
     println!(
         "fsck {}: {} files ({} with data, {} bytes; {} empty), {} directories, {} symlinks, {names}: {} damaged, {} unreadable, {} repaired",
         off.dir.display(),
@@ -164,21 +184,59 @@ pub fn run(args: &FsckArgs) -> CliResult {
     Ok(())
 }
 
-/// Check one backing file (and repair it if it is headerless and `repair`).
-fn check(off: &Offline, path: &Path, repair: bool) -> Outcome {
-    let damaged = |what: String| Outcome::Damaged {
-        what,
-        block: None,
-        headerless: false,
-    };
+/// Whether the check ran to the end (it stops when the key service is unreachable).
+fn unreachable_none(stop: &AtomicBool) -> bool {
+    !stop.load(Ordering::Relaxed)
+}
+
+/// The hole maps in `store` whose file id is none of `ids` (the ids of every file's header):
+/// counted, and removed when `remove`.
+fn orphan_maps(
+    store: &crate::content::HoleStore,
+    ids: &std::collections::HashSet<crate::format::Id>,
+    remove: bool,
+) -> Result<u64, super::CliError> {
+    let listed = store
+        .ids()
+        .map_err(|e| format!("cannot list the hole maps: {e}"))?;
+    let mut n = 0;
+    for id in listed.iter().filter(|id| !ids.contains(*id)) {
+        n += 1;
+        println!("ORPHAN hole map .kmsfs/holes/{}", hex::encode(id));
+        if remove {
+            store
+                .remove(id)
+                .map_err(|e| format!("cannot remove hole map {}: {e}", hex::encode(id)))?;
+        }
+    }
+    Ok(n)
+}
+
+/// Check one backing file (and repair it if it is headerless and `repair`); with the file id
+/// its header names, if any.
+fn check(off: &Offline, path: &Path, repair: bool) -> (Outcome, Option<crate::format::Id>) {
     let file = match OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
     {
         Ok(f) => f,
-        Err(e) => return damaged(format!("cannot open: {e}")),
+        Err(e) => return (damaged(format!("cannot open: {e}")), None),
     };
+    let id = crate::content::header_file_id(&file);
+    (check_file(off, file, path, repair), id)
+}
+
+fn damaged(what: String) -> Outcome {
+    Outcome::Damaged {
+        what,
+        block: None,
+        headerless: false,
+    }
+}
+
+/// `check` of the opened backing file.
+fn check_file(off: &Offline, file: File, path: &Path, repair: bool) -> Outcome {
     let len = match file.metadata() {
         Ok(m) if !m.is_file() => return damaged("not a regular file".into()),
         Ok(m) => m.len(),
@@ -208,6 +266,12 @@ fn read_all(cf: &CryptFile) -> Outcome {
     };
     let mut at = 0u64;
     while at < size {
+        // Granted holes read as zeros: skip them (a 1 TiB sparse file is checked in a moment).
+        match cf.seek(at, true) {
+            Ok(Some(data)) => at = data,
+            Ok(None) => break,
+            Err(e) => return crypt_outcome(e),
+        }
         match cf.read(at, CHUNK) {
             Ok(d) if d.is_empty() => break,
             Ok(d) => at += d.len() as u64,

@@ -223,6 +223,10 @@ struct FsckArgs {
     /// block: they hold no data and then read as empty files.
     #[arg(long)]
     repair_headerless: bool,
+    /// Remove hole maps (`.kmsfs/holes/`) whose file no longer exists (a crash between a
+    /// file's deletion and its map's).
+    #[arg(long)]
+    repair_orphans: bool,
     /// Files checked in parallel.
     #[arg(short, long, value_name = "N", default_value_t = 4)]
     jobs: usize,

@@ -109,6 +109,24 @@ def main():
     tag = hmac.new(h("config_key"), cfg_bytes, hashlib.sha256).digest()
     assert tag == h("config_tag")
 
+    # hole maps (section 4.1): a level-0 chunk granting blocks 1..4 and 10
+    aad = b"KMSFS-H0" + vol + fid + struct.pack("<Q", 0)
+    assert aad == h("hole_chunk_aad")
+    bitmap = bytearray(bs)
+    for blk in (1, 2, 3, 4, 10):
+        bitmap[blk // 8] |= 1 << (blk % 8)
+    assert bytes(bitmap[:4]) == h("hole_chunk_plain_head")
+    nonce = h("hole_chunk_nonce")
+    stored = nonce + seal(dk, nonce, bytes(bitmap), aad)
+    assert len(stored) == bs + 28
+    assert hashlib.sha256(stored).digest() == h("hole_chunk")
+    assert stored[-16:] == h("hole_chunk_tag")
+    levels = -(-64 // ((bs * 8).bit_length() - 1))  # ceil(64 / log2(8·bs))
+    for k in v:
+        if k.startswith("hole_chunk_offset."):
+            level, index = map(int, k.split(".")[1:])
+            assert (index * levels + level) * (bs + 28) == int(v[k]), k
+
     def backing(p):
         return 0 if p == 0 else 1024 + (p // bs) * (bs + 28) + 28 + p % bs
 
