@@ -8,7 +8,8 @@
 //! - The documented NOT-detected cases, one test each, showing the behaviour: whole-file rollback,
 //!   single-block rollback, whole files swapped between paths, truncation to 0 bytes (and the
 //!   harmless one: bytes of the inactive key slot).
-//! - fallocate punch hole / zero range store authenticated encrypted zeros.
+//! - fallocate punch hole / zero range make holes the file's hole map grants; a written block
+//!   zeroed or punched out of the backing file is still `EIO`.
 //! - Backing files that are not kmsfs files read as `EIO` with a clear log line.
 //!
 //! Vaults use `--plaintext-names` so a test finds the backing file of `NAME` at `vault/NAME`.
@@ -688,7 +689,8 @@ fn harmless_inactive_key_slot_bytes_are_ignored() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// fallocate: punched and zeroed ranges are encrypted, authenticated zeros.
+// fallocate: punched and zeroed whole blocks become granted holes; written blocks stay
+// authenticated.
 
 /// fallocate(2) on `f`.
 fn fallocate(f: &File, mode: libc::c_int, offset: usize, len: usize) {
@@ -703,7 +705,7 @@ fn fallocate(f: &File, mode: libc::c_int, offset: usize, len: usize) {
 }
 
 #[test]
-fn punch_hole_and_zero_range_store_authenticated_encrypted_zeros() {
+fn punch_hole_and_zero_range_make_holes_but_a_punched_written_block_is_eio() {
     let v = Vault::new();
     v.init(&["--plaintext-names"]);
     let mut rng = Rng::from_env("punch hole");
@@ -747,34 +749,53 @@ fn punch_hole_and_zero_range_store_authenticated_encrypted_zeros() {
     );
     assert_contents(&p, &want);
 
-    // The backing bytes of the punched blocks are not zeros (nonce ‖ ciphertext ‖ tag of zeros),
-    // and the backing file keeps its full size (no hole in the format).
+    // Whole blocks punched or zeroed are holes (nothing stored); the partly punched block is
+    // re-sealed; the backing file keeps its size.
     let backing = fs::read(v.backing.join("f")).expect("read backing");
     assert_eq!(backing.len(), BACKING_SIZE);
     for i in [1, 3] {
-        let stored = &backing[block(i)];
-        let zeros = stored.iter().filter(|&&x| x == 0).count();
         assert!(
-            zeros < SB / 16,
-            "stored block {i} is mostly zeros ({zeros} of {SB}): not encrypted"
+            backing[block(i)].iter().all(|&x| x == 0),
+            "block {i} is a hole"
         );
     }
+    let zeros = backing[block(2)].iter().filter(|&&x| x == 0).count();
+    assert!(zeros < SB / 16, "block 2 is encrypted ({zeros} zero bytes)");
     m.unmount();
 
     // Still there after a remount.
     let m = v.mount(&[]);
     assert_contents(&m.join("f"), &want);
-    // A zeroed backing block is not a hole: it reads as EIO naming the block.
-    rewrite_backing(&v.backing.join("f"), |b| b[block(1)].fill(0));
-    let err = read_all(&m.join("f")).expect_err("a zeroed stored block must not read");
-    assert_eq!(err.raw_os_error(), Some(libc::EIO), "zeroed block: {err}");
+    // A written block zeroed, or punched out of the backing file, is not a hole: EIO naming it.
+    rewrite_backing(&v.backing.join("f"), |b| b[block(2)].fill(0));
+    let backing = OpenOptions::new()
+        .write(true)
+        .open(v.backing.join("f"))
+        .expect("open backing");
+    fallocate(
+        &backing,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        block_at(0),
+        SB,
+    );
     let path = v.backing.join("f").display().to_string();
-    let lines = log_lines_naming(&v, &v.backing.join("f"));
+    for (b, at) in [(2, 2 * BS), (0, 0)] {
+        let err = read_at(&m.join("f"), at as u64, 10).expect_err("a removed block must not read");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "block {b}: {err}");
+        let lines = log_lines_naming(&v, &v.backing.join("f"));
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&format!("{path} block {b}: "))),
+            "log lines: {lines:#?}"
+        );
+    }
+    // The holes still read as zeros.
     assert!(
-        lines
+        read_at(&m.join("f"), BS as u64, BS)
+            .expect("hole")
             .iter()
-            .any(|l| l.contains(&format!("{path} block 1: "))),
-        "log lines: {lines:#?}"
+            .all(|&x| x == 0)
     );
     assert!(is_mounted(m.path()));
     m.unmount();

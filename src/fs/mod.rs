@@ -10,6 +10,7 @@
 //! (lookup, listing, renames, links, removal), `create` (new entries), `file` (open, read,
 //! write, allocate), `setattr`, `xattr`.
 
+mod acl;
 pub mod attr;
 mod create;
 mod dir;

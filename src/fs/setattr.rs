@@ -93,6 +93,7 @@ impl KmsFs {
         }
         if let (Some(mode), false) = (mode, is_link) {
             sys::chmod_fd(fd.as_fd(), mode & 0o7777).map_err(e_io)?;
+            self.access_acl_follow_mode(fd.as_fd(), mode)?;
         }
         if uid.is_some() || gid.is_some() {
             sys::chown_fd(fd.as_fd(), uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))

@@ -23,8 +23,16 @@ impl KmsFs {
         self.writable()?;
         let fd = self.xattr_fd(ino)?;
         let n = self.names.xattr_name(name).map_err(e_io)?;
-        let value = self.names.seal_xattr(&n, value).map_err(e_io)?;
-        sys::xattr::set(fd.as_fd(), &n, &value, flags).map_err(e_io)
+        let sealed = self.names.seal_xattr(&n, value).map_err(e_io)?;
+        let acl = name == OsStr::new(super::acl::ACCESS);
+        if acl && super::acl::mode_bits(value).is_none() {
+            return Err(FsError::EINVAL);
+        }
+        sys::xattr::set(fd.as_fd(), &n, &sealed, flags).map_err(e_io)?;
+        if acl {
+            self.access_acl_set(ino, fd.as_fd(), value)?;
+        }
+        Ok(())
     }
 
     /// The value of xattr `name` of `ino`.
