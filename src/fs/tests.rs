@@ -319,8 +319,16 @@ fn xattrs_round_trip_encrypted() {
     f.fs.setxattr(ino, OsStr::new("trusted.x"), b"v", 0)
         .expect("trusted");
     let acl = OsStr::new("system.posix_acl_access");
-    f.fs.setxattr(ino, acl, b"\x02\0\0\0", 0).expect("acl");
-    assert_eq!(f.fs.getxattr(ino, acl).expect("acl"), b"\x02\0\0\0");
+    // version 2; owner rwx, owning group r-x, other --- (u16 tag, u16 perm, u32 id each).
+    let value = b"\x02\0\0\0\x01\0\x07\0\xff\xff\xff\xff\x04\0\x05\0\xff\xff\xff\xff\x20\0\0\0\xff\xff\xff\xff";
+    f.fs.setxattr(ino, acl, value, 0).expect("acl");
+    assert_eq!(f.fs.getxattr(ino, acl).expect("acl"), value);
+    assert_eq!(f.fs.getattr(ino).expect("attr").perm & 0o777, 0o750, "the mode follows");
+    assert_eq!(
+        f.fs.setxattr(ino, acl, b"\x02\0\0\0", 0).err(),
+        Some(FsError::EINVAL),
+        "an ACL without entries"
+    );
     assert_eq!(
         f.fs.setxattr(ino, OsStr::new("system.other"), b"v", 0)
             .err(),
