@@ -39,6 +39,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<Helper, CliError> {
     ];
     let mut flags = MountFlags::default();
     let mut remount = false;
+    let mut source = None;
     let mut rest = argv[3..].iter();
     while let Some(arg) = rest.next() {
         let opts = match arg.to_str() {
@@ -87,6 +88,12 @@ pub fn parse(argv: Vec<OsString>) -> Result<Helper, CliError> {
                 "log_level" => with("--log-level")?,
                 "allow_other" => flag("--allow-other"),
                 "read_only" => flag("--read-only"),
+                // `mount -t fuse.kmsfs TAG MNT -o source=VAULT`: the vault, with TAG as the
+                // name the mount table shows (fstests names devices that way).
+                "source" => {
+                    source = Some(value.ok_or("mount option source needs a value")?.to_string());
+                    vec![]
+                }
                 "remount" => {
                     remount = true;
                     vec![]
@@ -114,6 +121,10 @@ pub fn parse(argv: Vec<OsString>) -> Result<Helper, CliError> {
     }
     if remount {
         return Ok(Helper::Remount(PathBuf::from(&argv[2]), flags));
+    }
+    if let Some(vault) = source {
+        out.extend(["--fsname".into(), argv[1].clone()]);
+        out[2] = vault.into();
     }
     if flags.ro {
         out.push("--read-only".into());
@@ -160,6 +171,9 @@ mod tests {
             Helper::None
         );
         assert!(parse(args(&["kmsfs", "/v", "/m", "-o", "bogus"])).is_err());
+        let tagged = parse(args(&["kmsfs", "dev1", "/m", "-o", "source=/v,allow_other"]));
+        let want = ["kmsfs", "mount", "/v", "/m", "--allow-other", "--fsname", "dev1"];
+        assert_eq!(tagged.expect("ok"), Helper::Mount(args(&want)));
         // What mount.fuse passes on `mount -o remount,ro MOUNTPOINT`.
         let opts = "ro,nosuid,nodev,relatime,remount,user_id=0,group_id=0,default_permissions";
         match parse(args(&["kmsfs", "/v", "/m", "-o", opts])).expect("ok") {

@@ -163,6 +163,9 @@ struct MountArgs {
     /// Log filter, e.g. info, debug, kmsfs=trace (RUST_LOG wins when set).
     #[arg(long, value_name = "FILTER", default_value = "info")]
     log_level: String,
+    /// The name the mount table shows as the mount's source (default: the vault's path).
+    #[arg(long, value_name = "NAME")]
+    fsname: Option<String>,
     /// Generic mount flags, as mount(8) takes them: noatime, nodiratime, strictatime,
     /// noexec, sync, dirsync; dev and suid (root only: the default is nodev,nosuid).
     #[arg(long, value_name = "LIST", default_value = "", value_parser = mount_flags::MountFlags::parse)]

@@ -198,7 +198,11 @@ fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
     // Backing files get exactly the modes the kernel asks for (it applied the umask).
     crate::sys::process::set_umask(0);
     let mut options = vec![
-        MountOption::FSName(vault_dir.display().to_string()),
+        MountOption::FSName(
+            args.fsname
+                .clone()
+                .unwrap_or_else(|| vault_dir.display().to_string()),
+        ),
         // As a kernel option (fuser passes Subtype only to fusermount): the mount then shows
         // as fuse.kmsfs, and mount(8) finds kmsfs again for `-o remount`.
         MountOption::CUSTOM("subtype=kmsfs".into()),

@@ -171,7 +171,9 @@ impl CryptFile {
         if data {
             loop {
                 if b >= last {
-                    return Ok(Some(at(b)));
+                    // The final block holds data unless it is empty (the size a multiple of
+                    // the block size): then there is none before the end of file.
+                    return Ok(Some(at(b)).filter(|&o| o < size));
                 }
                 let Some(granted_end) = map.granted_until(&ctx, b)? else {
                     return Ok(Some(at(b)));

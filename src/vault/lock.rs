@@ -50,13 +50,17 @@ fn lock_name(host: &str) -> String {
     format!("mount-{host}.lock")
 }
 
+/// How long a mount waits for another daemon of this host to release the vault.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl MountLock {
     /// This host's tag (see [`host_tag`]), for its other files in `.kmsfs/`.
     pub fn host_part(&self) -> &str {
         &self.host
     }
 
-    /// Take the lock of `vault` (volume `volume_id`) for `host_id`, or say who holds it.
+    /// Take the lock of `vault` (volume `volume_id`) for `host_id`, or say who holds it (after
+    /// waiting up to `LOCK_WAIT` for a holder to let go).
     pub fn acquire(vault: &Path, host_id: &str, volume_id: &str) -> Result<Self, VaultError> {
         let meta = MetaDir::open(vault, false)?;
         let host = host_tag(host_id, volume_id);
@@ -71,6 +75,14 @@ impl MountLock {
         )
         .map_err(io)?;
         let mut file = File::from(fd);
+        // A daemon whose mount was just unmounted holds the lock for the few milliseconds it
+        // takes to drop its keys and exit: a mount right after an unmount waits for that.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        while !sys::flock(file.as_fd(), libc::LOCK_EX | libc::LOCK_NB)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         if !sys::flock(file.as_fd(), libc::LOCK_EX | libc::LOCK_NB) {
             let mut holder = String::new();
             let _ = (&mut file)
