@@ -164,6 +164,8 @@ impl Filesystem for FuseFs {
         // POSIX ACLs: the kernel enforces them (under default_permissions) and keeps the mode
         // in step; we store them as xattrs (encrypted like the others).
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_POSIX_ACL);
+        // The umask comes unapplied with each create: a directory's default ACL replaces it.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_DONT_MASK);
         Ok(())
     }
 

@@ -91,7 +91,11 @@ pub fn parse(argv: Vec<OsString>) -> Result<Helper, CliError> {
                 // `mount -t fuse.kmsfs TAG MNT -o source=VAULT`: the vault, with TAG as the
                 // name the mount table shows (fstests names devices that way).
                 "source" => {
-                    source = Some(value.ok_or("mount option source needs a value")?.to_string());
+                    source = Some(
+                        value
+                            .ok_or("mount option source needs a value")?
+                            .to_string(),
+                    );
                     vec![]
                 }
                 "remount" => {
@@ -171,8 +175,22 @@ mod tests {
             Helper::None
         );
         assert!(parse(args(&["kmsfs", "/v", "/m", "-o", "bogus"])).is_err());
-        let tagged = parse(args(&["kmsfs", "dev1", "/m", "-o", "source=/v,allow_other"]));
-        let want = ["kmsfs", "mount", "/v", "/m", "--allow-other", "--fsname", "dev1"];
+        let tagged = parse(args(&[
+            "kmsfs",
+            "dev1",
+            "/m",
+            "-o",
+            "source=/v,allow_other",
+        ]));
+        let want = [
+            "kmsfs",
+            "mount",
+            "/v",
+            "/m",
+            "--allow-other",
+            "--fsname",
+            "dev1",
+        ];
         assert_eq!(tagged.expect("ok"), Helper::Mount(args(&want)));
         // What mount.fuse passes on `mount -o remount,ro MOUNTPOINT`.
         let opts = "ro,nosuid,nodev,relatime,remount,user_id=0,group_id=0,default_permissions";

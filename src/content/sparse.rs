@@ -108,13 +108,55 @@ impl CryptFile {
             ];
         }
         for (from, to) in edges {
-            let mut at = from;
-            let chunk = BATCH_BLOCKS * bs;
-            while at < to {
-                let n = chunk.min(to - at);
-                self.write(at, &vec![0u8; n as usize])?;
-                at += n;
-            }
+            self.write_zeros(from, to)?;
+        }
+        Ok(())
+    }
+
+    /// fallocate without punching (mode 0, or KEEP_SIZE): give `offset .. offset + len` real
+    /// space. The backing range is reserved first, so a full store fails with ENOSPC before
+    /// anything changes; holes inside the file are filled with encrypted zeros; past its end,
+    /// the file grows with encrypted zeros, or with `keep_size` only the reservation remains
+    /// (a later growth over it makes granted holes there, which read as zeros).
+    pub fn allocate(&self, offset: u64, len: u64, keep_size: bool) -> Result<(), CryptError> {
+        let layout = self.vault.layout;
+        let end = offset.saturating_add(len);
+        let size = self.size()?;
+        if len == 0 {
+            return Ok(());
+        }
+        let from = layout.backing_offset(layout.block_of(offset));
+        let to = layout.backing_size(end.max(1));
+        let mode = libc::FALLOC_FL_KEEP_SIZE;
+        let fd = std::os::fd::AsFd::as_fd(&self.file);
+        match crate::sys::fallocate(fd, mode, from, to.saturating_sub(from)) {
+            Err(e) if e.raw_os_error() != Some(libc::EOPNOTSUPP) => return Err(e.into()),
+            _ => {}
+        }
+        let inside_end = end.min(size);
+        let mut at = offset;
+        while at < inside_end {
+            let Some(hole) = self.seek(at, false)?.filter(|&h| h < inside_end) else {
+                break;
+            };
+            let data = self.seek(hole, true)?.unwrap_or(size).min(inside_end);
+            self.write_zeros(hole, data)?;
+            at = data;
+        }
+        if !keep_size && end > size {
+            self.write_zeros(size, end)?;
+        }
+        Ok(())
+    }
+
+    /// Write encrypted zeros over `from .. to`, a batch at a time.
+    fn write_zeros(&self, from: u64, to: u64) -> Result<(), CryptError> {
+        let chunk = BATCH_BLOCKS * self.vault.layout.block_size() as u64;
+        let mut at = from;
+        while at < to {
+            let n = chunk.min(to - at);
+            self.write(at, &vec![0u8; n as usize])?;
+            at += n;
         }
         Ok(())
     }

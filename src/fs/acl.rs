@@ -11,6 +11,8 @@ use crate::sys;
 
 /// The access ACL's xattr name.
 pub const ACCESS: &str = "system.posix_acl_access";
+/// The default ACL's xattr name (directories: what new entries inherit).
+pub const DEFAULT: &str = "system.posix_acl_default";
 
 const VERSION: u32 = 2;
 const USER_OBJ: u16 = 0x01;
@@ -54,6 +56,47 @@ pub fn mode_bits(value: &[u8]) -> Option<u32> {
     Some(perm(USER_OBJ)? << 6 | group << 3 | perm(OTHER)?)
 }
 
+/// Whether an access ACL says no more than a mode does (no named entries, no mask): such an
+/// ACL is not stored, as on ext4.
+pub fn is_equivalent(value: &[u8]) -> bool {
+    entries(value).is_some_and(|e| {
+        e.iter()
+            .all(|x| matches!(x.0, USER_OBJ | GROUP_OBJ | OTHER))
+    })
+}
+
+/// What a new entry inherits from its directory's default ACL `default`, created with `mode`
+/// (not masked by the umask, which a default ACL replaces): the mode, and its access ACL
+/// unless that is equivalent to the mode (POSIX.1e, as the kernel's posix_acl_create).
+pub fn inherit(default: &[u8], mode: u32) -> Option<(u32, Option<Vec<u8>>)> {
+    let e = entries(default)?;
+    let has_mask = e.iter().any(|x| x.0 == MASK);
+    let mut out = VERSION.to_le_bytes().to_vec();
+    let mut bits = 0u32;
+    for (tag, perm, id) in e {
+        let perm = u32::from(perm)
+            & match tag {
+                USER_OBJ => (mode >> 6) & 7,
+                MASK => (mode >> 3) & 7,
+                GROUP_OBJ if !has_mask => (mode >> 3) & 7,
+                OTHER => mode & 7,
+                _ => 7,
+            };
+        match tag {
+            USER_OBJ => bits |= perm << 6,
+            MASK => bits |= perm << 3,
+            GROUP_OBJ if !has_mask => bits |= perm << 3,
+            OTHER => bits |= perm,
+            _ => {}
+        }
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&(perm as u16).to_le_bytes());
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    let access = (!is_equivalent(&out)).then_some(out);
+    Some(((mode & !0o777) | bits, access))
+}
+
 /// `value` with its owner, mask (or owning group) and other entries set from `mode`.
 pub fn with_mode(value: &[u8], mode: u32) -> Option<Vec<u8>> {
     let e = entries(value)?;
@@ -74,7 +117,64 @@ pub fn with_mode(value: &[u8], mode: u32) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// What a new entry takes from its directory: its mode, and the ACLs to give it.
+#[derive(Debug, Default)]
+pub(super) struct Inherited {
+    /// The mode to create it with.
+    pub mode: u32,
+    /// Its access ACL (None: the mode says it all).
+    pub access: Option<Vec<u8>>,
+    /// Its default ACL (directories under a default ACL).
+    pub default: Option<Vec<u8>>,
+}
+
 impl KmsFs {
+    /// The mode and ACLs of a new entry with `mode` in the directory `parent`, whose caller
+    /// has `umask`: inherited from the directory's default ACL when it has one (the umask then
+    /// does not apply), else `mode` masked by the umask.
+    pub(super) fn inherited(
+        &self,
+        parent: BorrowedFd<'_>,
+        mode: u32,
+        umask: u32,
+        dir: bool,
+    ) -> Inherited {
+        let plain = Inherited {
+            mode: mode & !umask,
+            ..Default::default()
+        };
+        let Some(default) = self.acl_of(parent, DEFAULT) else {
+            return plain;
+        };
+        match inherit(&default, mode) {
+            Some((mode, access)) => Inherited {
+                mode,
+                access,
+                default: dir.then_some(default),
+            },
+            None => plain,
+        }
+    }
+
+    /// Give the new entry `fd` the ACLs it inherited.
+    pub(super) fn give_acls(&self, fd: BorrowedFd<'_>, acls: &Inherited) -> FsResult<()> {
+        for (name, value) in [(ACCESS, &acls.access), (DEFAULT, &acls.default)] {
+            if let Some(v) = value {
+                let n = self.names.xattr_name(OsStr::new(name)).map_err(e_io)?;
+                let sealed = self.names.seal_xattr(&n, v).map_err(e_io)?;
+                sys::xattr::set(fd, &n, &sealed, 0).map_err(e_io)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The plain value of ACL xattr `name` of `fd`, if it has one.
+    fn acl_of(&self, fd: BorrowedFd<'_>, name: &str) -> Option<Vec<u8>> {
+        let n = self.names.xattr_name(OsStr::new(name)).ok()?;
+        let stored = sys::xattr::get(fd, &n).ok()?;
+        self.names.open_xattr(&n, stored).ok()
+    }
+
     /// Setting an access ACL: refuse a malformed one, and give the file the mode it implies.
     pub(super) fn access_acl_set(
         &self,
@@ -91,14 +191,10 @@ impl KmsFs {
 
     /// After a chmod: bring the file's access ACL (if any) in line with the new mode.
     pub(super) fn access_acl_follow_mode(&self, fd: BorrowedFd<'_>, mode: u32) -> FsResult<()> {
-        let name = match self.names.xattr_name(OsStr::new(ACCESS)) {
-            Ok(n) => n,
-            Err(_) => return Ok(()),
-        };
-        let Ok(stored) = sys::xattr::get(fd.as_fd(), &name) else {
+        let Some(acl) = self.acl_of(fd, ACCESS) else {
             return Ok(());
         };
-        let acl = self.names.open_xattr(&name, stored).map_err(e_io)?;
+        let name = self.names.xattr_name(OsStr::new(ACCESS)).map_err(e_io)?;
         if let Some(new) = with_mode(&acl, mode) {
             let sealed = self.names.seal_xattr(&name, &new).map_err(e_io)?;
             sys::xattr::set(fd.as_fd(), &name, &sealed, 0).map_err(e_io)?;
@@ -149,5 +245,35 @@ mod tests {
         );
         assert_eq!(mode_bits(b"\x02\0\0\0\x01\0"), None);
         assert_eq!(mode_bits(&[]), None);
+        assert!(is_equivalent(&plain) && !is_equivalent(&named));
+    }
+
+    #[test]
+    fn new_entries_inherit_the_default_acl_masked_by_their_mode() {
+        let u = u32::MAX;
+        // default: owner rwx, nobody r-x, group r-x, mask rwx, other ---
+        let default = acl(&[
+            (USER_OBJ, 7, u),
+            (USER, 5, 65534),
+            (GROUP_OBJ, 5, u),
+            (MASK, 7, u),
+            (OTHER, 0, u),
+        ]);
+        let (mode, access) = inherit(&default, libc::S_IFREG | 0o644).expect("inherit");
+        assert_eq!(
+            mode,
+            libc::S_IFREG | 0o640,
+            "owner rw, mask r (from the mode's group bits)"
+        );
+        let access = access.expect("a named entry: an access ACL");
+        assert_eq!(mode_bits(&access), Some(0o640));
+        assert_eq!(
+            entries(&access).expect("entries")[1],
+            (USER, 5, 65534),
+            "named entries kept"
+        );
+        // A default ACL that the mode can say: the mode, no access ACL.
+        let plain = acl(&[(USER_OBJ, 7, u), (GROUP_OBJ, 5, u), (OTHER, 1, u)]);
+        assert_eq!(inherit(&plain, 0o777), Some((0o751, None)));
     }
 }

@@ -63,6 +63,16 @@ impl KmsFs {
         })
     }
 
+    /// Give the new entry `ino` the ACLs it inherited (nothing when there are none).
+    fn give_inherited(&self, ino: u64, acls: &super::acl::Inherited) -> FsResult<()> {
+        if acls.access.is_none() && acls.default.is_none() {
+            return Ok(());
+        }
+        let inode = self.inode(ino)?;
+        let fd = self.fd(&inode)?;
+        self.give_acls(fd.as_fd(), acls)
+    }
+
     /// A device node, FIFO or socket `name` in `parent`.
     pub fn mknod(
         &self,
@@ -76,14 +86,17 @@ impl KmsFs {
         let p = self.inode(parent)?;
         let bname = self.new_name(&p, name)?;
         let pfd = self.fd(&p)?;
+        let acls = self.inherited(pfd.as_fd(), mode, umask, false);
         let acting = self.as_caller(caller)?;
         self.names
             .create(pfd.as_fd(), &bname, |b| {
-                sys::mknodat(pfd.as_fd(), b, mode & !umask, u64::from(rdev))
+                sys::mknodat(pfd.as_fd(), b, acls.mode, u64::from(rdev))
             })
             .map_err(e_io)?;
         drop(acting);
-        self.lookup_backing(&p, &bname)
+        let entry = self.lookup_backing(&p, &bname)?;
+        self.give_inherited(entry.attr.ino, &acls)?;
+        Ok(entry)
     }
 
     /// A new directory `name` in `parent`.
@@ -98,12 +111,15 @@ impl KmsFs {
         let p = self.inode(parent)?;
         let bname = self.new_name(&p, name)?;
         let pfd = self.fd(&p)?;
+        let acls = self.inherited(pfd.as_fd(), mode, umask, true);
         let acting = self.as_caller(caller)?;
         self.names
-            .mkdir(pfd.as_fd(), &bname, mode & !umask)
+            .mkdir(pfd.as_fd(), &bname, acls.mode)
             .map_err(e_io)?;
         drop(acting);
-        self.lookup_backing(&p, &bname)
+        let entry = self.lookup_backing(&p, &bname)?;
+        self.give_inherited(entry.attr.ino, &acls)?;
+        Ok(entry)
     }
 
     /// A new symbolic link `name` in `parent` to `target`.
@@ -141,14 +157,18 @@ impl KmsFs {
         let bname = self.new_name(&p, name)?;
         let excl = flags & libc::O_EXCL;
         let pfd = self.fd(&p)?;
+        let acls = self.inherited(pfd.as_fd(), mode, umask, false);
         let acting = self.as_caller(caller)?;
         let created = self
             .names
             .create(pfd.as_fd(), &bname, |b| {
-                self.make_file(&p, b, mode & !umask, excl, acting.is_some())
+                self.make_file(&p, b, acls.mode, excl, acting.is_some())
             })
             .map_err(e_io)?;
         drop(acting);
+        if acls.access.is_some() {
+            self.give_acls(created.as_fd(), &acls)?;
+        }
         let entry = self.lookup_backing(&p, &bname)?;
         let ino = entry.attr.ino;
         let inode = self.inode(ino)?;

@@ -111,13 +111,15 @@ impl KmsFs {
         for (i, e) in dir.entries.iter().enumerate().skip(offset as usize) {
             let next = i as u64 + 1;
             if i < 2 {
-                // The kernel takes nothing from "." and ".." but their names.
-                let Ok(attr) = self
+                // The kernel takes nothing from "." and ".." but their names and numbers (as
+                // d_ino: the same as plain readdir's, the parent's for "..").
+                let Ok(mut attr) = self
                     .fd(&parent)
                     .and_then(|fd| self.attr_of(ino, fd.as_fd()))
                 else {
                     continue;
                 };
+                attr.ino = e.ino;
                 if sink.add(&e.name, next, &self.entry(attr)) {
                     break;
                 }

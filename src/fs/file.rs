@@ -131,7 +131,7 @@ impl KmsFs {
             let end = offset.saturating_add(length);
             let crypt = |e| FsError::crypt(&e);
             match mode & !libc::FALLOC_FL_KEEP_SIZE {
-                0 => {}
+                0 => file.allocate(offset, length, keep_size).map_err(crypt)?,
                 libc::FALLOC_FL_PUNCH_HOLE if keep_size => {
                     file.zero_range(offset, length).map_err(crypt)?
                 }
@@ -143,6 +143,11 @@ impl KmsFs {
             }
             Ok(())
         })
+    }
+
+    /// Whether `caller` is in group `gid` (its own group or a supplementary one).
+    pub(super) fn in_group(&self, caller: &Caller, gid: u32) -> bool {
+        caller.gid == gid || sys::creds::supplementary_groups(caller.pid).contains(&gid)
     }
 
     /// SEEK_DATA (`data`) or SEEK_HOLE from `offset` in handle `fh`: the offset found, or
@@ -168,11 +173,9 @@ impl KmsFs {
             return Ok(());
         }
         let mut kill = libc::S_ISUID;
-        let in_group = || {
-            caller.gid == st.st_gid
-                || sys::creds::supplementary_groups(caller.pid).contains(&st.st_gid)
-        };
-        if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !in_group()) {
+        if mode & libc::S_ISGID != 0
+            && (mode & libc::S_IXGRP != 0 || !self.in_group(caller, st.st_gid))
+        {
             kill |= libc::S_ISGID;
         }
         if mode & kill != 0 {

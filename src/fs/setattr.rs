@@ -80,8 +80,14 @@ impl KmsFs {
         } = change;
         let inode = self.inode(ino)?;
         let fd = self.fd(&inode)?;
-        let is_link =
-            sys::stat_fd(fd.as_fd()).map_err(e_io)?.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        let st = sys::stat_fd(fd.as_fd()).map_err(e_io)?;
+        let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        // chmod by a caller outside the file's group (without CAP_FSETID) cannot set
+        // set-group-ID: the kernel leaves that to the file system under FUSE (setattr_copy).
+        let mode = mode.map(|m| {
+            let keeps_sgid = caller.uid == 0 || self.in_group(caller, st.st_gid);
+            if keeps_sgid { m } else { m & !libc::S_ISGID }
+        });
         let changes_something = mode.is_some()
             || uid.is_some()
             || gid.is_some()

@@ -323,7 +323,11 @@ fn xattrs_round_trip_encrypted() {
     let value = b"\x02\0\0\0\x01\0\x07\0\xff\xff\xff\xff\x04\0\x05\0\xff\xff\xff\xff\x20\0\0\0\xff\xff\xff\xff";
     f.fs.setxattr(ino, acl, value, 0).expect("acl");
     assert_eq!(f.fs.getxattr(ino, acl).expect("acl"), value);
-    assert_eq!(f.fs.getattr(ino).expect("attr").perm & 0o777, 0o750, "the mode follows");
+    assert_eq!(
+        f.fs.getattr(ino).expect("attr").perm & 0o777,
+        0o750,
+        "the mode follows"
+    );
     assert_eq!(
         f.fs.setxattr(ino, acl, b"\x02\0\0\0", 0).err(),
         Some(FsError::EINVAL),

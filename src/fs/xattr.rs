@@ -28,7 +28,15 @@ impl KmsFs {
         if acl && super::acl::mode_bits(value).is_none() {
             return Err(FsError::EINVAL);
         }
-        sys::xattr::set(fd.as_fd(), &n, &sealed, flags).map_err(e_io)?;
+        if acl && super::acl::is_equivalent(value) {
+            // An ACL that says no more than the mode is the mode (as on ext4): not stored.
+            match sys::xattr::remove(fd.as_fd(), &n) {
+                Err(e) if e.raw_os_error() != Some(libc::ENODATA) => return Err(e_io(e)),
+                _ => {}
+            }
+        } else {
+            sys::xattr::set(fd.as_fd(), &n, &sealed, flags).map_err(e_io)?;
+        }
         if acl {
             self.access_acl_set(ino, fd.as_fd(), value)?;
         }
