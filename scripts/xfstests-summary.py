@@ -31,8 +31,9 @@ def parse(path):
                         failures.append(test)
                     elif len(words) > 1:
                         ran.append(test)
-    ran = sorted(set(ran))
-    return {"ran": ran, "not_run": sorted(set(not_run) - set(ran)), "failures": sorted(set(failures))}
+    # fstests lists not-run tests under "Ran:" too: they did not run.
+    ran = sorted(set(ran) - set(not_run))
+    return {"ran": ran, "not_run": sorted(set(not_run)), "failures": sorted(set(failures))}
 
 
 def expected(path):

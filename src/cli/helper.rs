@@ -37,7 +37,15 @@ pub fn parse(argv: Vec<OsString>) -> Result<Helper, CliError> {
         argv[1].clone(),
         argv[2].clone(),
     ];
-    let mut flags = MountFlags::default();
+    // mount(8) drops `dev` and `suid` (its defaults) before it calls a helper, and passes
+    // `nodev`/`nosuid` when asked: for root, the helper form follows mount(8) as ext4 does.
+    // `kmsfs mount` (and every mount by another user) stays nodev,nosuid unless asked.
+    let root = crate::sys::process::euid() == 0;
+    let mut flags = MountFlags {
+        dev: root,
+        suid: root,
+        ..MountFlags::default()
+    };
     let mut remount = false;
     let mut source = None;
     let mut rest = argv[3..].iter();
@@ -155,7 +163,7 @@ mod tests {
             "/v",
             "/m",
             "-o",
-            "rw,key_ttl=5,allow_other,_netdev,noatime,dev",
+            "rw,key_ttl=5,allow_other,_netdev,noatime,dev,nosuid",
         ]))
         .expect("ok");
         let want = [
@@ -180,7 +188,7 @@ mod tests {
             "dev1",
             "/m",
             "-o",
-            "source=/v,allow_other",
+            "source=/v,allow_other,nodev,nosuid",
         ]));
         let want = [
             "kmsfs",
@@ -192,6 +200,15 @@ mod tests {
             "dev1",
         ];
         assert_eq!(tagged.expect("ok"), Helper::Mount(args(&want)));
+        // Without nodev/nosuid, root gets mount(8)'s defaults; others never.
+        let plain = parse(args(&["kmsfs", "/v", "/m", "-o", "rw"])).expect("ok");
+        let root = crate::sys::process::euid() == 0;
+        let with_flags = |l: &str| Helper::Mount(args(&["kmsfs", "mount", "/v", "/m", "--flags", l]));
+        if root {
+            assert_eq!(plain, with_flags("dev,suid"));
+        } else {
+            assert_eq!(plain, Helper::Mount(args(&["kmsfs", "mount", "/v", "/m"])));
+        }
         // What mount.fuse passes on `mount -o remount,ro MOUNTPOINT`.
         let opts = "ro,nosuid,nodev,relatime,remount,user_id=0,group_id=0,default_permissions";
         match parse(args(&["kmsfs", "/v", "/m", "-o", opts])).expect("ok") {

@@ -6,7 +6,7 @@
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
 
-use super::{FsError, FsResult, KmsFs, e_io};
+use super::{Caller, FsError, FsResult, KmsFs, e_io};
 use crate::sys;
 
 /// The access ACL's xattr name.
@@ -178,13 +178,19 @@ impl KmsFs {
     /// Setting an access ACL: refuse a malformed one, and give the file the mode it implies.
     pub(super) fn access_acl_set(
         &self,
+        caller: &Caller,
         ino: u64,
         fd: BorrowedFd<'_>,
         value: &[u8],
     ) -> FsResult<()> {
         let bits = mode_bits(value).ok_or(FsError::EINVAL)?;
-        let mode = sys::stat_fd(fd).map_err(e_io)?.st_mode;
-        sys::chmod_fd(fd, (mode & 0o7000) | bits).map_err(e_io)?;
+        let st = sys::stat_fd(fd).map_err(e_io)?;
+        let mut special = st.st_mode & 0o7000;
+        // As chmod: a caller outside the file's group (without CAP_FSETID) loses set-group-ID.
+        if caller.uid != 0 && !self.in_group(caller, st.st_gid) {
+            special &= !libc::S_ISGID;
+        }
+        sys::chmod_fd(fd, special | bits).map_err(e_io)?;
         self.drop_cached_attr(ino);
         Ok(())
     }

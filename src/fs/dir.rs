@@ -58,17 +58,21 @@ impl KmsFs {
         self.names.read_link(self.fd(&i)?.as_fd()).map_err(e_io)
     }
 
-    /// Snapshot the entries of directory `ino`; returns the handle.
+    /// Open directory `ino`; returns the handle (its entries are read at the first readdir).
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
-        let dir = self.read_dir(&*self.inode(ino)?)?;
-        Ok(self.handles.open_dir(dir))
+        self.inode(ino)?;
+        Ok(self.handles.open_dir(DirHandle {
+            entries: Vec::new(),
+            listed: false.into(),
+        }))
     }
 
-    /// The snapshot of directory handle `fh` of `ino` to list from `offset`: a listing from 0
-    /// after one was served (rewinddir) takes a new snapshot, so it shows entries made since.
+    /// The snapshot of directory handle `fh` of `ino` to list from `offset`: the first listing,
+    /// and every listing from 0 (rewinddir), takes a new snapshot, so it shows the entries
+    /// made since opendir; later offsets continue the snapshot they came from.
     fn snapshot(&self, ino: u64, fh: u64, offset: u64) -> FsResult<Arc<DirHandle>> {
         let dir = self.handles.dir(fh).ok_or(FsError::EBADF)?;
-        if offset != 0 || !dir.listed.swap(true, Ordering::Relaxed) {
+        if offset != 0 && dir.listed.load(Ordering::Relaxed) {
             return Ok(dir);
         }
         let fresh = Arc::new(self.read_dir(&*self.inode(ino)?)?);

@@ -154,7 +154,8 @@ impl KmsFs {
     /// ENXIO at or past the end of file.
     pub fn lseek(&self, fh: u64, offset: i64, data: bool) -> FsResult<u64> {
         let file = self.handles.file(fh).ok_or(FsError::EBADF)?;
-        let offset = u64::try_from(offset).map_err(|_| FsError::EINVAL)?;
+        // Before the start there is no data and no hole, as on ext4.
+        let offset = u64::try_from(offset).map_err(|_| FsError::ENXIO)?;
         file.seek(offset, data)
             .map_err(|e| FsError::crypt(&e))?
             .ok_or(FsError::ENXIO)

@@ -11,12 +11,13 @@ use parking_lot::Mutex;
 
 use crate::content::CryptFile;
 
-/// A snapshot of a directory's entries, taken at opendir and again at every rewind.
+/// A snapshot of a directory's entries, taken at the first readdir and again at every
+/// rewind (a listing from offset 0), so it holds the entries made since opendir.
 #[derive(Debug)]
 pub struct DirHandle {
     /// "." and ".." first, then one entry per listed file.
     pub entries: Vec<DirEntry>,
-    /// Whether a listing from offset 0 has been served from this snapshot.
+    /// Whether the entries were read (an opened handle is empty until its first readdir).
     pub listed: std::sync::atomic::AtomicBool,
 }
 

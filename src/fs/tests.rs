@@ -308,7 +308,7 @@ fn setattr_truncates_changes_modes_owners_and_times() {
 fn xattrs_round_trip_encrypted() {
     let f = fixture();
     let ino = f.file(ROOT, "f", b"x");
-    f.fs.setxattr(ino, OsStr::new("user.comment"), b"secret value", 0)
+    f.fs.setxattr(&ME, ino, OsStr::new("user.comment"), b"secret value", 0)
         .expect("setxattr");
     assert_eq!(
         f.fs.getxattr(ino, OsStr::new("user.comment")).expect("get"),
@@ -316,12 +316,13 @@ fn xattrs_round_trip_encrypted() {
     );
     assert_eq!(f.fs.listxattr(ino).expect("list"), b"user.comment\0");
     // Trusted xattrs and ACLs are stored too (the kernel gives them their meaning).
-    f.fs.setxattr(ino, OsStr::new("trusted.x"), b"v", 0)
+    f.fs.setxattr(&ME, ino, OsStr::new("trusted.x"), b"v", 0)
         .expect("trusted");
     let acl = OsStr::new("system.posix_acl_access");
-    // version 2; owner rwx, owning group r-x, other --- (u16 tag, u16 perm, u32 id each).
-    let value = b"\x02\0\0\0\x01\0\x07\0\xff\xff\xff\xff\x04\0\x05\0\xff\xff\xff\xff\x20\0\0\0\xff\xff\xff\xff";
-    f.fs.setxattr(ino, acl, value, 0).expect("acl");
+    // version 2 (u16 tag, u16 perm, u32 id each): owner rwx, user 1000 r--, owning group
+    // r-x, mask r-x, other --- (a named user: more than the mode says, so it is stored).
+    let value = b"\x02\0\0\0\x01\0\x07\0\xff\xff\xff\xff\x02\0\x04\0\xe8\x03\0\0\x04\0\x05\0\xff\xff\xff\xff\x10\0\x05\0\xff\xff\xff\xff\x20\0\0\0\xff\xff\xff\xff";
+    f.fs.setxattr(&ME, ino, acl, value, 0).expect("acl");
     assert_eq!(f.fs.getxattr(ino, acl).expect("acl"), value);
     assert_eq!(
         f.fs.getattr(ino).expect("attr").perm & 0o777,
@@ -329,12 +330,12 @@ fn xattrs_round_trip_encrypted() {
         "the mode follows"
     );
     assert_eq!(
-        f.fs.setxattr(ino, acl, b"\x02\0\0\0", 0).err(),
+        f.fs.setxattr(&ME, ino, acl, b"\x02\0\0\0", 0).err(),
         Some(FsError::EINVAL),
         "an ACL without entries"
     );
     assert_eq!(
-        f.fs.setxattr(ino, OsStr::new("system.other"), b"v", 0)
+        f.fs.setxattr(&ME, ino, OsStr::new("system.other"), b"v", 0)
             .err(),
         Some(FsError::EOPNOTSUPP)
     );
@@ -425,6 +426,9 @@ fn a_sparse_file_takes_its_hole_map_along_when_its_last_name_goes() {
     assert_eq!(seen, 4096);
     assert_eq!(f.fs.lseek(o.fh, 4096, true).expect("SEEK_DATA"), 1 << 20);
     assert_eq!(f.fs.lseek(o.fh, 2 << 20, true).err(), Some(FsError::ENXIO));
+    // Before the start there is neither (ext4 answers ENXIO too, not EINVAL).
+    assert_eq!(f.fs.lseek(o.fh, -1, true).err(), Some(FsError::ENXIO));
+    assert_eq!(f.fs.lseek(o.fh, -1, false).err(), Some(FsError::ENXIO));
     f.fs.release(ino, o.fh);
     // A second name keeps it; removing both drops it.
     f.fs.link(ino, ROOT, OsStr::new("again")).expect("link");
@@ -513,11 +517,46 @@ fn fallocate_by_another_user_clears_set_id_bits_as_linux_does() {
 }
 
 #[test]
+fn an_access_acl_set_outside_the_group_clears_set_group_id_as_chmod_does() {
+    let f = fixture();
+    let ino = f.file(ROOT, "sgid", b"");
+    let chmod = |m: u32| {
+        f.fs.setattr(
+            &Caller::ROOT,
+            ino,
+            SetAttr {
+                mode: Some(m),
+                ..Default::default()
+            },
+        )
+        .expect("chmod");
+    };
+    let acl = OsStr::new("system.posix_acl_access");
+    // u::rwx, g::rwx, o::rwx: the same as mode 0777.
+    let value = b"\x02\0\0\0\x01\0\x07\0\xff\xff\xff\xff\x04\0\x07\0\xff\xff\xff\xff\x20\0\x07\0\xff\xff\xff\xff";
+    let nobody = Caller {
+        uid: 65534,
+        gid: 65534,
+        pid: std::process::id(),
+    };
+    chmod(0o2755);
+    f.fs.setxattr(&nobody, ino, acl, value, 0).expect("setfacl");
+    assert_eq!(f.fs.getattr(ino).expect("attr").perm, 0o777);
+    chmod(0o2755);
+    f.fs.setxattr(&Caller::ROOT, ino, acl, value, 0)
+        .expect("setfacl");
+    assert_eq!(f.fs.getattr(ino).expect("attr").perm, 0o2777);
+}
+
+#[test]
 fn rewinding_a_directory_lists_entries_made_since_opendir() {
     let f = fixture();
     let d = f.dir(ROOT, "d");
     f.file(d, "before", b"");
     let fh = f.fs.opendir(d).expect("opendir");
+    // Made after opendir, before the first readdir: listed (POSIX leaves this open; ext4
+    // lists it, and a rewinddir right after opendir must).
+    f.file(d, "between", b"");
     let names = |f: &Fixture| {
         let mut v = Vec::new();
         f.fs.readdir(d, fh, 0, |_, _, _, name| {
@@ -527,7 +566,9 @@ fn rewinding_a_directory_lists_entries_made_since_opendir() {
         .expect("readdir");
         v
     };
-    assert!(names(&f).contains(&OsString::from("before")));
+    let first = names(&f);
+    assert!(first.contains(&OsString::from("before")));
+    assert!(first.contains(&OsString::from("between")), "{first:?}");
     f.file(d, "after", b"");
     assert!(
         names(&f).contains(&OsString::from("after")),

@@ -3,7 +3,7 @@
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 
-use super::{FsError, FsResult, KmsFs, e_io, inodes};
+use super::{Caller, FsError, FsResult, KmsFs, e_io, inodes};
 use crate::sys;
 
 impl KmsFs {
@@ -18,8 +18,16 @@ impl KmsFs {
         Ok(fd)
     }
 
-    /// Set xattr `name` of `ino` to `value` (`flags`: XATTR_CREATE, XATTR_REPLACE).
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
+    /// Set xattr `name` of `ino` to `value` (`flags`: XATTR_CREATE, XATTR_REPLACE) for
+    /// `caller` (an access ACL sets the mode, as chmod does).
+    pub fn setxattr(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> FsResult<()> {
         self.writable()?;
         let fd = self.xattr_fd(ino)?;
         let n = self.names.xattr_name(name).map_err(e_io)?;
@@ -38,7 +46,7 @@ impl KmsFs {
             sys::xattr::set(fd.as_fd(), &n, &sealed, flags).map_err(e_io)?;
         }
         if acl {
-            self.access_acl_set(ino, fd.as_fd(), value)?;
+            self.access_acl_set(caller, ino, fd.as_fd(), value)?;
         }
         Ok(())
     }
