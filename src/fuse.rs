@@ -477,7 +477,10 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.0.setxattr(&caller(req), ino.0, name, value, flags));
+        reply_empty(
+            reply,
+            self.0.setxattr(&caller(req), ino.0, name, value, flags),
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

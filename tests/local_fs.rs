@@ -397,3 +397,47 @@ fn mount_flags_apply_and_remount_switches_read_only() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bogus"));
 }
+
+#[test]
+fn dev_and_suid_only_when_root_asks() {
+    let v = plain_vault();
+    let has = |mnt: &Path, o: &str| mount_options(mnt).iter().any(|x| x == o);
+    // `kmsfs mount`: nodev,nosuid unless --flags says otherwise.
+    let m = v.mount(&[]);
+    assert!(has(m.path(), "nodev") && has(m.path(), "nosuid"));
+    m.unmount();
+    if kmsfs::sys::process::euid() != 0 {
+        return;
+    }
+    // The helper form as mount(8) runs it for root: mount(8) drops dev and suid (its
+    // defaults) and passes nodev/nosuid only when the options say so.
+    let (vault, mnt) = (v.backing.display().to_string(), v.mnt.display().to_string());
+    for (opts, dev) in [("rw", true), ("rw,nosuid,nodev", false)] {
+        let out = v.command([&vault, &mnt, "-o", opts]).output().expect("run");
+        assert!(
+            out.status.success(),
+            "{opts}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Read without panicking: the mount is undone before anything is asserted.
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let line = info
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(mnt.as_str()));
+        let opt = |o: &str| {
+            line.is_some_and(|l| {
+                l.split(' ')
+                    .nth(5)
+                    .is_some_and(|x| x.split(',').any(|y| y == o))
+            })
+        };
+        let (nodev, nosuid) = (opt("nodev"), opt("nosuid"));
+        let un = v.command(["unmount", &mnt]).output().expect("unmount");
+        assert!(
+            un.status.success(),
+            "{}",
+            String::from_utf8_lossy(&un.stderr)
+        );
+        assert_eq!((nodev, nosuid), (!dev, !dev), "-o {opts}");
+    }
+}

@@ -269,7 +269,16 @@ fn read_all(cf: &CryptFile) -> Outcome {
         // Granted holes read as zeros: skip them (a 1 TiB sparse file is checked in a moment).
         match cf.seek(at, true) {
             Ok(Some(data)) => at = data,
-            Ok(None) => break,
+            // Holes to the end: the final block is still checked (a hole there must be
+            // granted, stored data must authenticate).
+            Ok(None) => {
+                match cf.read(size - 1, 1) {
+                    Ok(d) if !d.is_empty() => at = size,
+                    Ok(_) => {}
+                    Err(e) => return crypt_outcome(e),
+                }
+                break;
+            }
             Err(e) => return crypt_outcome(e),
         }
         match cf.read(at, CHUNK) {

@@ -203,7 +203,8 @@ mod tests {
         // Without nodev/nosuid, root gets mount(8)'s defaults; others never.
         let plain = parse(args(&["kmsfs", "/v", "/m", "-o", "rw"])).expect("ok");
         let root = crate::sys::process::euid() == 0;
-        let with_flags = |l: &str| Helper::Mount(args(&["kmsfs", "mount", "/v", "/m", "--flags", l]));
+        let with_flags =
+            |l: &str| Helper::Mount(args(&["kmsfs", "mount", "/v", "/m", "--flags", l]));
         if root {
             assert_eq!(plain, with_flags("dev,suid"));
         } else {

@@ -232,7 +232,11 @@ pub const HOLES_DIR: &str = "holes";
 /// The directory of the vault's hole maps, `.kmsfs/holes`, opened without following links
 /// (made, mode 0700, when `create`); None when it is missing and not made.
 pub fn hole_dir(vault: &Path, create: bool) -> Result<Option<OwnedFd>, VaultError> {
-    let meta = MetaDir::open(vault, false)?;
+    let meta = match MetaDir::open(vault, false) {
+        // No `.kmsfs/` at all (fsck of a vault whose metadata was lost): no hole maps either.
+        Err(VaultError::NotInitialised(_)) if !create => return Ok(None),
+        other => other?,
+    };
     let io = |e| VaultError::Io(meta.path_of(HOLES_DIR).display().to_string(), e);
     if create {
         match sys::mkdirat(meta.fd(), OsStr::new(HOLES_DIR), 0o700) {
