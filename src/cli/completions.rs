@@ -1,5 +1,6 @@
 //! `kmsfs completions SHELL`: print a shell completion script, generated from the same clap
 //! definition that parses the command line, so it always offers the options this binary has.
+//! The scripts the package ships (`completions/`) are this output, checked by a test below.
 
 use std::io::Write;
 
@@ -37,6 +38,34 @@ pub fn run(args: &CompletionsArgs) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The checked-in scripts under `completions/` and the shell each is for (the names
+    /// `scripts/completions` writes and Cargo.toml's package metadata installs).
+    const SHIPPED: &[(Shell, &str)] = &[
+        (Shell::Bash, "kmsfs.bash"),
+        (Shell::Zsh, "_kmsfs"),
+        (Shell::Fish, "kmsfs.fish"),
+    ];
+
+    /// The shipped scripts are what this binary generates: a new option or subcommand without
+    /// regenerating them fails here rather than leaving installed completions stale.
+    #[test]
+    fn shipped_completions_are_current() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("completions");
+        let mut stale = Vec::new();
+        for &(shell, name) in SHIPPED {
+            let path = dir.join(name);
+            let on_disk = std::fs::read(&path).unwrap_or_default();
+            if on_disk != script(shell) {
+                stale.push(format!("completions/{name}"));
+            }
+        }
+        assert!(
+            stale.is_empty(),
+            "{}: not what `kmsfs completions` prints now; run scripts/completions and commit",
+            stale.join(", ")
+        );
+    }
 
     #[test]
     fn every_script_names_the_subcommands() {
