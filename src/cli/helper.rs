@@ -20,7 +20,16 @@ pub enum Helper {
 }
 
 const SUBCOMMANDS: &[&str] = &[
-    "init", "mount", "unmount", "status", "forget", "rewrap", "fsck", "cat", "help",
+    "init",
+    "mount",
+    "unmount",
+    "status",
+    "forget",
+    "rewrap",
+    "fsck",
+    "cat",
+    "completions",
+    "help",
 ];
 
 /// Recognize and translate the helper form of `argv`.
@@ -219,5 +228,18 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A subcommand missing from the list would make `kmsfs SUBCOMMAND ARG` a helper mount.
+    #[test]
+    fn every_subcommand_is_listed() {
+        use clap::CommandFactory;
+        for sub in super::super::Cli::command().get_subcommands() {
+            assert!(SUBCOMMANDS.contains(&sub.get_name()), "{}", sub.get_name());
+        }
+        assert_eq!(
+            parse(args(&["kmsfs", "completions", "bash"])).expect("ok"),
+            Helper::None
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Command line: `kmsfs init | mount | unmount`. Each subcommand lives in its own file.
 
 mod cat;
+mod completions;
 mod control;
 mod daemon;
 mod error;
@@ -59,6 +60,8 @@ enum Command {
     Fsck(FsckArgs),
     /// Decrypt one file to stdout without mounting.
     Cat(CatArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions(completions::CompletionsArgs),
 }
 
 /// Which key protects a vault (at most one of the two).
@@ -367,6 +370,7 @@ pub fn main() -> i32 {
         Command::Rewrap(a) => rewrap::run(&a),
         Command::Fsck(a) => fsck::run(&a),
         Command::Cat(a) => cat::run(&a),
+        Command::Completions(a) => completions::run(&a),
     };
     match result {
         Ok(()) => 0,

@@ -1,0 +1,101 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_kmsfs_global_optspecs
+    string join \n h/help V/version
+end
+
+function __fish_kmsfs_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_kmsfs_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_kmsfs_using_subcommand
+    set -l cmd (__fish_kmsfs_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c kmsfs -n "__fish_kmsfs_needs_command" -s h -l help -d 'Print help'
+complete -c kmsfs -n "__fish_kmsfs_needs_command" -s V -l version -d 'Print version'
+complete -c kmsfs -n "__fish_kmsfs_needs_command" -f -a "init" -d 'Make DIR a new vault (creating it if needed) and record its key on this host'
+complete -c kmsfs -n "__fish_kmsfs_needs_command" -f -a "mount" -d 'Mount a vault at MOUNTPOINT (in the background unless -f)'
+complete -c kmsfs -n "__fish_kmsfs_needs_command" -f -a "unmount" -d 'Unmount a kmsfs mount: flush, zeroize every cached key, wait for the daemon to exit'
+complete -c kmsfs -n "__fish_kmsfs_needs_command" -f -a "status" -d 'Show a running mount\'s provider, key cache and KMS counters'
+complete -c kmsfs -n "__fish_kmsfs_needs_command" -f -a "forget" -d 'Zeroize every cached key of a running mount (and its page cache) without unmounting'
+complete -c kmsfs -n "__fish_kmsfs_needs_command" -f -a "rewrap" -d 'Move every file\'s wrapped data key (and the name key) to a new wrapping key, in place, without re-encrypting data; resumes after an interruption'
+complete -c kmsfs -n "__fish_kmsfs_needs_command" -f -a "fsck" -d 'Verify every header, block, name and link target of an unmounted vault; report damage'
+complete -c kmsfs -n "__fish_kmsfs_needs_command" -f -a "cat" -d 'Decrypt one file to stdout without mounting'
+complete -c kmsfs -n "__fish_kmsfs_needs_command" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout'
+complete -c kmsfs -n "__fish_kmsfs_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand init" -l key-file -d 'Local provider: the master key file (kept outside the vault, a regular file of yours, mode 0600). `init` creates it when missing. Default for init: ~/.config/kmsfs/keys/VOLUME_ID.key' -r -F
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand init" -l kms-key-id -d 'AWS KMS provider: the wrapping key (ARN, key id or alias/NAME), reached through the standard AWS environment (region, credentials, AWS_ENDPOINT_URL_KMS)' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand init" -l block-size -d 'Plaintext bytes per encrypted block (a power of two, 512 to 1048576)' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand init" -l plaintext-names -d 'Keep file names readable in the backing directory (contents stay encrypted)'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand init" -l bucket-key -d 'AWS KMS only: wrap file keys with one KMS-wrapped volume key (~99 % fewer KMS calls; the KMS audit log then names the volume, not each file)'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand init" -s h -l help -d 'Print help'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l key-file -d 'Local provider: the master key file (kept outside the vault, a regular file of yours, mode 0600). `init` creates it when missing. Default for init: ~/.config/kmsfs/keys/VOLUME_ID.key' -r -F
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l kms-key-id -d 'AWS KMS provider: the wrapping key (ARN, key id or alias/NAME), reached through the standard AWS environment (region, credentials, AWS_ENDPOINT_URL_KMS)' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l volume-id -d 'The vault\'s volume id (32 hex digits; kmsfs init prints it, kmsfs status shows it). Needed with --key-file or --kms-key-id on a host that has not used this volume before, and to accept a vault config that changed since this host used it (a kmsfs rewrap on another host) or a vault path that now holds another volume' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l key-ttl -d 'Seconds an unwrapped data key stays cached, counted from the unwrap (0: only while the file is open)' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l key-cache-size -d 'Most data keys cached at once (least recently used go first, zeroized)' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l key-pool-size -d 'AWS KMS: fresh data keys kept ready for new files (0: generate on first write)' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l host-id -d 'This host\'s name for the per-host mount lock (default: /etc/machine-id, else hostname)' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l attr-ttl -d 'Seconds the kernel may cache attributes and names (0 for vaults that other hosts change too: every stat and open then asks the backing store)' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l threads -d 'FUSE worker threads' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l fd-cache -d 'Most descriptors kept open for files and directories the kernel knows but no handle has open; others are reopened by name on use (default: a quarter of the open-file limit, from 64 to 16384)' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l readahead -d 'Kernel readahead of the mount in KiB (set through sysfs; needs root, else the kernel\'s 128 KiB stays). Large reads keep several FUSE requests, and both cores, busy' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l spare-files -d 'Empty backing files made ahead so a create is a rename, not an inode allocation (0: off, e.g. when a sync tool watches the vault and should not see them come and go)' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l log-file -d 'Log to this file (default: stderr with -f, else syslog)' -r -F
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l log-level -d 'Log filter, e.g. info, debug, kmsfs=trace (RUST_LOG wins when set)' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l fsname -d 'The name the mount table shows as the mount\'s source (default: the vault\'s path)' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l flags -d 'Generic mount flags, as mount(8) takes them: noatime, nodiratime, strictatime, noexec, sync, dirsync; dev and suid (root only: the default is nodev,nosuid)' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -s f -l foreground -d 'Stay in the foreground and log to stderr'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l read-only -d 'Mount read-only'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l allow-other -d 'Let other users use the mount (access follows the backing files\' owners and modes)'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -s h -l help -d 'Print help'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand unmount" -l wait -d 'While programs still use the mount (a shell in it, a detached `git gc`), wait this many seconds for them to finish before giving up (0: do not wait)' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand unmount" -s h -l help -d 'Print help'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand status" -l json -d 'Print JSON (fields: provider, key_id, ttl_s, cache_entries, cache_capacity, hits, misses, kms_calls, kms_errors, tamper_events, open_files, inodes_known, fds_held, fds_open, fd_cache_limit, rss_kib, uptime_s, pid, ...)'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand status" -s h -l help -d 'Print help'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand forget" -s h -l help -d 'Print help'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand rewrap" -l key-file -d 'Local provider: the master key file (kept outside the vault, a regular file of yours, mode 0600). `init` creates it when missing. Default for init: ~/.config/kmsfs/keys/VOLUME_ID.key' -r -F
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand rewrap" -l kms-key-id -d 'AWS KMS provider: the wrapping key (ARN, key id or alias/NAME), reached through the standard AWS environment (region, credentials, AWS_ENDPOINT_URL_KMS)' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand rewrap" -l volume-id -d 'The vault\'s volume id (32 hex digits; kmsfs init prints it, kmsfs status shows it). Needed with --key-file or --kms-key-id on a host that has not used this volume before, and to accept a vault config that changed since this host used it (a kmsfs rewrap on another host) or a vault path that now holds another volume' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand rewrap" -l to-kms-key-id -d 'Move to this AWS KMS key (ARN, key id or alias/NAME); KMS ReEncrypt when the current key is a KMS key in the same region' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand rewrap" -l to-key-file -d 'Move to this local master key file (created, mode 0600, when it does not exist)' -r -F
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand rewrap" -s j -l jobs -d 'Files rewrapped in parallel (KMS calls overlap)' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand rewrap" -l host-id -d 'This host\'s name for the per-host mount lock (default: /etc/machine-id, else hostname)' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand rewrap" -l dry-run -d 'Only report what would change; write nothing'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand rewrap" -s h -l help -d 'Print help'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand fsck" -l key-file -d 'Local provider: the master key file (kept outside the vault, a regular file of yours, mode 0600). `init` creates it when missing. Default for init: ~/.config/kmsfs/keys/VOLUME_ID.key' -r -F
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand fsck" -l kms-key-id -d 'AWS KMS provider: the wrapping key (ARN, key id or alias/NAME), reached through the standard AWS environment (region, credentials, AWS_ENDPOINT_URL_KMS)' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand fsck" -l volume-id -d 'The vault\'s volume id (32 hex digits; kmsfs init prints it, kmsfs status shows it). Needed with --key-file or --kms-key-id on a host that has not used this volume before, and to accept a vault config that changed since this host used it (a kmsfs rewrap on another host) or a vault path that now holds another volume' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand fsck" -s j -l jobs -d 'Files checked in parallel' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand fsck" -l host-id -d 'This host\'s name for the per-host mount lock (default: /etc/machine-id, else hostname)' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand fsck" -l repair-headerless -d 'Empty (truncate to 0 bytes) files that hold a header of this vault but no complete block: they hold no data and then read as empty files'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand fsck" -l repair-orphans -d 'Remove hole maps (`.kmsfs/holes/`) whose file no longer exists (a crash between a file\'s deletion and its map\'s)'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand fsck" -s h -l help -d 'Print help'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand cat" -l key-file -d 'Local provider: the master key file (kept outside the vault, a regular file of yours, mode 0600). `init` creates it when missing. Default for init: ~/.config/kmsfs/keys/VOLUME_ID.key' -r -F
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand cat" -l kms-key-id -d 'AWS KMS provider: the wrapping key (ARN, key id or alias/NAME), reached through the standard AWS environment (region, credentials, AWS_ENDPOINT_URL_KMS)' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand cat" -l volume-id -d 'The vault\'s volume id (32 hex digits; kmsfs init prints it, kmsfs status shows it). Needed with --key-file or --kms-key-id on a host that has not used this volume before, and to accept a vault config that changed since this host used it (a kmsfs rewrap on another host) or a vault path that now holds another volume' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand cat" -s h -l help -d 'Print help'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand completions" -s h -l help -d 'Print help'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand help; and not __fish_seen_subcommand_from init mount unmount status forget rewrap fsck cat completions help" -f -a "init" -d 'Make DIR a new vault (creating it if needed) and record its key on this host'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand help; and not __fish_seen_subcommand_from init mount unmount status forget rewrap fsck cat completions help" -f -a "mount" -d 'Mount a vault at MOUNTPOINT (in the background unless -f)'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand help; and not __fish_seen_subcommand_from init mount unmount status forget rewrap fsck cat completions help" -f -a "unmount" -d 'Unmount a kmsfs mount: flush, zeroize every cached key, wait for the daemon to exit'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand help; and not __fish_seen_subcommand_from init mount unmount status forget rewrap fsck cat completions help" -f -a "status" -d 'Show a running mount\'s provider, key cache and KMS counters'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand help; and not __fish_seen_subcommand_from init mount unmount status forget rewrap fsck cat completions help" -f -a "forget" -d 'Zeroize every cached key of a running mount (and its page cache) without unmounting'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand help; and not __fish_seen_subcommand_from init mount unmount status forget rewrap fsck cat completions help" -f -a "rewrap" -d 'Move every file\'s wrapped data key (and the name key) to a new wrapping key, in place, without re-encrypting data; resumes after an interruption'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand help; and not __fish_seen_subcommand_from init mount unmount status forget rewrap fsck cat completions help" -f -a "fsck" -d 'Verify every header, block, name and link target of an unmounted vault; report damage'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand help; and not __fish_seen_subcommand_from init mount unmount status forget rewrap fsck cat completions help" -f -a "cat" -d 'Decrypt one file to stdout without mounting'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand help; and not __fish_seen_subcommand_from init mount unmount status forget rewrap fsck cat completions help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand help; and not __fish_seen_subcommand_from init mount unmount status forget rewrap fsck cat completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
