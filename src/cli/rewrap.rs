@@ -76,7 +76,7 @@ pub fn run(args: &RewrapArgs) -> CliResult {
     let dir = args
         .vault
         .canonicalize()
-        .map_err(|e| format!("vault {}: {e}", args.vault.display()))?;
+        .map_err(|e| CliError::target(format!("vault {}: {e}", args.vault.display())))?;
     let cfg = VaultConfig::load(&dir)?;
     let trust = provider::resolve(&args.trust, &cfg, &dir)?;
     let from = provider::open(&trust.key)?;

@@ -92,6 +92,13 @@ pub fn check_mountpoint(vault: &Path, arg: &Path, nonempty: bool) -> Result<Path
         return Ok(mnt);
     }
     if let Some((fstype, source)) = unmount::mounted_at(&mnt) {
+        // A killed daemon's mount may still answer stat from the kernel's cache; a listing
+        // reaches the daemon.
+        let dead = matches!(&fstype[..], "fuse" | "fuse.kmsfs")
+            && std::fs::read_dir(&mnt).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+        if dead {
+            return clean_dead_mount(&mnt);
+        }
         return Err(CliError::target(format!(
             "{} is already a mount point ({fstype} from {source}): unmount it first (one unmount would otherwise take down both), or pass --nonempty to mount over it",
             mnt.display()

@@ -56,7 +56,7 @@ pub fn open(
 ) -> Result<Offline, CliError> {
     let dir = dir
         .canonicalize()
-        .map_err(|e| format!("vault {}: {e}", dir.display()))?;
+        .map_err(|e| CliError::target(format!("vault {}: {e}", dir.display())))?;
     let (cfg, config_missing) = match VaultConfig::load(&dir) {
         Ok(cfg) => (cfg, false),
         Err(VaultError::NotInitialised(_)) if allow_missing_config && dir.is_dir() => {
