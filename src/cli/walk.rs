@@ -132,10 +132,10 @@ fn config_from_headers(dir: &Path) -> Result<VaultConfig, CliError> {
             });
         }
     }
-    Err(format!(
+    Err(CliError::target(format!(
         "{} has no {META_DIR}/config.json and no kmsfs file header to learn the volume id from: it is not a kmsfs vault",
         dir.display()
-    ).into())
+    )))
 }
 
 /// The vault holding backing path `path`: the nearest ancestor with `.kmsfs/config.json`.
