@@ -22,10 +22,10 @@ impl Ready {
         }
     }
 
-    /// Tell the parent why the mount failed; it prints this and exits 1.
-    pub fn fail(&mut self, msg: &str) {
+    /// Tell the parent why the mount failed; it prints `msg` and exits with `code`.
+    pub fn fail(&mut self, code: i32, msg: &str) {
         if let Some(mut f) = self.0.take() {
-            let _ = f.write_all(msg.as_bytes());
+            let _ = f.write_all(format!("{code} {msg}").as_bytes());
         }
     }
 }
@@ -56,16 +56,21 @@ pub fn daemonize() -> Result<Ready, i32> {
             let mut msg = String::new();
             let _ = File::from(rd).read_to_string(&mut msg);
             if msg == "OK" {
-                Err(0)
-            } else {
-                let msg = if msg.is_empty() {
-                    "the mount daemon exited before the mount was ready".into()
-                } else {
-                    msg
-                };
-                eprintln!("kmsfs: {msg}");
-                Err(1)
+                return Err(0);
             }
+            // "CODE message", as `Ready::fail` writes it.
+            let (code, msg) = match msg.split_once(' ') {
+                Some((code, text)) if code.parse::<i32>().is_ok() => {
+                    (code.parse().unwrap_or(1), text.to_string())
+                }
+                _ if msg.is_empty() => (
+                    1,
+                    "the mount daemon exited before the mount was ready".to_string(),
+                ),
+                _ => (1, msg),
+            };
+            eprintln!("kmsfs: {msg}");
+            Err(code)
         }
     }
 }

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::walk::{self, Offline, Progress};
-use super::{CliResult, FsckArgs};
+use super::{CliError, CliResult, FsckArgs};
 use crate::content::{CryptError, CryptFile};
 use crate::format::header::{FileHeader, HEADER_SIZE, MAGIC, offset};
 use crate::format::layout::BLOCK_OVERHEAD;
@@ -168,18 +168,23 @@ pub fn run(args: &FsckArgs) -> CliResult {
         );
     }
     if let Some(why) = unreachable {
-        return Err(format!(
+        return Err(CliError::key(format!(
             "fsck stopped after {checked} of {} files: the key service is unreachable ({why}); run fsck again when it is back",
             tree.files.len()
-        ).into());
+        )));
     }
     if damaged + key_failures > 0 {
-        return Err(format!(
+        let msg = format!(
             "{} damaged and {key_failures} unreadable entries in {} (listed above)",
             damaged,
             off.dir.display()
-        )
-        .into());
+        );
+        // Damage wins: a key failure alone means fsck could not check those files.
+        return Err(if damaged > 0 {
+            CliError::damage(msg)
+        } else {
+            CliError::key(msg)
+        });
     }
     Ok(())
 }

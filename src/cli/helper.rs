@@ -40,6 +40,10 @@ pub fn parse(argv: Vec<OsString>) -> Result<Helper, CliError> {
     if argv.len() < 3 || first.starts_with('-') || SUBCOMMANDS.contains(&first) {
         return Ok(Helper::None);
     }
+    if !is_helper_call(&argv) {
+        // A typo of a subcommand (`kmsfs umount MNT`): clap says so, with a suggestion.
+        return Ok(Helper::None);
+    }
     let mut out: Vec<OsString> = vec![
         "kmsfs".into(),
         "mount".into(),
@@ -105,6 +109,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<Helper, CliError> {
                 "log_level" => with("--log-level")?,
                 "allow_other" => flag("--allow-other"),
                 "read_only" => flag("--read-only"),
+                "nonempty" => flag("--nonempty"),
                 // `mount -t fuse.kmsfs TAG MNT -o source=VAULT`: the vault, with TAG as the
                 // name the mount table shows (fstests names devices that way).
                 "source" => {
@@ -157,6 +162,23 @@ pub fn parse(argv: Vec<OsString>) -> Result<Helper, CliError> {
     Ok(Helper::Mount(out))
 }
 
+/// Whether `argv` is a mount helper's call rather than a mistyped subcommand: called as
+/// `mount.*`, or given options (`-o`, as mount.fuse3 passes them), or two existing paths, the
+/// second a directory.
+fn is_helper_call(argv: &[OsString]) -> bool {
+    let called_as_mount = std::path::Path::new(&argv[0])
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("mount."));
+    let has_options = argv[3..]
+        .iter()
+        .any(|a| a.to_str().is_some_and(|a| a.starts_with("-o")));
+    let two_paths = argv.len() == 3
+        && std::path::Path::new(&argv[1]).exists()
+        && std::path::Path::new(&argv[2]).is_dir();
+    called_as_mount || has_options || two_paths
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +213,20 @@ mod tests {
             parse(args(&["kmsfs", "mount", "/v", "/m"])).expect("ok"),
             Helper::None
         );
+        // A typo is left to clap, even when the path after it exists.
+        assert_eq!(
+            parse(args(&["kmsfs", "umount", "/"])).expect("ok"),
+            Helper::None
+        );
+        assert_eq!(
+            parse(args(&["kmsfs", "umount", "/nonexistent-vault", "/"])).expect("ok"),
+            Helper::None
+        );
+        // Two existing paths are a mount, as mount.fuse3 passes it without options.
+        assert!(matches!(
+            parse(args(&["kmsfs", "/", "/"])).expect("ok"),
+            Helper::Mount(_)
+        ));
         assert!(parse(args(&["kmsfs", "/v", "/m", "-o", "bogus"])).is_err());
         let tagged = parse(args(&[
             "kmsfs",

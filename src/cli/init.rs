@@ -1,8 +1,8 @@
 //! `kmsfs init VAULT`: a new volume id, the vault config, and this host's trust record.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::{CliResult, InitArgs, provider};
+use super::{CliError, CliResult, InitArgs, provider, targets};
 use crate::format::Layout;
 use crate::format::header::HEADER_SIZE;
 use crate::keys::KeyProvider;
@@ -19,14 +19,25 @@ pub fn run(args: &InitArgs) -> CliResult {
             args.block_size
         )
     })?;
-    std::fs::create_dir_all(&args.vault)
-        .map_err(|e| format!("cannot create {}: {e}", args.vault.display()))?;
+    let existed = targets::check_init_dir(&args.vault, args.force)?;
+    // Whatever this init creates is removed again if it fails.
+    let mut undo = Undo::default();
+    if !existed {
+        undo.dirs = created_dirs(&args.vault);
+        std::fs::create_dir_all(&args.vault).map_err(|e| {
+            CliError::target(format!("cannot create {}: {e}", args.vault.display()))
+        })?;
+    }
     let vault_dir = args
         .vault
         .canonicalize()
-        .map_err(|e| format!("{}: {e}", args.vault.display()))?;
+        .map_err(|e| CliError::target(format!("{}: {e}", args.vault.display())))?;
     if VaultConfig::path(&vault_dir).exists() {
         return Err(vault::VaultError::AlreadyInitialised(vault_dir.display().to_string()).into());
+    }
+    let meta = vault_dir.join(vault::META_DIR);
+    if !meta.exists() {
+        undo.meta = Some(meta);
     }
     // The volume id comes first: the default key file is named after it.
     let mut cfg = VaultConfig::new(
@@ -45,7 +56,9 @@ pub fn run(args: &InitArgs) -> CliResult {
                 // An existing key (of this or another vault) is reused, never overwritten.
                 std::sync::Arc::new(LocalProvider::open(key_file)?)
             } else {
-                std::sync::Arc::new(LocalProvider::create(key_file)?)
+                let p = LocalProvider::create(key_file)?;
+                undo.key_file = Some(key_file.clone());
+                std::sync::Arc::new(p)
             }
         }
         TrustedKey::AwsKms { .. } => provider::open(&trusted)?,
@@ -71,6 +84,7 @@ pub fn run(args: &InitArgs) -> CliResult {
     cfg.create(&vault_dir)?;
     vault::hole_dir(&vault_dir, true)?;
     vault::trust::record(&vault::config_home(), &vault_dir, &cfg, &trusted)?;
+    undo.disarm();
     println!(
         "initialised kmsfs vault {} (volume {})",
         vault_dir.display(),
@@ -113,4 +127,50 @@ fn refuse_inside(key_file: &Path, vault_dir: &Path) -> CliResult {
         .into());
     }
     Ok(())
+}
+
+/// What a failed `init` removes again: the key file, `.kmsfs/` and the directories it made.
+#[derive(Default)]
+struct Undo {
+    /// A key file this init created.
+    key_file: Option<PathBuf>,
+    /// The vault's `.kmsfs/`, when this init created it.
+    meta: Option<PathBuf>,
+    /// Directories this init created, outermost first.
+    dirs: Vec<PathBuf>,
+}
+
+impl Undo {
+    /// Keep everything: the init succeeded.
+    fn disarm(&mut self) {
+        self.key_file = None;
+        self.meta = None;
+        self.dirs.clear();
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if let Some(k) = &self.key_file {
+            let _ = std::fs::remove_file(k);
+        }
+        if let Some(m) = &self.meta {
+            let _ = std::fs::remove_dir_all(m);
+        }
+        // Innermost first; each only if empty (it held nothing but what init put there).
+        for d in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// The directories `create_dir_all(dir)` would create, outermost first.
+fn created_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .map(Path::to_path_buf)
+        .collect();
+    out.reverse();
+    out
 }

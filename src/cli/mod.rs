@@ -11,10 +11,13 @@ mod init;
 mod logging;
 mod mount;
 mod mount_flags;
+mod notify;
 mod provider;
 mod readahead;
 mod rewrap;
 mod runtime_dir;
+mod status;
+mod targets;
 mod unmount;
 mod walk;
 
@@ -37,7 +40,8 @@ const EXAMPLES: &str = "Examples:
   kmsfs mount ~/vault ~/plain                 # runs in the background until unmounted
   kmsfs unmount ~/plain                       # flush, forget every key, stop the daemon
 
-Exit status: 0 on success, 1 on any error (one line on stderr says what to do).
+Exit status: 0 success, 1 other failure, 2 usage, 3 vault or mount point, 4 key or KMS,
+5 fsck found damage (one line on stderr says what to do).
 Environment: AWS_REGION, AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_KMS
 (the standard AWS chain); RUST_LOG sets the log filter; XDG_CONFIG_HOME moves ~/.config.";
 
@@ -49,7 +53,8 @@ enum Command {
     Mount(MountArgs),
     /// Unmount a kmsfs mount: flush, zeroize every cached key, wait for the daemon to exit.
     Unmount(UnmountCmd),
-    /// Show a running mount's provider, key cache and KMS counters.
+    /// Show a running mount's key, key cache and counters (without MOUNTPOINT: every kmsfs
+    /// mount of this host).
     Status(StatusArgs),
     /// Zeroize every cached key of a running mount (and its page cache) without unmounting.
     Forget(MountpointArgs),
@@ -101,6 +106,10 @@ struct InitArgs {
     /// Plaintext bytes per encrypted block (a power of two, 512 to 1048576).
     #[arg(long, value_name = "BYTES", default_value_t = crate::format::layout::DEFAULT_BLOCK_SIZE)]
     block_size: u32,
+    /// Make the vault in a directory that already holds files (they stay as they are,
+    /// unencrypted, and fsck reports them as damaged).
+    #[arg(long)]
+    force: bool,
     /// Keep file names readable in the backing directory (contents stay encrypted).
     #[arg(long)]
     plaintext_names: bool,
@@ -134,6 +143,10 @@ struct MountArgs {
     /// Mount read-only.
     #[arg(long)]
     read_only: bool,
+    /// Mount even onto a directory that holds files (they are hidden until unmount) or onto
+    /// another mount.
+    #[arg(long)]
+    nonempty: bool,
     /// Let other users use the mount (access follows the backing files' owners and modes).
     #[arg(long)]
     allow_other: bool,
@@ -177,8 +190,8 @@ struct MountArgs {
 
 #[derive(Debug, Args)]
 struct StatusArgs {
-    /// The mount point of a kmsfs mount.
-    mountpoint: PathBuf,
+    /// The mount point of a kmsfs mount (default: list this host's kmsfs mounts).
+    mountpoint: Option<PathBuf>,
     /// Print JSON (fields: provider, key_id, ttl_s, cache_entries, cache_capacity, hits,
     /// misses, kms_calls, kms_errors, tamper_events, open_files, inodes_known, fds_held,
     /// fds_open, fd_cache_limit, rss_kib, uptime_s, pid, ...).
@@ -267,67 +280,6 @@ struct UnmountCmd {
     wait: u64,
 }
 
-/// `kmsfs status MOUNTPOINT [--json]`.
-fn status(args: &StatusArgs) -> CliResult {
-    let mnt = args
-        .mountpoint
-        .canonicalize()
-        .map_err(|e| format!("{}: {e}", args.mountpoint.display()))?;
-    let v = control::request(&mnt, "status")?;
-    if args.json {
-        println!("{v}");
-        return Ok(());
-    }
-    let get = |k: &str| {
-        v.get(k)
-            .map(|x| x.to_string().trim_matches('"').to_string())
-            .unwrap_or_default()
-    };
-    println!(
-        "mount      {} (pid {}, up {} s)",
-        get("mountpoint"),
-        get("pid"),
-        get("uptime_s")
-    );
-    println!("vault      {}", get("vault"));
-    println!("provider   {} key {}", get("provider"), get("key_id"));
-    println!(
-        "key cache  {}/{} entries, ttl {} s, {} hits, {} misses",
-        get("cache_entries"),
-        get("cache_capacity"),
-        get("ttl_s"),
-        get("hits"),
-        get("misses")
-    );
-    println!(
-        "KMS        calls {}, errors {}",
-        get("kms_calls"),
-        get("kms_errors")
-    );
-    println!(
-        "files      {} open, {} integrity errors",
-        get("open_files"),
-        get("tamper_events")
-    );
-    println!(
-        "inodes     {} known, {} descriptors held for them (cache limit {}), {} open in all",
-        get("inodes_known"),
-        get("fds_held"),
-        get("fd_cache_limit"),
-        get("fds_open")
-    );
-    println!("memory     {} KiB resident", get("rss_kib"));
-    for w in v
-        .get("warnings")
-        .and_then(|w| w.as_array())
-        .into_iter()
-        .flatten()
-    {
-        println!("WARNING    {}", w.as_str().unwrap_or_default());
-    }
-    Ok(())
-}
-
 /// `kmsfs forget MOUNTPOINT`.
 fn forget(args: &MountpointArgs) -> CliResult {
     let mnt = args
@@ -347,36 +299,31 @@ pub fn main() -> i32 {
     let cli = match helper::parse(std::env::args_os().collect()) {
         Ok(helper::Helper::Mount(argv)) => Cli::parse_from(argv),
         Ok(helper::Helper::Remount(mnt, flags)) => {
-            return match mount_flags::remount(&mnt, flags) {
-                Ok(()) => 0,
-                Err(msg) => {
-                    eprintln!("kmsfs: {msg}");
-                    1
-                }
-            };
+            return report(mount_flags::remount(&mnt, flags).map_err(CliError::from));
         }
         Ok(helper::Helper::None) => Cli::parse(),
-        Err(msg) => {
-            eprintln!("kmsfs: {msg}");
-            return 1;
-        }
+        Err(e) => return report(Err(e)),
     };
-    let result = match cli.command {
+    report(match cli.command {
         Command::Init(a) => init::run(&a),
         Command::Mount(a) => mount::run(a),
         Command::Unmount(a) => unmount::run(&a),
-        Command::Status(a) => status(&a),
+        Command::Status(a) => status::run(&a),
         Command::Forget(a) => forget(&a),
         Command::Rewrap(a) => rewrap::run(&a),
         Command::Fsck(a) => fsck::run(&a),
         Command::Cat(a) => cat::run(&a),
         Command::Completions(a) => completions::run(&a),
-    };
+    })
+}
+
+/// Print a failure's one line; the exit status for `result`.
+fn report(result: CliResult) -> i32 {
     match result {
-        Ok(()) => 0,
+        Ok(()) => error::exit::OK,
         Err(e) => {
             eprintln!("kmsfs: {e}");
-            1
+            e.exit_code()
         }
     }
 }

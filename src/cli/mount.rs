@@ -8,8 +8,11 @@ use std::time::Duration;
 use fuser::{Config, MountOption, Session, SessionACL};
 
 use super::daemon::{self, Ready};
+use super::error::exit;
 use super::mount_flags::MountFlags;
-use super::{CliResult, MountArgs, control, logging, provider, readahead, runtime_dir};
+use super::{
+    CliError, CliResult, MountArgs, control, logging, provider, readahead, runtime_dir, targets,
+};
 use crate::format::header::ProviderId;
 use crate::fs::{FsOptions, KmsFs};
 use crate::keys::KeyProvider;
@@ -26,21 +29,12 @@ pub fn run(args: MountArgs) -> CliResult {
     let vault_dir = args
         .vault
         .canonicalize()
-        .map_err(|e| format!("vault {}: {e}", args.vault.display()))?;
-    let mnt = args.mountpoint.canonicalize().map_err(|e| {
-        format!(
-            "mount point {}: {e} (create it with mkdir first)",
-            args.mountpoint.display()
-        )
-    })?;
-    if !mnt.is_dir() {
-        return Err(format!("mount point {} is not a directory", mnt.display()).into());
-    }
+        .map_err(|e| CliError::target(format!("vault {}: {e}", args.vault.display())))?;
+    let mnt = targets::check_mountpoint(&vault_dir, &args.mountpoint, args.nonempty)?;
     if (args.flags.dev || args.flags.suid) && crate::sys::process::euid() != 0 {
-        return Err(
-            "the dev and suid mount flags need a mount by root (the default is nodev,nosuid)"
-                .into(),
-        );
+        return Err(CliError::usage(
+            "the dev and suid mount flags need a mount by root (the default is nodev,nosuid)",
+        ));
     }
     let cfg = VaultConfig::load(&vault_dir)?;
     let trust = provider::resolve(&args.trust, &cfg, &vault_dir)?;
@@ -50,6 +44,11 @@ pub fn run(args: MountArgs) -> CliResult {
         TrustedKey::Local { .. } => Some(provider::open_verified(&trust)?),
         TrustedKey::AwsKms { .. } => None,
     };
+    if !args.foreground && args.log_file.is_none() && !logging::syslog_available() {
+        eprintln!(
+            "kmsfs: warning: no system log here (/dev/log): the daemon's log lines are lost; pass --log-file PATH to keep them"
+        );
+    }
     let host_id = args.host_id.clone().unwrap_or_else(vault::default_host_id);
     let lock = MountLock::acquire(&vault_dir, &host_id, &cfg.volume_id)?;
     let mut ready = if args.foreground {
@@ -68,7 +67,7 @@ pub fn run(args: MountArgs) -> CliResult {
         early,
         lock,
     };
-    serve(&args, checked, &mut ready).inspect_err(|e| ready.fail(&e.to_string()))
+    serve(&args, checked, &mut ready).inspect_err(|e| ready.fail(e.exit_code(), &e.to_string()))
 }
 
 /// What the foreground checked before forking, handed to the daemon.
@@ -124,6 +123,15 @@ fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
         (None, false) => logging::Sink::Syslog,
     };
     logging::init(sink, &args.log_level)?;
+    tracing::info!(
+        "kmsfs {} mounting {} at {}: {} key {}; {}",
+        env!("CARGO_PKG_VERSION"),
+        vault_dir.display(),
+        mnt.display(),
+        cfg.provider,
+        cfg.key_id,
+        describe_options(args)
+    );
     daemon::harden();
     let fd_limit = daemon::raise_open_file_limit();
     lock.write_pid(std::process::id())?;
@@ -262,11 +270,17 @@ fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
             // The stat waits for the handshake; a mount that cannot answer it is not usable,
             // and one that is gone meanwhile shows the directory under it.
             if let Err(e) = std::fs::metadata(&ready_mnt) {
-                ready.fail(&format!("mount {} not usable: {e}", ready_mnt.display()));
+                ready.fail(
+                    exit::FAILURE,
+                    &format!("mount {} not usable: {e}", ready_mnt.display()),
+                );
                 return;
             }
             if fs_type(&ready_mnt) != Some(FUSE_MAGIC) {
-                ready.fail(&format!("mount {} vanished", ready_mnt.display()));
+                ready.fail(
+                    exit::FAILURE,
+                    &format!("mount {} vanished", ready_mnt.display()),
+                );
                 return;
             }
             if mount_point_flags.nodiratime || mount_point_flags.strictatime {
@@ -282,6 +296,7 @@ fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
             }
             tracing::info!(mountpoint = %ready_mnt.display(), "mounted");
             ready.ok();
+            super::notify::notify("READY=1");
         })
         .map_err(|e| format!("cannot start a thread: {e}"))?;
 
@@ -290,6 +305,7 @@ fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
         .spawn(move || {
             let sig = daemon::wait_for_signal(&signals);
             tracing::info!(signal = sig, "unmounting on signal");
+            super::notify::notify("STOPPING=1");
             if let Err(e) = unmounter.unmount() {
                 tracing::error!("unmount on signal failed: {e}");
             }
@@ -316,10 +332,30 @@ fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
         .map_err(|e| format!("cannot start a thread: {e}"))?;
 
     let result = session.run();
+    super::notify::notify("STOPPING=1");
     keys.shutdown();
     runtime_dir::remove(mnt);
     tracing::info!(mountpoint = %mnt.display(), "unmounted; keys zeroized");
     result.map_err(|e| format!("FUSE session ended with an error: {e}").into())
+}
+
+/// The options of a mount, for its first log line.
+fn describe_options(args: &MountArgs) -> String {
+    let mut out = vec![
+        if args.read_only { "ro" } else { "rw" }.to_string(),
+        format!("key_ttl={}s", args.key_ttl),
+        format!("key_cache_size={}", args.key_cache_size),
+        format!("attr_ttl={}s", args.attr_ttl),
+        format!("threads={}", args.threads),
+    ];
+    if args.allow_other {
+        out.push("allow_other".into());
+    }
+    let flags = args.flags.to_list();
+    if !flags.is_empty() {
+        out.push(flags);
+    }
+    out.join(",")
 }
 
 /// Re-unwrap the file-name key once per TTL in the background (lookups keep using the current

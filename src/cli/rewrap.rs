@@ -76,10 +76,25 @@ pub fn run(args: &RewrapArgs) -> CliResult {
     let dir = args
         .vault
         .canonicalize()
-        .map_err(|e| format!("vault {}: {e}", args.vault.display()))?;
+        .map_err(|e| CliError::target(format!("vault {}: {e}", args.vault.display())))?;
     let cfg = VaultConfig::load(&dir)?;
     let trust = provider::resolve(&args.trust, &cfg, &dir)?;
     let from = provider::open(&trust.key)?;
+    // The lock first: a rewrap refused because the vault is mounted creates no key file.
+    let host_id = args.host_id.clone().unwrap_or_else(vault::default_host_id);
+    let _lock = if args.dry_run {
+        if let Some(pid) = MountLock::holder(&dir, &host_id, &cfg.volume_id) {
+            eprintln!(
+                "kmsfs: warning: {} is mounted on this host (pid {pid}): unmount it before the real rewrap",
+                dir.display()
+            );
+        }
+        None
+    } else {
+        let mut lock = MountLock::acquire(&dir, &host_id, &cfg.volume_id)?;
+        lock.write_pid(std::process::id())?;
+        Some(lock)
+    };
     let (to, to_trusted, created) = open_target(args, &dir)?;
     let to_ref: Option<&dyn KeyProvider> = to.as_deref();
     let to_desc = match (&to, &to_trusted) {
@@ -114,20 +129,6 @@ pub fn run(args: &RewrapArgs) -> CliResult {
             return Ok(());
         }
     }
-    let host_id = args.host_id.clone().unwrap_or_else(vault::default_host_id);
-    let _lock = if args.dry_run {
-        if let Some(pid) = MountLock::holder(&dir, &host_id, &cfg.volume_id) {
-            eprintln!(
-                "kmsfs: warning: {} is mounted on this host (pid {pid}): unmount it before the real rewrap",
-                dir.display()
-            );
-        }
-        None
-    } else {
-        let mut lock = MountLock::acquire(&dir, &host_id, &cfg.volume_id)?;
-        lock.write_pid(std::process::id())?;
-        Some(lock)
-    };
     if created {
         println!(
             "created the new master key {} -- back it up: without it the data is lost",

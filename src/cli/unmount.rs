@@ -182,17 +182,30 @@ fn is_kmsfs(fstype: &str, source: &str, recorded: bool) -> bool {
 }
 
 /// The (file system type, source) mounted at `mnt`, from /proc/self/mountinfo.
-fn mounted_at(mnt: &Path) -> Option<(String, String)> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+pub(super) fn mounted_at(mnt: &Path) -> Option<(String, String)> {
     let want = mnt.to_str()?;
-    info.lines().rev().find_map(|line| {
-        let (pre, post) = line.split_once(" - ")?;
-        let point = unescape(pre.split(' ').nth(4)?);
-        let mut fields = post.split(' ');
-        let fstype = fields.next()?.to_string();
-        let source = unescape(fields.next()?);
-        (point == want).then_some((fstype, source))
-    })
+    mounts()
+        .into_iter()
+        .rev()
+        .find(|m| m.0 == want)
+        .map(|(_, fstype, source)| (fstype, source))
+}
+
+/// This host's mounts, oldest first: (mount point, file system type, source).
+pub(super) fn mounts() -> Vec<(String, String, String)> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    info.lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let point = unescape(pre.split(' ').nth(4)?);
+            let mut fields = post.split(' ');
+            let fstype = fields.next()?.to_string();
+            let source = unescape(fields.next()?);
+            Some((point, fstype, source))
+        })
+        .collect()
 }
 
 /// mountinfo escapes space, tab, newline and backslash as \ooo.
@@ -223,7 +236,7 @@ fn state(pid: u32) -> Option<char> {
 }
 
 /// `a/./b/../c` → `a/c`, without touching the file system.
-fn normalize(p: &Path) -> PathBuf {
+pub(super) fn normalize(p: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {

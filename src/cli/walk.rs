@@ -56,7 +56,7 @@ pub fn open(
 ) -> Result<Offline, CliError> {
     let dir = dir
         .canonicalize()
-        .map_err(|e| format!("vault {}: {e}", dir.display()))?;
+        .map_err(|e| CliError::target(format!("vault {}: {e}", dir.display())))?;
     let (cfg, config_missing) = match VaultConfig::load(&dir) {
         Ok(cfg) => (cfg, false),
         Err(VaultError::NotInitialised(_)) if allow_missing_config && dir.is_dir() => {
@@ -132,10 +132,10 @@ fn config_from_headers(dir: &Path) -> Result<VaultConfig, CliError> {
             });
         }
     }
-    Err(format!(
+    Err(CliError::target(format!(
         "{} has no {META_DIR}/config.json and no kmsfs file header to learn the volume id from: it is not a kmsfs vault",
         dir.display()
-    ).into())
+    )))
 }
 
 /// The vault holding backing path `path`: the nearest ancestor with `.kmsfs/config.json`.

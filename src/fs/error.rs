@@ -43,21 +43,23 @@ impl FsError {
 
     /// errno for an encrypted-file error, logging integrity and key failures (one line each).
     pub fn crypt(e: &CryptError) -> FsError {
+        if !matches!(e, CryptError::Io(_)) {
+            tracing::error!("{e}");
+        }
+        FsError::of_crypt(e)
+    }
+
+    /// errno for an encrypted-file error, without logging it.
+    pub fn of_crypt(e: &CryptError) -> FsError {
         match e {
             CryptError::Io(e) => FsError::io(e),
-            CryptError::Integrity { .. } => {
-                tracing::error!("{e}");
-                FsError::EIO
-            }
-            CryptError::Key { err, .. } => {
-                tracing::error!("{e}");
-                match err {
-                    KeyError::Refused(_) => FsError(libc::EACCES),
-                    KeyError::BadWrappedKey(_) | KeyError::Unreachable(_) | KeyError::Config(_) => {
-                        FsError::EIO
-                    }
+            CryptError::Integrity { .. } => FsError::EIO,
+            CryptError::Key { err, .. } => match err {
+                KeyError::Refused(_) => FsError(libc::EACCES),
+                KeyError::BadWrappedKey(_) | KeyError::Unreachable(_) | KeyError::Config(_) => {
+                    FsError::EIO
                 }
-            }
+            },
         }
     }
 }

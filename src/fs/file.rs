@@ -69,7 +69,7 @@ impl KmsFs {
             ) {
                 self.drop_cached_pages(ino);
             }
-            FsError::crypt(&e)
+            self.content_error(ino, &e)
         })
     }
 
@@ -90,7 +90,7 @@ impl KmsFs {
         }
         self.change_in_step(ino, || file.write(offset, data))
             .map(|n| n as u32)
-            .map_err(|e| FsError::crypt(&e))
+            .map_err(|e| self.content_error(ino, &e))
     }
 
     /// Close handle `fh` of inode `ino`.
@@ -129,7 +129,7 @@ impl KmsFs {
             }
             let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
             let end = offset.saturating_add(length);
-            let crypt = |e| FsError::crypt(&e);
+            let crypt = |e| self.content_error(ino, &e);
             match mode & !libc::FALLOC_FL_KEEP_SIZE {
                 0 => file.allocate(offset, length, keep_size).map_err(crypt)?,
                 libc::FALLOC_FL_PUNCH_HOLE if keep_size => {
@@ -143,6 +143,44 @@ impl KmsFs {
             }
             Ok(())
         })
+    }
+
+    /// errno for a content error of file `ino`, logged (integrity and key failures) with the
+    /// file's plain path, which the user knows, beside the backing name.
+    pub(super) fn content_error(&self, ino: u64, e: &CryptError) -> FsError {
+        if !matches!(e, CryptError::Io(_)) {
+            match self.plain_path(ino) {
+                Some(path) => tracing::error!(path = %path.display(), "{}: {e}", path.display()),
+                None => tracing::error!("{e}"),
+            }
+        }
+        FsError::of_crypt(e)
+    }
+
+    /// The plain path of `ino` in the mount ("/dir/file"), from its remembered place; None
+    /// when some directory on the way is no longer known or its name does not decode.
+    pub(super) fn plain_path(&self, ino: u64) -> Option<std::path::PathBuf> {
+        let mut parts = Vec::new();
+        let mut at = self.inodes.get(ino)?;
+        // Bounded: a directory chain deeper than this is not a real tree.
+        for _ in 0..4096 {
+            if at.is_root {
+                let mut path = std::path::PathBuf::from("/");
+                path.extend(parts.iter().rev());
+                return Some(path);
+            }
+            let (parent, backing) = at.place()?;
+            let dir = self.inodes.get(parent)?;
+            let fd = self.inodes.fd(&dir).ok()?;
+            let plain = self
+                .names
+                .lister(fd.as_fd(), dir.is_root)
+                .ok()?
+                .plain(&backing)?;
+            parts.push(plain);
+            at = dir;
+        }
+        None
     }
 
     /// Whether `caller` is in group `gid` (its own group or a supplementary one).

@@ -92,6 +92,11 @@ impl Inode {
         self.place.lock().as_ref().map_or(ROOT, |(p, _)| *p)
     }
 
+    /// Its directory's inode number and its backing name there (None: the root, or removed).
+    pub fn place(&self) -> Option<(u64, OsString)> {
+        self.place.lock().clone()
+    }
+
     /// After a change through the mount: the pages are in step with `after` if they were with
     /// `before`, else unknown.
     pub fn note_change(&self, before: Option<sys::Stamp>, after: Option<sys::Stamp>) {

@@ -685,3 +685,15 @@ fn statfs_and_access_answer() {
     assert_eq!(f.fs.access(424_242).err(), Some(FsError::ESTALE));
     f.fs.fsyncdir(ROOT).expect("fsyncdir");
 }
+
+#[test]
+fn a_file_is_named_by_its_plain_path_for_log_lines() {
+    let f = fixture();
+    let d = f.dir(ROOT, "reports");
+    let ino = f.file(d, "q3.txt", b"x");
+    assert_eq!(
+        f.fs.plain_path(ino),
+        Some(std::path::PathBuf::from("/reports/q3.txt"))
+    );
+    assert_eq!(f.fs.plain_path(ROOT), Some(std::path::PathBuf::from("/")));
+}

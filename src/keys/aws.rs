@@ -134,8 +134,18 @@ impl AwsKmsProvider {
                 "no AWS region for KMS: set AWS_REGION (or a region in your AWS profile)".into(),
             ));
         }
+        if options.credentials.is_none() {
+            runtime.block_on(check_credentials(&config))?;
+        }
         let client = Client::new(&config);
-        let arn = runtime.block_on(resolve_arn(&client, key_id))?;
+        let arn = runtime
+            .block_on(resolve_arn(&client, key_id))
+            .map_err(|e| match e {
+                KeyError::Unreachable(why) => {
+                    KeyError::Unreachable(format!("{why} (endpoint {})", endpoint_of(&config)))
+                }
+                other => other,
+            })?;
         Ok(AwsKmsProvider {
             arn,
             client,
@@ -188,6 +198,43 @@ async fn load_config(options: &AwsOptions) -> aws_config::SdkConfig {
         ));
     }
     loader.load().await
+}
+
+/// Fail early, and say so, when the standard chain finds no credentials at all (otherwise
+/// the first call fails as a "dispatch failure" that reads like an outage).
+async fn check_credentials(config: &aws_config::SdkConfig) -> Result<(), KeyError> {
+    use aws_credential_types::provider::ProvideCredentials;
+    use aws_credential_types::provider::error::CredentialsError;
+    let Some(chain) = config.credentials_provider() else {
+        return Err(KeyError::Config(NO_CREDENTIALS.into()));
+    };
+    match chain.provide_credentials().await {
+        Ok(_) => Ok(()),
+        Err(CredentialsError::CredentialsNotLoaded(_)) => {
+            Err(KeyError::Config(NO_CREDENTIALS.into()))
+        }
+        Err(e) => Err(KeyError::Unreachable(format!(
+            "cannot get AWS credentials: {}",
+            error_chain(&e)
+        ))),
+    }
+}
+
+/// What to do when no AWS credentials are found.
+const NO_CREDENTIALS: &str = "no AWS credentials found: set AWS_PROFILE (a profile in ~/.aws), or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an instance or task role provides them";
+
+/// The KMS endpoint `config` talks to, for messages.
+fn endpoint_of(config: &aws_config::SdkConfig) -> String {
+    // The service-specific variable is resolved by the KMS client, not in `SdkConfig`.
+    let from_env = ["AWS_ENDPOINT_URL_KMS", "AWS_ENDPOINT_URL"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()));
+    match (config.endpoint_url(), from_env, config.region()) {
+        (Some(url), _, _) => url.to_string(),
+        (None, Some(url), _) => url,
+        (None, None, Some(r)) => format!("https://kms.{r}.amazonaws.com"),
+        (None, None, None) => "unknown".into(),
+    }
 }
 
 /// DescribeKey: the key ARN behind `key_id`, refused unless it is a symmetric encryption key.

@@ -5,7 +5,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::cvt;
 
@@ -158,19 +158,44 @@ pub fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
     r
 }
 
+/// The home directory in this user's passwd entry.
+pub fn passwd_home() -> Option<PathBuf> {
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: zeroed passwd is a valid out-parameter for getpwuid_r.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: buffers are valid for their lengths; `out` is set to &pw or null.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            libc::geteuid(),
+            &mut pw,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut out,
+        )
+    };
+    if rc != 0 || out.is_null() || pw.pw_dir.is_null() {
+        return None;
+    }
+    // SAFETY: pw_dir points into `buf`, NUL-terminated by getpwuid_r.
+    let dir = unsafe { std::ffi::CStr::from_ptr(pw.pw_dir) };
+    Some(PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes())))
+        .filter(|p| !p.as_os_str().is_empty())
+}
+
 /// Open the connection to syslog, as "kmsfs" with the pid, facility daemon.
 pub fn syslog_open() {
     // SAFETY: a static C string; openlog keeps the pointer, which lives forever.
     unsafe { libc::openlog(c"kmsfs".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
 }
 
-/// Send one line to syslog at priority notice.
-pub fn syslog(line: &str) {
+/// Send one line to syslog at `priority` (LOG_ERR, LOG_INFO, ...).
+pub fn syslog(priority: libc::c_int, line: &str) {
     let Ok(c) = CString::new(line.replace('\0', " ")) else {
         return;
     };
     // SAFETY: a "%s" format with one valid C string argument.
-    unsafe { libc::syslog(libc::LOG_NOTICE, c"%s".as_ptr(), c.as_ptr()) };
+    unsafe { libc::syslog(priority, c"%s".as_ptr(), c.as_ptr()) };
 }
 
 /// umount2(2) of `path` (no flags).
@@ -179,6 +204,14 @@ pub fn umount(path: &Path) -> io::Result<()> {
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: valid C string.
     cvt(unsafe { libc::umount2(c.as_ptr(), 0) }).map(drop)
+}
+
+/// umount2(2) of `path` with MNT_DETACH: gone from the tree now, released when unused.
+pub fn umount_lazy(path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) }).map(drop)
 }
 
 /// mount(2) with MS_REMOUNT and `flags` (MS_RDONLY, MS_NOSUID, ...) on mount point `path`;

@@ -160,16 +160,31 @@ pub fn provider_name(p: ProviderId) -> &'static str {
     }
 }
 
-/// `$XDG_CONFIG_HOME/kmsfs`, else `~/.config/kmsfs`.
+/// Where this host keeps its trust records and default keys: `$XDG_CONFIG_HOME/kmsfs`; for
+/// root `/etc/kmsfs` (system mounts; `/root/.config/kmsfs` still, when only that exists);
+/// else `~/.config/kmsfs`, home from $HOME or the user's passwd entry (never another's).
 pub fn config_home() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|x| !x.is_empty()) {
         return PathBuf::from(x).join("kmsfs");
     }
     let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root"));
-    home.join(".config").join("kmsfs")
+        .or_else(crate::sys::process::passwd_home);
+    let user = home.map(|h| h.join(".config").join("kmsfs"));
+    if crate::sys::process::euid() == 0 {
+        let system = PathBuf::from(SYSTEM_CONFIG);
+        return match user {
+            Some(legacy) if !system.exists() && legacy.exists() => legacy,
+            _ => system,
+        };
+    }
+    // No home at all: a path that cannot be created, so the error names the problem.
+    user.unwrap_or_else(|| PathBuf::from("/nonexistent-home-of-this-user/.config/kmsfs"))
 }
+
+/// Root's configuration directory.
+pub const SYSTEM_CONFIG: &str = "/etc/kmsfs";
 
 /// Where the local key of a vault lives by default.
 pub fn default_key_file(volume_id: &str) -> PathBuf {
