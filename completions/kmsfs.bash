@@ -343,7 +343,7 @@ _kmsfs() {
             return 0
             ;;
         kmsfs__subcmd__init)
-            opts="-h --key-file --kms-key-id --block-size --plaintext-names --bucket-key --help"
+            opts="-h --key-file --kms-key-id --block-size --force --plaintext-names --bucket-key --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -369,7 +369,7 @@ _kmsfs() {
             return 0
             ;;
         kmsfs__subcmd__mount)
-            opts="-f -h --key-file --kms-key-id --volume-id --foreground --key-ttl --key-cache-size --key-pool-size --read-only --allow-other --host-id --attr-ttl --threads --fd-cache --readahead --spare-files --log-file --log-level --fsname --flags --help"
+            opts="-f -h --key-file --kms-key-id --volume-id --foreground --key-ttl --key-cache-size --key-pool-size --read-only --nonempty --allow-other --host-id --attr-ttl --threads --fd-cache --readahead --spare-files --log-file --log-level --fsname --flags --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

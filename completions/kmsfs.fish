@@ -29,7 +29,7 @@ complete -c kmsfs -n "__fish_kmsfs_needs_command" -s V -l version -d 'Print vers
 complete -c kmsfs -n "__fish_kmsfs_needs_command" -f -a "init" -d 'Make DIR a new vault (creating it if needed) and record its key on this host'
 complete -c kmsfs -n "__fish_kmsfs_needs_command" -f -a "mount" -d 'Mount a vault at MOUNTPOINT (in the background unless -f)'
 complete -c kmsfs -n "__fish_kmsfs_needs_command" -f -a "unmount" -d 'Unmount a kmsfs mount: flush, zeroize every cached key, wait for the daemon to exit'
-complete -c kmsfs -n "__fish_kmsfs_needs_command" -f -a "status" -d 'Show a running mount\'s provider, key cache and KMS counters'
+complete -c kmsfs -n "__fish_kmsfs_needs_command" -f -a "status" -d 'Show a running mount\'s key, key cache and counters (without MOUNTPOINT: every kmsfs mount of this host)'
 complete -c kmsfs -n "__fish_kmsfs_needs_command" -f -a "forget" -d 'Zeroize every cached key of a running mount (and its page cache) without unmounting'
 complete -c kmsfs -n "__fish_kmsfs_needs_command" -f -a "rewrap" -d 'Move every file\'s wrapped data key (and the name key) to a new wrapping key, in place, without re-encrypting data; resumes after an interruption'
 complete -c kmsfs -n "__fish_kmsfs_needs_command" -f -a "fsck" -d 'Verify every header, block, name and link target of an unmounted vault; report damage'
@@ -39,6 +39,7 @@ complete -c kmsfs -n "__fish_kmsfs_needs_command" -f -a "help" -d 'Print this me
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand init" -l key-file -d 'Local provider: the master key file (kept outside the vault, a regular file of yours, mode 0600). `init` creates it when missing. Default for init: ~/.config/kmsfs/keys/VOLUME_ID.key' -r -F
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand init" -l kms-key-id -d 'AWS KMS provider: the wrapping key (ARN, key id or alias/NAME), reached through the standard AWS environment (region, credentials, AWS_ENDPOINT_URL_KMS)' -r
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand init" -l block-size -d 'Plaintext bytes per encrypted block (a power of two, 512 to 1048576)' -r
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand init" -l force -d 'Make the vault in a directory that already holds files (they stay as they are, unencrypted, and fsck reports them as damaged)'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand init" -l plaintext-names -d 'Keep file names readable in the backing directory (contents stay encrypted)'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand init" -l bucket-key -d 'AWS KMS only: wrap file keys with one KMS-wrapped volume key (~99 % fewer KMS calls; the KMS audit log then names the volume, not each file)'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand init" -s h -l help -d 'Print help'
@@ -60,6 +61,7 @@ complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l fsname -d 'The nam
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l flags -d 'Generic mount flags, as mount(8) takes them: noatime, nodiratime, strictatime, noexec, sync, dirsync; dev and suid (root only: the default is nodev,nosuid)' -r
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -s f -l foreground -d 'Stay in the foreground and log to stderr'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l read-only -d 'Mount read-only'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l nonempty -d 'Mount even onto a directory that holds files (they are hidden until unmount) or onto another mount'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l allow-other -d 'Let other users use the mount (access follows the backing files\' owners and modes)'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -s h -l help -d 'Print help'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand unmount" -l wait -d 'While programs still use the mount (a shell in it, a detached `git gc`), wait this many seconds for them to finish before giving up (0: do not wait)' -r
@@ -92,7 +94,7 @@ complete -c kmsfs -n "__fish_kmsfs_using_subcommand completions" -s h -l help -d
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand help; and not __fish_seen_subcommand_from init mount unmount status forget rewrap fsck cat completions help" -f -a "init" -d 'Make DIR a new vault (creating it if needed) and record its key on this host'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand help; and not __fish_seen_subcommand_from init mount unmount status forget rewrap fsck cat completions help" -f -a "mount" -d 'Mount a vault at MOUNTPOINT (in the background unless -f)'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand help; and not __fish_seen_subcommand_from init mount unmount status forget rewrap fsck cat completions help" -f -a "unmount" -d 'Unmount a kmsfs mount: flush, zeroize every cached key, wait for the daemon to exit'
-complete -c kmsfs -n "__fish_kmsfs_using_subcommand help; and not __fish_seen_subcommand_from init mount unmount status forget rewrap fsck cat completions help" -f -a "status" -d 'Show a running mount\'s provider, key cache and KMS counters'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand help; and not __fish_seen_subcommand_from init mount unmount status forget rewrap fsck cat completions help" -f -a "status" -d 'Show a running mount\'s key, key cache and counters (without MOUNTPOINT: every kmsfs mount of this host)'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand help; and not __fish_seen_subcommand_from init mount unmount status forget rewrap fsck cat completions help" -f -a "forget" -d 'Zeroize every cached key of a running mount (and its page cache) without unmounting'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand help; and not __fish_seen_subcommand_from init mount unmount status forget rewrap fsck cat completions help" -f -a "rewrap" -d 'Move every file\'s wrapped data key (and the name key) to a new wrapping key, in place, without re-encrypting data; resumes after an interruption'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand help; and not __fish_seen_subcommand_from init mount unmount status forget rewrap fsck cat completions help" -f -a "fsck" -d 'Verify every header, block, name and link target of an unmounted vault; report damage'
