@@ -59,8 +59,12 @@ impl KmsFs {
     }
 
     /// Open directory `ino`; returns the handle (its entries are read at the first readdir).
+    /// What decides whether names can be read at all (the name key, the directory's IV) is
+    /// checked now, so such an error comes from opendir.
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
-        self.inode(ino)?;
+        let inode = self.inode(ino)?;
+        let fd = self.fd(&inode)?;
+        self.names.lister(fd.as_fd(), inode.is_root).map_err(e_io)?;
         Ok(self.handles.open_dir(DirHandle {
             entries: Vec::new(),
             listed: false.into(),
