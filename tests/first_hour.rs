@@ -199,7 +199,12 @@ mod mounted {
         // SAFETY: a plain kill(2) of the daemon this test started.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while common::mount::process_state(pid).is_some_and(|s| s != 'Z')
+        // Dead once the kernel says so: the last of its threads closed /dev/fuse (the leader
+        // shows as a zombie earlier).
+        let dead = || {
+            fs::read_dir(v.mnt.as_path()).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+        };
+        while !(common::mount::process_state(pid).is_none() || dead())
             && std::time::Instant::now() < deadline
         {
             std::thread::sleep(std::time::Duration::from_millis(20));
