@@ -525,8 +525,9 @@ fn stress_shared_and_private_files_with_renames_and_unlinks() {
     let failures = s.failures.lock().expect("failures").clone();
     assert!(
         failures.is_empty(),
-        "stress failures:\n{}",
-        failures.join("\n")
+        "stress failures:\n{}\ndaemon log (last lines):\n{}",
+        failures.join("\n"),
+        tail(&v.log(), 20)
     );
     let ops = s.progress.load(Ordering::SeqCst);
     let mut counts: Vec<_> = s
@@ -745,4 +746,10 @@ fn reads_racing_appends_and_truncates_never_fail() {
         logged.is_empty(),
         "integrity errors logged for an undamaged file"
     );
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -75,14 +75,18 @@ impl CryptFile {
         }
     }
 
-    /// The last handle of this file closed: if its last name is gone too, so is its map.
-    pub fn closed(&self) {
+    /// The id of this file's hole map if its last name is gone (the map is to go when the
+    /// file is no longer reachable: the caller decides when that is).
+    pub fn unlinked_map(&self) -> Option<Id> {
+        self.vault.holes.as_ref()?;
         let unlinked = self
             .file
             .metadata()
             .is_ok_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) == 0 && m.len() > 0);
         if unlinked {
-            self.remove_hole_map(self.stored_file_id());
+            self.stored_file_id()
+        } else {
+            None
         }
     }
 

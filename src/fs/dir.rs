@@ -47,9 +47,32 @@ impl KmsFs {
         self.lookup_backing(&p, &bname)
     }
 
-    /// The kernel dropped `n` references to `ino`.
+    /// The kernel dropped `n` references to `ino`; a hole map kept for it goes with it.
     pub fn forget(&self, ino: u64, n: u64) {
         self.inodes.forget(ino, n);
+        if self.inodes.get(ino).is_some() {
+            return;
+        }
+        let doomed = self.doomed_maps.lock().remove(&ino);
+        if let (Some(id), Some(store)) = (doomed, self.vault.holes.as_ref()) {
+            if self.handles.file_of_inode(ino).is_none() {
+                if let Err(e) = store.remove(&id) {
+                    tracing::warn!("cannot remove a hole map: {e}");
+                }
+            }
+        }
+    }
+
+    /// Unmount: the maps of files removed meanwhile go now (the kernel sends no forgets).
+    pub fn remove_doomed_maps(&self) {
+        let Some(store) = self.vault.holes.as_ref() else {
+            return;
+        };
+        for (_, id) in self.doomed_maps.lock().drain() {
+            if let Err(e) = store.remove(&id) {
+                tracing::warn!("cannot remove a hole map: {e}");
+            }
+        }
     }
 
     /// The plain target of symlink `ino`.
@@ -298,16 +321,18 @@ impl KmsFs {
     }
 
     /// After the last name of object `key` went: drop its hole map `map`, unless the file is
-    /// still open (its last close does it).
+    /// still open (its last close does it) or the kernel still knows it (an open of it may
+    /// be on its way: its forget does it).
     fn drop_hole_map(&self, key: (u64, u64), map: Option<crate::format::Id>) {
         let (Some(id), Some(store)) = (map, self.vault.holes.as_ref()) else {
             return;
         };
-        if self
-            .handles
-            .file_of_inode(self.inodes.ino_of(key))
-            .is_some()
-        {
+        let ino = self.inodes.ino_of(key);
+        if self.handles.file_of_inode(ino).is_some() {
+            return;
+        }
+        if self.inodes.get(ino).is_some() {
+            self.doomed_maps.lock().insert(ino, id);
             return;
         }
         if let Err(e) = store.remove(&id) {

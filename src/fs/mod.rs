@@ -124,6 +124,9 @@ pub struct KmsFs {
     invalidator: Arc<std::sync::OnceLock<Arc<dyn Invalidator>>>,
     prefetch: Option<prefetch::Prefetcher>,
     spares: Option<spares::Spares>,
+    /// Hole maps of files whose last name is gone while the kernel still knows the inode (a
+    /// lookup may still open it): removed when the kernel forgets it, or at unmount.
+    doomed_maps: parking_lot::Mutex<std::collections::HashMap<u64, crate::format::Id>>,
 }
 
 impl std::fmt::Debug for KmsFs {
@@ -160,6 +163,7 @@ impl KmsFs {
             invalidator: Arc::default(),
             prefetch: None,
             spares: None,
+            doomed_maps: Default::default(),
         })
     }
 
@@ -225,6 +229,7 @@ impl KmsFs {
 
     /// Unmounting: drop every key.
     pub fn destroy(&self) {
+        self.remove_doomed_maps();
         self.vault.keys.clear();
     }
 
@@ -362,7 +367,10 @@ impl KmsFs {
             if let Some(id) = file.file_id() {
                 self.vault.keys.release(&id);
             }
-            file.closed();
+            // The kernel may open an unlinked file again until it forgets it: its map goes then.
+            if let Some(id) = file.unlinked_map() {
+                self.doomed_maps.lock().insert(ino, id);
+            }
             self.inodes.unpin(ino);
         }
     }

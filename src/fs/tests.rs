@@ -434,7 +434,8 @@ fn a_sparse_file_takes_its_hole_map_along_when_its_last_name_goes() {
     f.fs.link(ino, ROOT, OsStr::new("again")).expect("link");
     f.fs.unlink(ROOT, OsStr::new("sparse")).expect("unlink");
     assert_eq!(maps(&f), 1);
-    // Open while its last name goes: the map stays until the last close.
+    // Open while its last name goes: the map stays while the kernel may still open it (after
+    // the last close too), and goes when the kernel forgets the inode.
     let o = f.fs.open(ino, libc::O_RDONLY).expect("open");
     f.fs.unlink(ROOT, OsStr::new("again")).expect("unlink");
     assert_eq!(maps(&f), 1);
@@ -443,6 +444,16 @@ fn a_sparse_file_takes_its_hole_map_along_when_its_last_name_goes() {
             .expect("hole of an unlinked file");
     assert!(hole.iter().all(|&b| b == 0));
     f.fs.release(ino, o.fh);
+    assert_eq!(maps(&f), 1, "an open of the unlinked file may still come");
+    let o = f.fs.open(ino, libc::O_RDONLY).expect("open again");
+    assert!(
+        f.fs.read(ino, o.fh, 4096, 100)
+            .expect("hole")
+            .iter()
+            .all(|&b| b == 0)
+    );
+    f.fs.release(ino, o.fh);
+    f.fs.forget(ino, u64::MAX);
     assert_eq!(maps(&f), 0);
     // Replaced by a rename, and emptied by O_TRUNC.
     for how in ["rename", "truncate"] {
@@ -455,6 +466,7 @@ fn a_sparse_file_takes_its_hole_map_along_when_its_last_name_goes() {
             f.file(ROOT, "new", b"n");
             f.fs.rename(ROOT, OsStr::new("new"), ROOT, OsStr::new("victim"), 0)
                 .expect("rename over");
+            f.fs.forget(victim, u64::MAX);
         } else {
             let o =
                 f.fs.open(victim, libc::O_RDWR | libc::O_TRUNC)
