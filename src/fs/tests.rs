@@ -19,6 +19,15 @@ use crate::vault::VaultConfig;
 const ROOT: u64 = inodes::ROOT;
 const ME: Caller = Caller::ROOT;
 
+/// User nobody, in no group of root's files.
+fn nobody() -> Caller {
+    Caller {
+        uid: 65534,
+        gid: 65534,
+        pid: std::process::id(),
+    }
+}
+
 /// A vault in a temp dir, opened as a mount opens it, over a fault-injecting provider.
 struct Fixture {
     fs: KmsFs,
@@ -105,6 +114,20 @@ impl Fixture {
             .expect("mkdir")
             .attr
             .ino
+    }
+
+    /// chmod as root.
+    fn chmod(&self, ino: u64, mode: u32) {
+        self.fs
+            .setattr(
+                &Caller::ROOT,
+                ino,
+                SetAttr {
+                    mode: Some(mode),
+                    ..Default::default()
+                },
+            )
+            .expect("chmod");
     }
 
     fn lookup(&self, parent: u64, name: &str) -> FsResult<Entry> {
@@ -482,27 +505,11 @@ fn a_sparse_file_takes_its_hole_map_along_when_its_last_name_goes() {
 fn fallocate_by_another_user_clears_set_id_bits_as_linux_does() {
     let f = fixture();
     let ino = f.file(ROOT, "sid", b"");
-    let backing_mode = |m: u32| {
-        let e = f.lookup(ROOT, "sid").expect("lookup");
-        f.fs.setattr(
-            &Caller::ROOT,
-            e.attr.ino,
-            SetAttr {
-                mode: Some(m),
-                ..Default::default()
-            },
-        )
-        .expect("chmod");
-    };
     let mode = || f.fs.getattr(ino).expect("getattr").perm;
     let o = f.fs.open(ino, libc::O_RDWR).expect("open");
-    let nobody = Caller {
-        uid: 65534,
-        gid: 65534,
-        pid: std::process::id(),
-    };
+    let nobody = nobody();
     // Not in the file's group: both bits go, group-exec or not.
-    backing_mode(0o6666);
+    f.chmod(ino, 0o6666);
     f.fs.fallocate(&nobody, ino, o.fh, 0, 8192, 0)
         .expect("fallocate");
     assert_eq!(mode(), 0o666);
@@ -512,16 +519,16 @@ fn fallocate_by_another_user_clears_set_id_bits_as_linux_does() {
         gid: 0,
         pid: std::process::id(),
     };
-    backing_mode(0o6666);
+    f.chmod(ino, 0o6666);
     f.fs.fallocate(&member, ino, o.fh, 0, 8192, 0)
         .expect("fallocate");
     assert_eq!(mode(), 0o2666);
-    backing_mode(0o6676);
+    f.chmod(ino, 0o6676);
     f.fs.fallocate(&member, ino, o.fh, 0, 8192, 0)
         .expect("fallocate");
     assert_eq!(mode(), 0o676);
     // Root keeps them.
-    backing_mode(0o6666);
+    f.chmod(ino, 0o6666);
     f.fs.fallocate(&Caller::ROOT, ino, o.fh, 0, 8192, 0)
         .expect("fallocate");
     assert_eq!(mode(), 0o6666);
@@ -532,29 +539,14 @@ fn fallocate_by_another_user_clears_set_id_bits_as_linux_does() {
 fn an_access_acl_set_outside_the_group_clears_set_group_id_as_chmod_does() {
     let f = fixture();
     let ino = f.file(ROOT, "sgid", b"");
-    let chmod = |m: u32| {
-        f.fs.setattr(
-            &Caller::ROOT,
-            ino,
-            SetAttr {
-                mode: Some(m),
-                ..Default::default()
-            },
-        )
-        .expect("chmod");
-    };
     let acl = OsStr::new("system.posix_acl_access");
     // u::rwx, g::rwx, o::rwx: the same as mode 0777.
     let value = b"\x02\0\0\0\x01\0\x07\0\xff\xff\xff\xff\x04\0\x07\0\xff\xff\xff\xff\x20\0\x07\0\xff\xff\xff\xff";
-    let nobody = Caller {
-        uid: 65534,
-        gid: 65534,
-        pid: std::process::id(),
-    };
-    chmod(0o2755);
+    let nobody = nobody();
+    f.chmod(ino, 0o2755);
     f.fs.setxattr(&nobody, ino, acl, value, 0).expect("setfacl");
     assert_eq!(f.fs.getattr(ino).expect("attr").perm, 0o777);
-    chmod(0o2755);
+    f.chmod(ino, 0o2755);
     f.fs.setxattr(&Caller::ROOT, ino, acl, value, 0)
         .expect("setfacl");
     assert_eq!(f.fs.getattr(ino).expect("attr").perm, 0o2777);
