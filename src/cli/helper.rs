@@ -40,10 +40,10 @@ pub fn parse(argv: Vec<OsString>) -> Result<Helper, CliError> {
     if argv.len() < 3 || first.starts_with('-') || SUBCOMMANDS.contains(&first) {
         return Ok(Helper::None);
     }
-    if !is_helper_call(&argv) {
+    let Some(from_mount) = helper_call(&argv) else {
         // A typo of a subcommand (`kmsfs umount MNT`): clap says so, with a suggestion.
         return Ok(Helper::None);
-    }
+    };
     let mut out: Vec<OsString> = vec![
         "kmsfs".into(),
         "mount".into(),
@@ -53,7 +53,9 @@ pub fn parse(argv: Vec<OsString>) -> Result<Helper, CliError> {
     // mount(8) drops `dev` and `suid` (its defaults) before it calls a helper, and passes
     // `nodev`/`nosuid` when asked: for root, the helper form follows mount(8) as ext4 does.
     // `kmsfs mount` (and every mount by another user) stays nodev,nosuid unless asked.
-    let root = crate::sys::process::euid() == 0;
+    // Only for a call that looks like mount(8)'s: a root who forgot the subcommand gets
+    // `kmsfs mount`'s nodev,nosuid.
+    let root = crate::sys::process::euid() == 0 && from_mount;
     let mut flags = MountFlags {
         dev: root,
         suid: root,
@@ -163,9 +165,9 @@ pub fn parse(argv: Vec<OsString>) -> Result<Helper, CliError> {
 }
 
 /// Whether `argv` is a mount helper's call rather than a mistyped subcommand: called as
-/// `mount.*`, or given options (`-o`, as mount.fuse3 passes them), or two existing paths, the
-/// second a directory.
-fn is_helper_call(argv: &[OsString]) -> bool {
+/// `mount.*`, or given options (`-o`, as mount.fuse3 passes them) — then `Some(true)`, a call
+/// from mount(8) — or two existing paths, the second a directory (`Some(false)`).
+fn helper_call(argv: &[OsString]) -> Option<bool> {
     let called_as_mount = std::path::Path::new(&argv[0])
         .file_name()
         .and_then(|n| n.to_str())
@@ -176,7 +178,13 @@ fn is_helper_call(argv: &[OsString]) -> bool {
     let two_paths = argv.len() == 3
         && std::path::Path::new(&argv[1]).exists()
         && std::path::Path::new(&argv[2]).is_dir();
-    called_as_mount || has_options || two_paths
+    if called_as_mount || has_options {
+        Some(true)
+    } else if two_paths {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -222,11 +230,12 @@ mod tests {
             parse(args(&["kmsfs", "umount", "/nonexistent-vault", "/"])).expect("ok"),
             Helper::None
         );
-        // Two existing paths are a mount, as mount.fuse3 passes it without options.
-        assert!(matches!(
+        // Two existing paths are a mount, as mount.fuse3 passes it without options; without
+        // mount(8)'s options it keeps nodev,nosuid even for root.
+        assert_eq!(
             parse(args(&["kmsfs", "/", "/"])).expect("ok"),
-            Helper::Mount(_)
-        ));
+            Helper::Mount(args(&["kmsfs", "mount", "/", "/"]))
+        );
         assert!(parse(args(&["kmsfs", "/v", "/m", "-o", "bogus"])).is_err());
         let tagged = parse(args(&[
             "kmsfs",

@@ -39,6 +39,15 @@ pub fn run(args: &InitArgs) -> CliResult {
     if !meta.exists() {
         undo.meta = Some(meta);
     }
+    let root_iv = vault_dir.join(crate::names::DIRIV_NAME);
+    if root_iv.exists() {
+        return Err(CliError::target(format!(
+            "{} holds a directory IV of a vault ({}) but no vault config: restore .kmsfs/ from a backup rather than init over it",
+            vault_dir.display(),
+            crate::names::DIRIV_NAME
+        )));
+    }
+    undo.root_iv = Some(root_iv);
     // The volume id comes first: the default key file is named after it.
     let mut cfg = VaultConfig::new(
         args.block_size,
@@ -136,6 +145,8 @@ struct Undo {
     key_file: Option<PathBuf>,
     /// The vault's `.kmsfs/`, when this init created it.
     meta: Option<PathBuf>,
+    /// The root directory's IV file, which this init creates.
+    root_iv: Option<PathBuf>,
     /// Directories this init created, outermost first.
     dirs: Vec<PathBuf>,
 }
@@ -145,6 +156,7 @@ impl Undo {
     fn disarm(&mut self) {
         self.key_file = None;
         self.meta = None;
+        self.root_iv = None;
         self.dirs.clear();
     }
 }
@@ -156,6 +168,9 @@ impl Drop for Undo {
         }
         if let Some(m) = &self.meta {
             let _ = std::fs::remove_dir_all(m);
+        }
+        if let Some(iv) = &self.root_iv {
+            let _ = std::fs::remove_file(iv);
         }
         // Innermost first; each only if empty (it held nothing but what init put there).
         for d in self.dirs.iter().rev() {

@@ -1,7 +1,8 @@
 //! Logging: the journal (with priorities) when stderr is systemd's journal stream, else stderr
 //! in the foreground (colour only on a terminal), a file with --log-file, else syslog when
-//! daemonized (each level at its own priority). Never a key, never plaintext: only paths,
-//! block numbers and error kinds are logged.
+//! daemonized (each level at its own priority). Never a key, never file contents: only paths
+//! (an integrity error names the plain path, which the user knows the file by), block numbers
+//! and error kinds are logged.
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -31,7 +32,7 @@ pub fn init(sink: Sink<'_>, level: &str) -> Result<(), CliError> {
         .map_err(|e| CliError::usage(format!("bad --log-level {level}: {e}")))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let result = match sink {
-        Sink::Stderr if stderr_is_journal() => {
+        Sink::Stderr if stderr_is_journal() && tracing_journald::layer().is_ok() => {
             let journal = tracing_journald::layer()
                 .map_err(|e| format!("cannot connect to the journal: {e}"))?
                 .with_syslog_identifier("kmsfs".into());

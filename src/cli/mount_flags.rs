@@ -29,9 +29,12 @@ impl MountFlags {
     pub fn parse(list: &str) -> Result<Self, String> {
         let mut f = MountFlags::default();
         for flag in list.split(',').filter(|s| !s.is_empty()) {
+            if flag == "ro" {
+                return Err("ro is not a --flags flag: use --read-only".into());
+            }
             if !f.take(flag) {
                 return Err(format!(
-                    "unknown mount flag {flag} (known: dev, nodev, suid, nosuid, exec, noexec, atime, noatime, diratime, nodiratime, relatime, norelatime, strictatime, lazytime, sync, async, dirsync, ro, rw)"
+                    "unknown mount flag {flag} (known: dev, nodev, suid, nosuid, exec, noexec, atime, noatime, diratime, nodiratime, relatime, norelatime, strictatime, lazytime, sync, async, dirsync, rw; --read-only for ro)"
                 ));
             }
         }
@@ -127,9 +130,10 @@ mod tests {
         let d = MountFlags::default().ms_flags();
         assert_eq!(d, libc::MS_NODEV | libc::MS_NOSUID | libc::MS_RELATIME);
         assert!(MountFlags::parse("ro,remount").is_err());
-        assert_ne!(
-            MountFlags::parse("ro").expect("ro").ms_flags() & libc::MS_RDONLY,
-            0
-        );
+        // --flags has no ro (--read-only says it); a remount's ro comes through take().
+        assert!(MountFlags::parse("ro").is_err());
+        let mut r = MountFlags::default();
+        assert!(r.take("ro"));
+        assert_ne!(r.ms_flags() & libc::MS_RDONLY, 0);
     }
 }

@@ -124,15 +124,22 @@ pub fn check_mountpoint(vault: &Path, arg: &Path, nonempty: bool) -> Result<Path
 /// `arg` answers ENOTCONN: a FUSE mount whose daemon is gone. If it is kmsfs's, detach it and
 /// return the mount point now uncovered.
 fn clean_dead_mount(arg: &Path) -> Result<PathBuf, CliError> {
-    let at = unmount::normalize(&provider::absolute(arg));
+    // The kernel's path: the parent resolved (symlinks too), then the last component.
+    let abs = provider::absolute(arg);
+    let at = match (abs.parent().map(Path::canonicalize), abs.file_name()) {
+        (Some(Ok(parent)), Some(name)) => parent.join(name),
+        _ => unmount::normalize(&abs),
+    };
     let died = || {
         CliError::target(format!(
             "the previous kmsfs mount at {0} died (its daemon is gone): run kmsfs unmount {0}, then mount again",
             at.display()
         ))
     };
+    let recorded = super::runtime_dir::lookup(&at).is_some();
     match unmount::mounted_at(&at) {
-        Some((fstype, _)) if fstype == "fuse.kmsfs" || fstype == "fuse" => {}
+        // Only a kmsfs mount: another FUSE file system's dead mount is its owner's to clear.
+        Some((fstype, source)) if unmount::is_kmsfs(&fstype, &source, recorded) => {}
         Some((fstype, _)) => {
             return Err(CliError::target(format!(
                 "mount point {}: its {fstype} mount does not answer (transport endpoint not connected): unmount it first",
@@ -140,6 +147,12 @@ fn clean_dead_mount(arg: &Path) -> Result<PathBuf, CliError> {
             )));
         }
         None => return Err(died()),
+    }
+    // Still dead right before it goes (another mount may have cleaned it up and mounted).
+    let still_dead =
+        std::fs::read_dir(&at).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+    if !still_dead {
+        return Err(died());
     }
     let fusermount = std::process::Command::new("fusermount3")
         .arg("-u")

@@ -175,7 +175,7 @@ fn detach(mnt: &Path) -> Result<(), DetachError> {
 
 /// Whether a mount of `fstype` from `source` is ours: a FUSE mount that this host recorded,
 /// or whose source is a kmsfs vault.
-fn is_kmsfs(fstype: &str, source: &str, recorded: bool) -> bool {
+pub(super) fn is_kmsfs(fstype: &str, source: &str, recorded: bool) -> bool {
     fstype == "fuse.kmsfs"
         || (fstype == "fuse"
             && (recorded || crate::vault::VaultConfig::path(Path::new(source)).exists()))

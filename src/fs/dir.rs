@@ -324,19 +324,36 @@ impl KmsFs {
     /// still open (its last close does it) or the kernel still knows it (an open of it may
     /// be on its way: its forget does it).
     fn drop_hole_map(&self, key: (u64, u64), map: Option<crate::format::Id>) {
-        let (Some(id), Some(store)) = (map, self.vault.holes.as_ref()) else {
+        let Some(id) = map else {
             return;
         };
         let ino = self.inodes.ino_of(key);
         if self.handles.file_of_inode(ino).is_some() {
             return;
         }
-        if self.inodes.get(ino).is_some() {
-            self.doomed_maps.lock().insert(ino, id);
+        self.doom_map(ino, id);
+    }
+
+    /// The map `id` of inode `ino`, whose last name is gone, goes when the kernel forgets
+    /// `ino` — at once if it has already.
+    pub(super) fn doom_map(&self, ino: u64, id: crate::format::Id) {
+        let Some(store) = self.vault.holes.as_ref() else {
+            return;
+        };
+        let remove = |id: &crate::format::Id| {
+            if let Err(e) = store.remove(id) {
+                tracing::warn!("cannot remove a hole map: {e}");
+            }
+        };
+        if self.inodes.get(ino).is_none() {
+            remove(&id);
             return;
         }
-        if let Err(e) = store.remove(&id) {
-            tracing::warn!("cannot remove a hole map: {e}");
+        // A number reused by another object: the one it displaces is dead already.
+        if let Some(old) = self.doomed_maps.lock().insert(ino, id) {
+            if old != id {
+                remove(&old);
+            }
         }
     }
 

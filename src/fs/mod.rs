@@ -367,11 +367,13 @@ impl KmsFs {
             if let Some(id) = file.file_id() {
                 self.vault.keys.release(&id);
             }
-            // The kernel may open an unlinked file again until it forgets it: its map goes then.
-            if let Some(id) = file.unlinked_map() {
-                self.doomed_maps.lock().insert(ino, id);
-            }
+            let unlinked = file.unlinked_map();
             self.inodes.unpin(ino);
+            // The kernel may open an unlinked file again until it forgets it: its map goes
+            // then — or now, when the forget came first and the inode is gone already.
+            if let Some(id) = unlinked {
+                self.doom_map(ino, id);
+            }
         }
     }
 

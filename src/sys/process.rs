@@ -206,12 +206,13 @@ pub fn umount(path: &Path) -> io::Result<()> {
     cvt(unsafe { libc::umount2(c.as_ptr(), 0) }).map(drop)
 }
 
-/// umount2(2) of `path` with MNT_DETACH: gone from the tree now, released when unused.
+/// umount2(2) of `path` with MNT_DETACH (gone from the tree now, released when unused) and
+/// UMOUNT_NOFOLLOW (a symlink at `path` is not followed to another mount).
 pub fn umount_lazy(path: &Path) -> io::Result<()> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: valid C string.
-    cvt(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) }).map(drop)
+    cvt(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) }).map(drop)
 }
 
 /// mount(2) with MS_REMOUNT and `flags` (MS_RDONLY, MS_NOSUID, ...) on mount point `path`;

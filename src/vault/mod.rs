@@ -161,7 +161,7 @@ pub fn provider_name(p: ProviderId) -> &'static str {
 }
 
 /// Where this host keeps its trust records and default keys: `$XDG_CONFIG_HOME/kmsfs`; for
-/// root `/etc/kmsfs` (system mounts; `/root/.config/kmsfs` still, when only that exists);
+/// root `/etc/kmsfs` (system mounts; `/root/.config/kmsfs` still, while only it holds records);
 /// else `~/.config/kmsfs`, home from $HOME or the user's passwd entry (never another's).
 pub fn config_home() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|x| !x.is_empty()) {
@@ -174,8 +174,10 @@ pub fn config_home() -> PathBuf {
     let user = home.map(|h| h.join(".config").join("kmsfs"));
     if crate::sys::process::euid() == 0 {
         let system = PathBuf::from(SYSTEM_CONFIG);
+        // The records themselves decide: /etc/kmsfs may exist only for unit env files.
+        let has_records = |d: &Path| d.join("vaults").is_dir();
         return match user {
-            Some(legacy) if !system.exists() && legacy.exists() => legacy,
+            Some(legacy) if !has_records(&system) && has_records(&legacy) => legacy,
             _ => system,
         };
     }
