@@ -44,10 +44,18 @@ pub fn run(args: MountArgs) -> CliResult {
         TrustedKey::Local { .. } => Some(provider::open_verified(&trust)?),
         TrustedKey::AwsKms { .. } => None,
     };
+    let mut args = args;
     if !args.foreground && args.log_file.is_none() && !logging::syslog_available() {
-        eprintln!(
-            "kmsfs: warning: no system log here (/dev/log): the daemon's log lines are lost; pass --log-file PATH to keep them"
-        );
+        // Without a syslog daemon the lines would be lost: keep them in the runtime directory.
+        let path = runtime_dir::log_path(&mnt)
+            .map_err(|e| format!("no system log (/dev/log) and no runtime directory for a log file: {e}; pass --log-file PATH"))?;
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprintln!(
+                "kmsfs: no system log here (/dev/log): the daemon logs to {}",
+                path.display()
+            );
+        }
+        args.log_file = Some(path);
     }
     let host_id = args.host_id.clone().unwrap_or_else(vault::default_host_id);
     let lock = MountLock::acquire(&vault_dir, &host_id, &cfg.volume_id)?;

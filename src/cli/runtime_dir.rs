@@ -105,6 +105,12 @@ fn open_dir(create: bool) -> std::io::Result<Option<File>> {
         .map(Some)
 }
 
+/// Where the daemon of the mount at `mountpoint` logs when there is no system log (the
+/// runtime directory is made, private, if needed).
+pub fn log_path(mountpoint: &Path) -> std::io::Result<PathBuf> {
+    Ok(ensure_dir()?.join(name_of(mountpoint).replace(".pid", ".log")))
+}
+
 /// The control socket of the mount at `mountpoint`.
 pub fn socket_path(mountpoint: &Path) -> PathBuf {
     dir().join(name_of(mountpoint).replace(".pid", ".sock"))
