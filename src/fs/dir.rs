@@ -309,7 +309,13 @@ impl KmsFs {
 
     /// The file id of the hole map that goes when `name` in `dir` goes: a regular file with
     /// content, a last link, and a vault that may hold maps (else None, without reading).
-    fn hole_map_going(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<crate::format::Id> {
+    /// The file stays open, so that after the removal its link count tells whether it really
+    /// lost its last name (another host may have linked it meanwhile).
+    fn hole_map_going(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> Option<(crate::format::Id, std::fs::File)> {
         let store = self.vault.holes.as_ref()?;
         let st = sys::stat_at(dir, name).ok()?;
         let last_file = st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink == 1;
@@ -317,16 +323,24 @@ impl KmsFs {
             return None;
         }
         let (fd, _) = sys::open_regular(dir, name, libc::O_RDONLY, 0).ok()?;
-        crate::content::header_file_id(&std::fs::File::from(fd))
+        let file = std::fs::File::from(fd);
+        crate::content::header_file_id(&file).map(|id| (id, file))
     }
 
     /// After the last name of object `key` went: drop its hole map `map`, unless the file is
     /// still open (its last close does it) or the kernel still knows it (an open of it may
     /// be on its way: its forget does it).
-    fn drop_hole_map(&self, key: (u64, u64), map: Option<crate::format::Id>) {
-        let Some(id) = map else {
+    fn drop_hole_map(&self, key: (u64, u64), map: Option<(crate::format::Id, std::fs::File)>) {
+        let Some((id, file)) = map else {
             return;
         };
+        // Linked again elsewhere between the check and the removal: the map stays.
+        if file
+            .metadata()
+            .is_ok_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) > 0)
+        {
+            return;
+        }
         let ino = self.inodes.ino_of(key);
         if self.handles.file_of_inode(ino).is_some() {
             return;
