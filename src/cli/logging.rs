@@ -27,24 +27,25 @@ pub enum Sink<'a> {
 
 /// Install the global subscriber; `level` is used unless RUST_LOG is set.
 pub fn init(sink: Sink<'_>, level: &str) -> Result<(), CliError> {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .map_err(|e| CliError::usage(format!("bad --log-level {level}: {e}")))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let filter = || {
+        EnvFilter::try_from_default_env()
+            .or_else(|_| EnvFilter::try_new(level))
+            .map_err(|e| CliError::usage(format!("bad --log-level {level}: {e}")))
+    };
+    // The journal when systemd connected stderr to it and its socket answers, else stderr.
+    let journal = match sink {
+        Sink::Stderr if stderr_is_journal() => tracing_journald::layer().ok(),
+        _ => None,
+    };
+    if let Some(journal) = journal {
+        return tracing_subscriber::registry()
+            .with(filter()?)
+            .with(journal.with_syslog_identifier("kmsfs".into()))
+            .try_init()
+            .map_err(|e| format!("cannot set up logging: {e}").into());
+    }
+    let builder = tracing_subscriber::fmt().with_env_filter(filter()?);
     let result = match sink {
-        Sink::Stderr if stderr_is_journal() && tracing_journald::layer().is_ok() => {
-            let journal = tracing_journald::layer()
-                .map_err(|e| format!("cannot connect to the journal: {e}"))?
-                .with_syslog_identifier("kmsfs".into());
-            let filter = EnvFilter::try_from_default_env()
-                .or_else(|_| EnvFilter::try_new(level))
-                .map_err(|e| CliError::usage(format!("bad --log-level {level}: {e}")))?;
-            tracing_subscriber::registry()
-                .with(filter)
-                .with(journal)
-                .try_init()
-                .map_err(|e| e.to_string())
-        }
         Sink::Stderr => builder
             .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)

@@ -59,13 +59,12 @@ pub fn check_init_dir(dir: &Path, force: bool) -> Result<bool, CliError> {
 /// kmsfs mount there (its daemon killed) is unmounted first.
 pub fn check_mountpoint(vault: &Path, arg: &Path, nonempty: bool) -> Result<PathBuf, CliError> {
     // realpath does not look inside the last component: a dead mount shows at the stat.
-    let dead = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOTCONN);
     let mnt = match arg
         .canonicalize()
         .and_then(|m| std::fs::metadata(&m).map(|_| m))
     {
         Ok(m) => m,
-        Err(e) if dead(&e) => clean_dead_mount(arg)?,
+        Err(e) if not_connected(&e) => clean_dead_mount(arg)?,
         Err(e) => {
             return Err(CliError::target(format!(
                 "mount point {}: {e} (create it with mkdir first)",
@@ -99,9 +98,7 @@ pub fn check_mountpoint(vault: &Path, arg: &Path, nonempty: bool) -> Result<Path
     if let Some((fstype, source)) = unmount::mounted_at(&mnt) {
         // A killed daemon's mount may still answer stat from the kernel's cache; a listing
         // reaches the daemon.
-        let dead = matches!(&fstype[..], "fuse" | "fuse.kmsfs")
-            && std::fs::read_dir(&mnt).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
-        if dead {
+        if matches!(&fstype[..], "fuse" | "fuse.kmsfs") && listing_is_dead(&mnt) {
             return clean_dead_mount(&mnt);
         }
         return Err(CliError::target(format!(
@@ -119,6 +116,16 @@ pub fn check_mountpoint(vault: &Path, arg: &Path, nonempty: bool) -> Result<Path
         )));
     }
     Ok(mnt)
+}
+
+/// The error of a FUSE mount whose daemon is gone.
+fn not_connected(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOTCONN)
+}
+
+/// Whether listing `dir` reaches a dead FUSE daemon (a stat may still answer from cache).
+fn listing_is_dead(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_err_and(|e| not_connected(&e))
 }
 
 /// `arg` answers ENOTCONN: a FUSE mount whose daemon is gone. If it is kmsfs's, detach it and
@@ -149,9 +156,7 @@ fn clean_dead_mount(arg: &Path) -> Result<PathBuf, CliError> {
         None => return Err(died()),
     }
     // Still dead right before it goes (another mount may have cleaned it up and mounted).
-    let still_dead =
-        std::fs::read_dir(&at).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
-    if !still_dead {
+    if !listing_is_dead(&at) {
         return Err(died());
     }
     let fusermount = std::process::Command::new("fusermount3")

@@ -54,22 +54,24 @@ impl KmsFs {
             return;
         }
         let doomed = self.doomed_maps.lock().remove(&ino);
-        if let (Some(id), Some(store)) = (doomed, self.vault.holes.as_ref()) {
+        if let Some(id) = doomed {
             if self.handles.file_of_inode(ino).is_none() {
-                if let Err(e) = store.remove(&id) {
-                    tracing::warn!("cannot remove a hole map: {e}");
-                }
+                self.remove_map(&id);
             }
         }
     }
 
     /// Unmount: the maps of files removed meanwhile go now (the kernel sends no forgets).
     pub fn remove_doomed_maps(&self) {
-        let Some(store) = self.vault.holes.as_ref() else {
-            return;
-        };
         for (_, id) in self.doomed_maps.lock().drain() {
-            if let Err(e) = store.remove(&id) {
+            self.remove_map(&id);
+        }
+    }
+
+    /// Remove hole map `id` (a failure is logged: the map is then an orphan for fsck).
+    fn remove_map(&self, id: &crate::format::Id) {
+        if let Some(store) = self.vault.holes.as_ref() {
+            if let Err(e) = store.remove(id) {
                 tracing::warn!("cannot remove a hole map: {e}");
             }
         }
@@ -351,22 +353,17 @@ impl KmsFs {
     /// The map `id` of inode `ino`, whose last name is gone, goes when the kernel forgets
     /// `ino` — at once if it has already.
     pub(super) fn doom_map(&self, ino: u64, id: crate::format::Id) {
-        let Some(store) = self.vault.holes.as_ref() else {
+        if self.vault.holes.is_none() {
             return;
-        };
-        let remove = |id: &crate::format::Id| {
-            if let Err(e) = store.remove(id) {
-                tracing::warn!("cannot remove a hole map: {e}");
-            }
-        };
+        }
         if self.inodes.get(ino).is_none() {
-            remove(&id);
+            self.remove_map(&id);
             return;
         }
         // A number reused by another object: the one it displaces is dead already.
         if let Some(old) = self.doomed_maps.lock().insert(ino, id) {
             if old != id {
-                remove(&old);
+                self.remove_map(&old);
             }
         }
     }
