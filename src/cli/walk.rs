@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::{CliError, TrustArgs, provider};
 use crate::content::Volume;
-use crate::format::header::{FORMAT_VERSION, FileHeader, HEADER_SIZE};
+use crate::format::header::{FileHeader, HEADER_SIZE};
 use crate::names::{DIRIV_NAME, Names, cipher};
 use crate::vault::open::KeyPolicy;
 use crate::vault::{self, META_DIR, VaultConfig, VaultError};
@@ -118,7 +118,7 @@ fn config_from_headers(dir: &Path) -> Result<VaultConfig, CliError> {
         }
         if let Ok(h) = FileHeader::decode(&buf) {
             return Ok(VaultConfig {
-                format_version: FORMAT_VERSION,
+                format_version: h.version,
                 volume_id: hex::encode(h.volume_id),
                 block_size: h.block_size,
                 header_size: HEADER_SIZE as u32,

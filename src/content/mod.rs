@@ -28,7 +28,9 @@ mod write;
 pub use holes::HoleStore;
 
 use crate::crypto::{self, BlockCipher};
-use crate::format::header::{FileHeader, HEADER_SIZE, ProviderId, offset as header_offset};
+use crate::format::header::{
+    FileHeader, HEADER_SIZE, KEY_MADE_VERSION, ProviderId, offset as header_offset,
+};
 use crate::format::holes::HoleGeometry;
 use crate::format::layout::BLOCK_OVERHEAD;
 use crate::format::{FormatError, Id, Layout};
@@ -140,6 +142,11 @@ pub struct Volume {
     pub keys: Arc<KeyCache>,
     /// Where files' hole maps live (None: holes are stored as encrypted zeros).
     pub holes: Option<HoleStore>,
+    /// The format version of the headers new files get (the vault config's).
+    pub header_version: u16,
+    /// The oldest key time (Unix seconds) of the headers loaded so far (`u64::MAX`: none with
+    /// a recorded time yet), for `kmsfs status`.
+    pub oldest_key_made: std::sync::atomic::AtomicU64,
 }
 
 impl Volume {
@@ -153,6 +160,22 @@ impl Volume {
             provider,
             keys,
             holes: None,
+            header_version: crate::format::header::FORMAT_VERSION,
+            oldest_key_made: u64::MAX.into(),
+        }
+    }
+
+    /// The same, writing headers of format `version` (the vault config's).
+    pub fn with_header_version(mut self, version: u16) -> Self {
+        self.header_version = version;
+        self
+    }
+
+    /// Note a loaded header's key time for the oldest-key figure.
+    fn saw_key_made(&self, made: Option<u64>) {
+        if let Some(t) = made {
+            self.oldest_key_made
+                .fetch_min(t, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -270,6 +293,16 @@ impl CryptFile {
             .map_err(|e| self.integrity(None, e.to_string()))
     }
 
+    /// When the file's data key was made (Unix seconds; `None`: no content, or a format-2
+    /// header), from its authenticated header.
+    pub fn key_made(&self) -> Result<Option<u64>, CryptError> {
+        if self.size()? == 0 && self.state.read().is_none() {
+            return Ok(None);
+        }
+        self.ensure_loaded()?;
+        Ok(self.state.read().as_ref().and_then(|k| k.header.key_made))
+    }
+
     /// The file id, once the file has content (for the key cache's release on close).
     pub fn file_id(&self) -> Option<Id> {
         self.state.read().as_ref().map(|k| k.header.file_id)
@@ -324,6 +357,7 @@ impl CryptFile {
         let key = self.key_for(&header)?;
         crypto::verify_header(&key, &header)
             .map_err(|_| self.integrity(None, "header tag does not verify"))?;
+        self.vault.saw_key_made(header.key_made);
         Ok(Keyed::new(header))
     }
 

@@ -80,6 +80,10 @@ impl CryptFile {
             wrapped,
         )
         .map_err(|e: FormatError| std::io::Error::other(e.to_string()))?;
+        header.version = self.vault.header_version;
+        if header.version >= KEY_MADE_VERSION {
+            header.key_made = Some(crate::sys::unix_now());
+        }
         header.commitment = crypto::key_commitment(&key, &header);
         let cipher = BlockCipher::new(key, self.vault.volume_id, file_id);
         Ok((Keyed::new(header), cipher))

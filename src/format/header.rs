@@ -4,7 +4,7 @@
 //! ```text
 //! offset size  field                                   covered by the key commitment
 //! 0      8     magic "KMSFSENC"                        yes
-//! 8      2     format version, u16 LE (= 2)            yes
+//! 8      2     format version, u16 LE (2 or 3)         yes
 //! 10     2     header size, u16 LE (= 1024)            yes
 //! 12     4     block size, u32 LE                      yes
 //! 16     16    volume id                               yes
@@ -12,7 +12,8 @@
 //! 48     1     provider id (1 local, 2 aws-kms, 3 bucket key)  yes
 //! 49     1     reserved, zero                          yes
 //! 50     2     slot capacity, u16 LE (= 442)           yes
-//! 52     44    zero padding                            yes
+//! 52     8     key made, u64 LE Unix seconds (v3; zero in v2, or unknown)  yes
+//! 60     36    zero padding                            yes
 //! 96     32    key commitment                          -
 //! 128    1     active slot (0 or 1)                    no: rewrap flips it
 //! 129    7     reserved, zero                          no (checked to be zero)
@@ -33,8 +34,12 @@ use crate::format::layout::{Layout, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 pub const HEADER_SIZE: usize = 1024;
 /// The magic bytes every kmsfs file starts with.
 pub const MAGIC: [u8; 8] = *b"KMSFSENC";
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 2;
+/// The format version this build gives new vaults (and their files' headers).
+pub const FORMAT_VERSION: u16 = 3;
+/// The oldest format version this build reads (and keeps writing into vaults made with it).
+pub const OLDEST_VERSION: u16 = 2;
+/// The first format version whose headers record when their data key was made.
+pub const KEY_MADE_VERSION: u16 = 3;
 /// Largest wrapped key a slot holds (an AWS KMS CiphertextBlob is ~184 bytes).
 pub const SLOT_CAPACITY: usize = 442;
 /// Bytes at the start of the header covered by the key commitment.
@@ -57,6 +62,8 @@ pub mod offset {
     pub const FILE_ID: usize = 32;
     /// The provider id (1 byte).
     pub const PROVIDER: usize = 48;
+    /// When the data key was made (u64 LE Unix seconds; format 3).
+    pub const KEY_MADE: usize = 52;
     /// The key commitment (32 bytes).
     pub const COMMITMENT: usize = 96;
     /// The active-slot byte: the first byte outside the commitment.
@@ -143,6 +150,10 @@ impl ProviderId {
 /// A decoded per-file header.
 #[derive(Clone, PartialEq, Eq)]
 pub struct FileHeader {
+    /// The header's format version (the vault's: 2 or 3).
+    pub version: u16,
+    /// When the data key was made, in Unix seconds (format 3; `None` in format 2: unknown).
+    pub key_made: Option<u64>,
     /// Plaintext block size of the file.
     pub block_size: u32,
     /// The vault this file belongs to.
@@ -164,6 +175,8 @@ impl std::fmt::Debug for FileHeader {
         f.debug_struct("FileHeader")
             .field("file_id", &hex::encode(self.file_id))
             .field("volume_id", &hex::encode(self.volume_id))
+            .field("version", &self.version)
+            .field("key_made", &self.key_made)
             .field("block_size", &self.block_size)
             .field("provider", &self.provider)
             .field("active", &self.active)
@@ -172,7 +185,8 @@ impl std::fmt::Debug for FileHeader {
 }
 
 impl FileHeader {
-    /// A new header with `wrapped` in slot 0 and a zero commitment (fill it with
+    /// A new header of the current format with `wrapped` in slot 0, no key time and a zero
+    /// commitment (set `version`/`key_made` as the vault needs, then fill the commitment with
     /// `crypto::key_commitment`).
     pub fn new(
         block_size: u32,
@@ -185,6 +199,8 @@ impl FileHeader {
             return Err(FormatError::InvalidField("wrapped key length"));
         }
         Ok(FileHeader {
+            version: FORMAT_VERSION,
+            key_made: None,
             block_size,
             volume_id,
             file_id,
@@ -209,13 +225,17 @@ impl FileHeader {
     pub fn committed_bytes(&self) -> [u8; COMMITTED_LEN] {
         let mut b = [0u8; COMMITTED_LEN];
         b[0..8].copy_from_slice(&MAGIC);
-        b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[8..10].copy_from_slice(&self.version.to_le_bytes());
         b[10..12].copy_from_slice(&(HEADER_SIZE as u16).to_le_bytes());
         b[12..16].copy_from_slice(&self.block_size.to_le_bytes());
         b[16..32].copy_from_slice(&self.volume_id);
         b[32..48].copy_from_slice(&self.file_id);
         b[48] = self.provider as u8;
         b[50..52].copy_from_slice(&(SLOT_CAPACITY as u16).to_le_bytes());
+        if self.version >= KEY_MADE_VERSION {
+            let made = self.key_made.unwrap_or(0);
+            b[offset::KEY_MADE..offset::KEY_MADE + 8].copy_from_slice(&made.to_le_bytes());
+        }
         b
     }
 
@@ -245,8 +265,8 @@ impl FileHeader {
     }
 
     /// Decode a header from untrusted bytes. Checks structure only; the key commitment is
-    /// checked by `crypto::verify_header` once the data key is known. A header of format 1
-    /// (before key commitment) is `UnsupportedVersion(1)`.
+    /// checked by `crypto::verify_header` once the data key is known. Formats 2 and 3 are
+    /// read; format 1 (before key commitment) or a newer one is `UnsupportedVersion`.
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
         if bytes.len() < HEADER_SIZE {
             if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
@@ -262,7 +282,7 @@ impl FileHeader {
             return Err(FormatError::BadMagic);
         }
         let version = u16_at(b, 8);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(FormatError::UnsupportedVersion(version));
         }
         if usize::from(u16_at(b, 10)) != HEADER_SIZE {
@@ -277,9 +297,18 @@ impl FileHeader {
         if usize::from(u16_at(b, 50)) != SLOT_CAPACITY {
             return Err(FormatError::InvalidField("slot capacity"));
         }
-        if b[49] != 0 || b[52..COMMITMENT_OFFSET].iter().any(|&x| x != 0) {
+        // Format 2 has zeros where format 3 records the key's time.
+        let padding_from = if version >= KEY_MADE_VERSION {
+            offset::KEY_MADE + 8
+        } else {
+            offset::KEY_MADE
+        };
+        if b[49] != 0 || b[padding_from..COMMITMENT_OFFSET].iter().any(|&x| x != 0) {
             return Err(FormatError::InvalidField("padding"));
         }
+        let key_made = (version >= KEY_MADE_VERSION)
+            .then(|| u64_at(b, offset::KEY_MADE))
+            .filter(|&t| t != 0);
         let active = usize::from(b[ACTIVE_OFFSET]);
         if active > 1
             || b[ACTIVE_OFFSET + 1..SLOT_OFFSETS[0]]
@@ -311,6 +340,8 @@ impl FileHeader {
         let mut file_id = [0u8; ID_LEN];
         file_id.copy_from_slice(&b[32..48]);
         Ok(FileHeader {
+            version,
+            key_made,
             block_size,
             volume_id,
             file_id,
@@ -324,6 +355,12 @@ impl FileHeader {
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(v)
 }
 
 #[cfg(test)]
@@ -341,6 +378,32 @@ mod tests {
     fn round_trip() {
         let h = sample();
         assert_eq!(FileHeader::decode(&h.encode()), Ok(h));
+    }
+
+    #[test]
+    fn key_time_round_trips_in_format_3_and_is_unknown_in_format_2() {
+        let mut h = sample();
+        h.key_made = Some(1_790_000_000);
+        let b = h.encode();
+        assert_eq!(&b[52..60], &1_790_000_000u64.to_le_bytes());
+        assert_eq!(FileHeader::decode(&b), Ok(h.clone()));
+
+        let mut old = h;
+        old.version = 2;
+        let b = old.encode();
+        assert_eq!(&b[8..10], &2u16.to_le_bytes());
+        assert!(b[52..96].iter().all(|&x| x == 0), "format 2 has no key time");
+        let back = FileHeader::decode(&b).expect("format 2 still reads");
+        assert_eq!((back.version, back.key_made), (2, None));
+        // In format 2 those bytes are padding: a time there is damage, not a time.
+        let mut bad = b;
+        bad[52] = 1;
+        assert!(FileHeader::decode(&bad).is_err());
+        for v in [1u16, 4] {
+            let mut b = sample().encode();
+            b[8..10].copy_from_slice(&v.to_le_bytes());
+            assert_eq!(FileHeader::decode(&b), Err(FormatError::UnsupportedVersion(v)));
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 
 use super::{MetaDir, VaultError};
 use crate::crypto;
-use crate::format::header::{FORMAT_VERSION, HEADER_SIZE, ProviderId};
+use crate::format::header::{FORMAT_VERSION, HEADER_SIZE, OLDEST_VERSION, ProviderId};
 use crate::format::{Id, Layout};
 use crate::keys::{EncryptionContext, KeyError, KeyProvider};
 use crate::sys;
@@ -147,8 +147,8 @@ impl VaultConfig {
             .get("format_version")
             .and_then(serde_json::Value::as_u64)
             .ok_or_else(|| bad("no format_version".into()))?;
-        if version != u64::from(FORMAT_VERSION) {
-            let why = if version < u64::from(FORMAT_VERSION) {
+        if !(u64::from(OLDEST_VERSION)..=u64::from(FORMAT_VERSION)).contains(&version) {
+            let why = if version < u64::from(OLDEST_VERSION) {
                 ": format 1 neither authenticates the vault config nor commits file headers to their keys, so it cannot be read safely; copy the files out with the kmsfs that made it and into a new vault".to_string()
             } else {
                 ": it was made by a newer kmsfs; upgrade this one".to_string()

@@ -127,7 +127,9 @@ pub fn open(
     }
     let holes = super::hole_dir(dir, writable)?.map(HoleStore::new);
     let volume = Arc::new(
-        Volume::new(volume_id, cfg.layout()?, files.provider_id(), keys).with_holes(holes),
+        Volume::new(volume_id, cfg.layout()?, files.provider_id(), keys)
+            .with_holes(holes)
+            .with_header_version(cfg.format_version),
     );
     let names = if with_names {
         Some(Names::for_vault(dir, cfg, trusted.clone())?)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Recompute every vector of format-v2.txt with an independent AES-GCM-SIV implementation.
+"""Recompute every vector of format.txt with an independent AES-GCM-SIV implementation.
 
 Needs Python's `cryptography` package (>= 42, which has AESGCMSIV). Usage:
     python3 tests/vectors/crosscheck.py   (exit 0: all vectors agree)
@@ -18,7 +18,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 def load():
     v, cur = {}, None
-    for line in (HERE / "format-v2.txt").read_text().splitlines():
+    for line in (HERE / "format.txt").read_text().splitlines():
         t = line.strip()
         if not t or t.startswith("#"):
             cur = None
@@ -63,20 +63,23 @@ def main():
     wrapped = b"\x01" + h("wrap_nonce") + seal(mk, h("wrap_nonce"), dk, wrap_aad)
     assert wrapped == h("wrapped_key")
 
-    hdr = bytearray(1024)
-    hdr[0:8] = b"KMSFSENC"
-    hdr[8:16] = struct.pack("<HHI", 2, 1024, bs)
-    hdr[16:32], hdr[32:48] = vol, fid
-    hdr[48] = 1  # provider: local
-    hdr[50:52] = struct.pack("<H", 442)
-    commit_input = b"KMSFS-C2" + bytes(hdr[:96])
-    assert commit_input == h("commitment_input")
-    commitment = hmac.new(dk, commit_input, hashlib.sha256).digest()
-    assert commitment == h("key_commitment")
-    hdr[96:128] = commitment
-    hdr[136:138] = struct.pack("<H", len(wrapped))
-    hdr[138 : 138 + len(wrapped)] = wrapped
-    assert bytes(hdr) == h("header")
+    # format 3 records when the key was made (u64 LE at 52); format 2 has zeros there
+    for version, key_made, suffix in ((3, 1796083200, ""), (2, 0, "_v2")):
+        hdr = bytearray(1024)
+        hdr[0:8] = b"KMSFSENC"
+        hdr[8:16] = struct.pack("<HHI", version, 1024, bs)
+        hdr[16:32], hdr[32:48] = vol, fid
+        hdr[48] = 1  # provider: local
+        hdr[50:52] = struct.pack("<H", 442)
+        hdr[52:60] = struct.pack("<Q", key_made)
+        commit_input = b"KMSFS-C2" + bytes(hdr[:96])
+        assert commit_input == h("commitment_input" + suffix)
+        commitment = hmac.new(dk, commit_input, hashlib.sha256).digest()
+        assert commitment == h("key_commitment" + suffix)
+        hdr[96:128] = commitment
+        hdr[136:138] = struct.pack("<H", len(wrapped))
+        hdr[138 : 138 + len(wrapped)] = wrapped
+        assert bytes(hdr) == h("header" + suffix)
 
     blocks = {
         "block0_full": (0, bytes(i % 256 for i in range(bs))),
