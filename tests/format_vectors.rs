@@ -642,7 +642,11 @@ fn format_2_header_vector_still_reads() {
     let new = get_hex(&v, "header");
     let h = FileHeader::decode(&old).expect("the format-2 header decodes");
     assert_eq!((h.version, h.key_made), (2, None));
-    assert_eq!(h.encode().as_slice(), old.as_slice(), "encode(decode(x)) == x");
+    assert_eq!(
+        h.encode().as_slice(),
+        old.as_slice(),
+        "encode(decode(x)) == x"
+    );
     assert_eq!(h.commitment.as_slice(), get_hex(&v, "key_commitment_v2"));
     let key = DataKey::from_slice(&get_hex(&v, "data_key")).expect("key");
     crypto::verify_header(&key, &h).expect("the format-2 commitment verifies");

@@ -14,12 +14,14 @@ mod mount_flags;
 mod notify;
 mod provider;
 mod readahead;
+mod rekey;
 mod rewrap;
 mod runtime_dir;
 mod status;
 mod targets;
 mod unmount;
 mod walk;
+mod when;
 
 use std::path::PathBuf;
 
@@ -61,6 +63,9 @@ enum Command {
     /// Move every file's wrapped data key (and the name key) to a new wrapping key, in place,
     /// without re-encrypting data; resumes after an interruption.
     Rewrap(RewrapArgs),
+    /// Re-encrypt files of an unmounted vault under fresh data keys and file ids (after a data
+    /// key leaked), crash-safe and resumable.
+    Rekey(RekeyArgs),
     /// Verify every header, block, name and link target of an unmounted vault; report damage.
     Fsck(FsckArgs),
     /// Decrypt one file to stdout without mounting.
@@ -200,6 +205,30 @@ struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
+struct RekeyArgs {
+    /// The vault (backing directory). Unmount it first: the mount lock is held meanwhile.
+    vault: PathBuf,
+    #[command(flatten)]
+    trust: TrustArgs,
+    /// Only files at or under this plain path (relative to the vault root, e.g. finance/q3).
+    #[arg(long, value_name = "PREFIX")]
+    path: Option<PathBuf>,
+    /// Only files whose data key was made more than DAYS days ago (and files of format-2
+    /// vaults, whose key age is unknown).
+    #[arg(long, value_name = "DAYS")]
+    older_than: Option<u64>,
+    /// Only list the files that would be rekeyed; write nothing, unwrap no data key.
+    #[arg(long)]
+    dry_run: bool,
+    /// Files re-encrypted in parallel.
+    #[arg(short, long, value_name = "N", default_value_t = 4)]
+    jobs: usize,
+    /// This host's name for the per-host mount lock (default: /etc/machine-id, else hostname).
+    #[arg(long, value_name = "ID")]
+    host_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
 struct RewrapArgs {
     /// The vault (backing directory). Unmount it first: the mount lock is held meanwhile.
     vault: PathBuf,
@@ -311,6 +340,7 @@ pub fn main() -> i32 {
         Command::Status(a) => status::run(&a),
         Command::Forget(a) => forget(&a),
         Command::Rewrap(a) => rewrap::run(&a),
+        Command::Rekey(a) => rekey::run(&a),
         Command::Fsck(a) => fsck::run(&a),
         Command::Cat(a) => cat::run(&a),
         Command::Completions(a) => completions::run(&a),

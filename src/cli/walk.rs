@@ -3,7 +3,7 @@
 //! threads, and draw a progress line on a terminal.
 
 use std::collections::HashSet;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
@@ -290,6 +290,21 @@ pub fn walk(root: &Path, encrypted: bool, names: Option<&Names>) -> Tree {
     tree
 }
 
+/// Whether plain path `path` (relative to the vault root) is `prefix` or inside it, compared
+/// by whole names ("finance" holds "finance/q3/x", not "financed"); a leading "/" is ignored.
+pub fn is_under(path: &Path, prefix: &Path) -> bool {
+    let strip = |p: &Path| -> Vec<OsString> {
+        p.components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(n) => Some(n.to_os_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    let (path, prefix) = (strip(path), strip(prefix));
+    path.starts_with(&prefix)
+}
+
 /// "PLAIN (backing BACKING)" or just the backing path, for report lines.
 pub fn describe(plain: Option<&Path>, backing: &Path) -> String {
     match plain {
@@ -386,6 +401,22 @@ impl Progress {
     pub fn finish(&self) {
         if self.enabled {
             eprint!("\r\x1b[K");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_whole_names() {
+        let p = Path::new("finance/q3/minutes.txt");
+        for yes in ["finance", "/finance", "finance/", "finance/q3", "/", ""] {
+            assert!(is_under(p, Path::new(yes)), "{yes}");
+        }
+        for no in ["fin", "financed", "finance/q4", "finance/q3/minutes.txt/x"] {
+            assert!(!is_under(p, Path::new(no)), "{no}");
         }
     }
 }

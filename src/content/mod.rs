@@ -265,6 +265,11 @@ impl CryptFile {
         }
     }
 
+    /// The backing file itself (for its metadata: owner, mode, xattrs).
+    pub fn backing_file(&self) -> &File {
+        &self.file
+    }
+
     /// The backing path, for log lines (resolved now, so renames are followed).
     pub fn backing_path(&self) -> String {
         std::fs::read_link(format!("/proc/self/fd/{}", self.file.as_raw_fd()))

@@ -392,7 +392,10 @@ mod tests {
         old.version = 2;
         let b = old.encode();
         assert_eq!(&b[8..10], &2u16.to_le_bytes());
-        assert!(b[52..96].iter().all(|&x| x == 0), "format 2 has no key time");
+        assert!(
+            b[52..96].iter().all(|&x| x == 0),
+            "format 2 has no key time"
+        );
         let back = FileHeader::decode(&b).expect("format 2 still reads");
         assert_eq!((back.version, back.key_made), (2, None));
         // In format 2 those bytes are padding: a time there is damage, not a time.
@@ -402,7 +405,10 @@ mod tests {
         for v in [1u16, 4] {
             let mut b = sample().encode();
             b[8..10].copy_from_slice(&v.to_le_bytes());
-            assert_eq!(FileHeader::decode(&b), Err(FormatError::UnsupportedVersion(v)));
+            assert_eq!(
+                FileHeader::decode(&b),
+                Err(FormatError::UnsupportedVersion(v))
+            );
         }
     }
 

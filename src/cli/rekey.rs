@@ -1,0 +1,544 @@
+//! `kmsfs rekey VAULT [--path PREFIX] [--older-than DAYS] [--dry-run]`: re-encrypt files under
+//! fresh data keys and file ids (after a data key leaked: a core dump, a compromised host), on
+//! an unmounted vault.
+//!
+//! Per file, crash-safe: the new file is written complete under `.kmsfs/rekey/` (same file
+//! system), with the old one's owner, mode, extended attributes and times, and fsynced; only
+//! then does one `rename` put it in the old one's place, and the directory is fsynced. A kill
+//! at any moment leaves the old file or the new one, never a mix. The old file's hole map goes
+//! after the rename (a crash in between leaves an orphan map, which grants nothing and which
+//! the next rekey and `fsck --repair-orphans` remove).
+//!
+//! Resumable: `.kmsfs/rekey/journal` lists the new file ids of files done; a run that finds it
+//! skips them, removes half-written new files left by a kill, and deletes the journal once
+//! every selected file is done. Holding this host's mount lock, it refuses a mounted vault (the
+//! mount's open files still use their old keys).
+
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::walk::{self, FileItem, Progress};
+use super::{CliError, CliResult, RekeyArgs, status};
+use crate::content::{CryptError, CryptFile, Volume};
+use crate::format::Id;
+use crate::format::header::{FileHeader, HEADER_SIZE};
+use crate::sys::{self, TimeSpec};
+use crate::vault::{self, MetaDir, MountLock, VaultConfig};
+
+/// The directory under `.kmsfs` holding new files being written and the journal.
+const REKEY_DIR: &str = "rekey";
+/// The journal's name inside it.
+const JOURNAL: &str = "journal";
+/// Prefix of a new file being written.
+const TEMP_PREFIX: &str = "new-";
+/// Plain bytes copied per read.
+const CHUNK: usize = 1 << 20;
+
+/// What happened to one file.
+enum Outcome {
+    /// Re-encrypted under a new key (dry run: would be); its plain size.
+    Rekeyed(u64),
+    /// Done by an earlier, interrupted run.
+    Already,
+    /// No content: no key.
+    Empty,
+    /// Its key is younger than `--older-than`.
+    Young,
+    /// Outside `--path`.
+    Outside,
+    /// Has more than one name: a rename would split the link.
+    Linked(u64),
+    /// Damaged or foreign: left as it was.
+    Damaged(String),
+    /// The key service or the backing store failed: the run stops, to be resumed.
+    Failed(String),
+}
+
+/// What every file needs.
+struct Job<'a> {
+    vault: &'a Arc<Volume>,
+    /// `.kmsfs/rekey` (None in a dry run).
+    work: Option<&'a File>,
+    /// New file ids of files done, by this run or an interrupted one.
+    done: &'a HashSet<Id>,
+    journal: Option<&'a Mutex<File>>,
+    prefix: Option<&'a Path>,
+    /// Keys made before this (Unix seconds) are old enough; None: every key.
+    made_before: Option<u64>,
+    dry_run: bool,
+    serial: AtomicU64,
+}
+
+/// Run `kmsfs rekey`.
+pub fn run(args: &RekeyArgs) -> CliResult {
+    let dir = args
+        .vault
+        .canonicalize()
+        .map_err(|e| CliError::target(format!("vault {}: {e}", args.vault.display())))?;
+    let cfg = VaultConfig::load(&dir)?;
+    let host_id = args.host_id.clone().unwrap_or_else(vault::default_host_id);
+    let _lock = if args.dry_run {
+        if let Some(pid) = MountLock::holder(&dir, &host_id, &cfg.volume_id) {
+            eprintln!(
+                "kmsfs: warning: {} is mounted on this host (pid {pid}): unmount it before the real rekey",
+                dir.display()
+            );
+        }
+        None
+    } else {
+        let mut lock = MountLock::acquire(&dir, &host_id, &cfg.volume_id)?;
+        lock.write_pid(std::process::id())?;
+        // New files keep their holes only where the vault has hole maps.
+        vault::hole_dir(&dir, true)?;
+        Some(lock)
+    };
+    let off = walk::open(&dir, &args.trust, false)?;
+    let tree = walk::walk(&dir, off.encrypted_names(), off.names.as_ref());
+    let meta = MetaDir::open(&dir, false)?;
+    let work = if args.dry_run {
+        None
+    } else {
+        Some(open_work_dir(&meta)?)
+    };
+    let done = match &work {
+        Some(w) => resume(w, &off.vault)?,
+        None => HashSet::new(),
+    };
+    if !done.is_empty() {
+        println!(
+            "resuming an interrupted rekey: {} files were done",
+            done.len()
+        );
+    }
+    let journal = match &work {
+        Some(w) => Some(Mutex::new(open_journal(w)?)),
+        None => None,
+    };
+    let made_before = args
+        .older_than
+        .map(|days| sys::unix_now().saturating_sub(days.saturating_mul(86_400)));
+    let job = Job {
+        vault: &off.vault,
+        work: work.as_ref(),
+        done: &done,
+        journal: journal.as_ref(),
+        prefix: args.path.as_deref(),
+        made_before,
+        dry_run: args.dry_run,
+        serial: AtomicU64::new(0),
+    };
+    let started = Instant::now();
+    let label = if args.dry_run {
+        "rekey (dry run)"
+    } else {
+        "rekey"
+    };
+    let progress = Progress::new(label, tree.files.len() as u64);
+    let stop = AtomicBool::new(false);
+    let outcomes = walk::parallel(&tree.files, args.jobs, &stop, &progress, |f| {
+        let o = rekey_one(&job, f);
+        if let Outcome::Failed(_) = o {
+            stop.store(true, Ordering::Relaxed);
+        }
+        o
+    });
+    progress.finish();
+    report(&tree.files, outcomes, args, started, work.as_ref(), &tree)
+}
+
+/// Print the per-file problems and the summary; the exit status says whether all is done.
+fn report(
+    files: &[FileItem],
+    outcomes: Vec<Option<Outcome>>,
+    args: &RekeyArgs,
+    started: Instant,
+    work: Option<&File>,
+    tree: &walk::Tree,
+) -> CliResult {
+    let (mut rekeyed, mut bytes, mut already, mut empty, mut young) = (0u64, 0u64, 0, 0, 0);
+    let (mut linked, mut damaged, mut failed, mut not_started) = (0u64, 0u64, 0u64, 0u64);
+    for (f, o) in files.iter().zip(outcomes) {
+        let name = walk::describe(f.plain.as_deref(), &f.backing);
+        match o {
+            Some(Outcome::Rekeyed(n)) => {
+                rekeyed += 1;
+                bytes += n;
+                if args.dry_run {
+                    println!("would rekey {name}");
+                }
+            }
+            Some(Outcome::Already) => already += 1,
+            Some(Outcome::Empty) => empty += 1,
+            Some(Outcome::Young) => young += 1,
+            Some(Outcome::Outside) => {}
+            Some(Outcome::Linked(n)) => {
+                linked += 1;
+                println!(
+                    "SKIPPED {name}: it has {n} names (hard links), which one rename cannot keep together; copy it to a new name and delete the old links, then rekey again"
+                );
+            }
+            Some(Outcome::Damaged(why)) => {
+                damaged += 1;
+                println!("DAMAGED {name}: {why} (left as it was)");
+            }
+            Some(Outcome::Failed(why)) => {
+                failed += 1;
+                println!("FAILED {name}: {why}");
+            }
+            None => not_started += 1,
+        }
+    }
+    let verb = if args.dry_run {
+        "would rekey"
+    } else {
+        "rekeyed"
+    };
+    println!(
+        "{verb} {rekeyed} files ({}) in {:.1} s: new data keys and file ids; skipped {empty} empty{}{}",
+        status::bytes(bytes),
+        started.elapsed().as_secs_f64(),
+        if already > 0 {
+            format!(", {already} done by the interrupted run")
+        } else {
+            String::new()
+        },
+        match args.older_than {
+            Some(d) => format!(", {young} with keys younger than {d} days"),
+            None => String::new(),
+        },
+    );
+    if tree.problems.iter().any(|p| p.plain.is_none()) && args.path.is_some() {
+        println!(
+            "note: some names do not decrypt (see kmsfs fsck): files under them were not considered"
+        );
+    }
+    if failed > 0 || not_started > 0 {
+        return Err(CliError::key(format!(
+            "rekey stopped ({failed} failed, {not_started} not started): run kmsfs rekey again to resume"
+        )));
+    }
+    if let Some(w) = work {
+        // Every selected file is done: the next rekey starts afresh.
+        match sys::unlinkat(w.as_fd(), OsStr::new(JOURNAL), 0) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+                eprintln!("kmsfs: warning: cannot remove the rekey journal: {e}")
+            }
+            _ => {}
+        }
+    }
+    if damaged > 0 {
+        return Err(CliError::damage(format!(
+            "{damaged} damaged files were not rekeyed (kmsfs fsck tells more)"
+        )));
+    }
+    if linked > 0 {
+        return Err(format!("{linked} hard-linked files were not rekeyed").into());
+    }
+    Ok(())
+}
+
+/// Rekey one file (or, in a dry run, decide whether it would be).
+fn rekey_one(job: &Job<'_>, f: &FileItem) -> Outcome {
+    if let Some(prefix) = job.prefix {
+        if !f
+            .plain
+            .as_deref()
+            .is_some_and(|p| walk::is_under(p, prefix))
+        {
+            return Outcome::Outside;
+        }
+    }
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&f.backing)
+    {
+        Ok(file) => file,
+        Err(e) => return Outcome::Failed(format!("cannot open: {e}")),
+    };
+    let meta = match file.metadata() {
+        Ok(m) if m.is_file() => m,
+        Ok(_) => return Outcome::Damaged("no longer a regular file".into()),
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    if meta.len() == 0 {
+        return Outcome::Empty;
+    }
+    let Some(header) = raw_header(&file) else {
+        return Outcome::Damaged("its header does not decode".into());
+    };
+    if job.done.contains(&header.file_id) {
+        return Outcome::Already;
+    }
+    // Chosen by the recorded time (no key needed); a forged time breaks the key commitment,
+    // which every file rekeyed is checked against, and which every read checks.
+    if let (Some(before), Some(made)) = (job.made_before, header.key_made) {
+        if made >= before {
+            return Outcome::Young;
+        }
+    }
+    if meta.nlink() > 1 {
+        return Outcome::Linked(meta.nlink());
+    }
+    let old = CryptFile::new(file, job.vault.clone());
+    let size = match old.size() {
+        Ok(s) => s,
+        Err(e) => return Outcome::Damaged(e.to_string()),
+    };
+    if job.dry_run {
+        return Outcome::Rekeyed(size);
+    }
+    let Some(work) = job.work else {
+        return Outcome::Failed("no work directory".into());
+    };
+    let n = job.serial.fetch_add(1, Ordering::Relaxed);
+    let temp = OsString::from(format!("{TEMP_PREFIX}{}-{n}", hex::encode(header.file_id)));
+    match replace(job, work, &temp, &old, &meta, &f.backing, size) {
+        Ok(new_id) => {
+            if let Some(j) = job.journal {
+                let mut j = j.lock().unwrap_or_else(|p| p.into_inner());
+                // Not synced: a lost line only means the file is done once more.
+                if let Err(e) = writeln!(j, "{}", hex::encode(new_id)) {
+                    eprintln!("kmsfs: warning: rekey journal: {e}");
+                }
+            }
+            if let Some(store) = &job.vault.holes {
+                if let Err(e) = store.remove(&header.file_id) {
+                    eprintln!(
+                        "kmsfs: warning: the old hole map of {} stays (fsck --repair-orphans removes it): {e}",
+                        f.backing.display()
+                    );
+                }
+            }
+            Outcome::Rekeyed(size)
+        }
+        Err(e) => {
+            // Nothing replaced: drop the half-made copy and its hole map.
+            discard(job.vault, work, &temp);
+            match e {
+                Step::Damaged(why) => Outcome::Damaged(why),
+                Step::Failed(why) => Outcome::Failed(why),
+            }
+        }
+    }
+}
+
+/// Why a file could not be rekeyed.
+enum Step {
+    Damaged(String),
+    Failed(String),
+}
+
+impl From<CryptError> for Step {
+    fn from(e: CryptError) -> Self {
+        match e {
+            CryptError::Integrity { .. } => Step::Damaged(e.to_string()),
+            e => Step::Failed(e.to_string()),
+        }
+    }
+}
+
+impl From<std::io::Error> for Step {
+    fn from(e: std::io::Error) -> Self {
+        Step::Failed(e.to_string())
+    }
+}
+
+/// Write the new copy of `old` as `work/temp` and rename it over `backing`; its new file id.
+fn replace(
+    job: &Job<'_>,
+    work: &File,
+    temp: &OsStr,
+    old: &CryptFile,
+    meta: &std::fs::Metadata,
+    backing: &Path,
+    size: u64,
+) -> Result<Id, Step> {
+    // Authenticated first: a damaged or foreign file is not given a new key.
+    old.key_made()?;
+    let fd = sys::openat(
+        work.as_fd(),
+        temp,
+        libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        0o600,
+    )?;
+    let new_file = File::from(fd);
+    let new = CryptFile::new(new_file.try_clone()?, job.vault.clone());
+    copy_content(old, &new, size)?;
+    new.sync(false)?;
+    let new_id = new
+        .file_id()
+        .ok_or_else(|| Step::Failed("the new copy has no header".into()))?;
+    copy_metadata(old_fd(old)?.as_fd(), new_file.as_fd(), meta)?;
+    new_file.sync_all()?;
+    let (parent, name) = parent_of(backing)?;
+    // The name must still be the file read (nothing else runs here, but check anyway).
+    let now = sys::stat_at(parent.as_fd(), &name)?;
+    if (now.st_dev, now.st_ino) != (meta.dev(), meta.ino()) {
+        return Err(Step::Failed(
+            "the file was replaced while being rekeyed".into(),
+        ));
+    }
+    sys::renameat2(work.as_fd(), temp, parent.as_fd(), &name, 0)?;
+    sys::fsync(parent.as_fd())?;
+    Ok(new_id)
+}
+
+/// A second descriptor of `old`'s backing file (for its metadata).
+fn old_fd(old: &CryptFile) -> std::io::Result<File> {
+    old.backing_file().try_clone()
+}
+
+/// Copy the plain content of `old` to `new` (empty), keeping holes holes.
+fn copy_content(old: &CryptFile, new: &CryptFile, size: u64) -> Result<(), Step> {
+    let mut at = 0u64;
+    while at < size {
+        let Some(start) = old.seek(at, true)? else {
+            break;
+        };
+        let end = old.seek(start, false)?.unwrap_or(size).min(size);
+        let mut pos = start;
+        while pos < end {
+            let want = CHUNK.min((end - pos) as usize);
+            let data = old.read(pos, want)?;
+            if data.is_empty() {
+                return Err(Step::Damaged(
+                    "ends before its size says (changed while reading?)".into(),
+                ));
+            }
+            new.write(pos, &data)?;
+            pos += data.len() as u64;
+        }
+        at = end;
+    }
+    // A trailing hole: the size alone.
+    if new.size()? != size {
+        new.truncate(size)?;
+    }
+    Ok(())
+}
+
+/// Give `to` the owner, mode, extended attributes and times of `from` (`meta`).
+fn copy_metadata(
+    from: std::os::fd::BorrowedFd<'_>,
+    to: std::os::fd::BorrowedFd<'_>,
+    meta: &std::fs::Metadata,
+) -> Result<(), Step> {
+    let list = match sys::xattr::list(from) {
+        Ok(l) => l,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let name = std::ffi::CString::new(name)
+            .map_err(|_| Step::Failed("an xattr name holds a NUL".into()))?;
+        let value = sys::xattr::get(from, &name)?;
+        sys::xattr::set(to, &name, &value, 0)?;
+    }
+    // The owner before the mode: chown clears set-ID bits.
+    sys::chown_fd(to, meta.uid(), meta.gid())?;
+    sys::fchmod(to, meta.mode() & 0o7777)?;
+    sys::set_times(
+        to,
+        TimeSpec::At(meta.atime(), meta.atime_nsec()),
+        TimeSpec::At(meta.mtime(), meta.mtime_nsec()),
+    )?;
+    Ok(())
+}
+
+/// The parent directory of `path` (opened without following a link) and the last name.
+fn parent_of(path: &Path) -> Result<(File, OsString), Step> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(Step::Failed("no parent directory".into()));
+    };
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(parent)?;
+    Ok((dir, name.to_os_string()))
+}
+
+/// The header of `file` as stored (structure checked, not yet authenticated).
+fn raw_header(file: &File) -> Option<FileHeader> {
+    let mut buf = vec![0u8; HEADER_SIZE];
+    file.read_exact_at(&mut buf, 0).ok()?;
+    FileHeader::decode(&buf).ok()
+}
+
+/// `.kmsfs/rekey`, made (mode 0700) when missing, opened without following a link.
+fn open_work_dir(meta: &MetaDir) -> Result<File, CliError> {
+    let io = |e: std::io::Error| {
+        CliError::from(vault::VaultError::Io(
+            meta.path_of(REKEY_DIR).display().to_string(),
+            e,
+        ))
+    };
+    match sys::mkdirat(meta.fd(), OsStr::new(REKEY_DIR), 0o700) {
+        Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(io(e)),
+        _ => {}
+    }
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+    sys::openat(meta.fd(), OsStr::new(REKEY_DIR), flags, 0)
+        .map(File::from)
+        .map_err(io)
+}
+
+/// After a kill: remove half-written new files (and their hole maps); the ids the journal
+/// lists as done.
+fn resume(work: &File, vault: &Volume) -> Result<HashSet<Id>, CliError> {
+    let entries = sys::read_dir(work.as_fd()).map_err(|e| format!("the rekey directory: {e}"))?;
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name();
+        if name.as_bytes().starts_with(TEMP_PREFIX.as_bytes()) {
+            discard(vault, work, &name);
+        }
+    }
+    let text = match sys::read_regular(work.as_fd(), OsStr::new(JOURNAL), 64 << 20) {
+        Ok(t) => t,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(HashSet::new()),
+        Err(e) => return Err(format!("the rekey journal: {e}").into()),
+    };
+    Ok(text
+        .split(|&b| b == b'\n')
+        .filter_map(|l| hex::decode(l).ok()?.try_into().ok())
+        .collect())
+}
+
+/// Remove the half-written new file `work/name` and the hole map its header names.
+fn discard(vault: &Volume, work: &File, name: &OsStr) {
+    if let (Some(store), Ok(fd)) = (
+        &vault.holes,
+        sys::openat(
+            work.as_fd(),
+            name,
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            0,
+        ),
+    ) {
+        if let Some(h) = raw_header(&File::from(fd)) {
+            let _ = store.remove(&h.file_id);
+        }
+    }
+    let _ = sys::unlinkat(work.as_fd(), name, 0);
+}
+
+/// The journal, opened for appending (made when missing).
+fn open_journal(work: &File) -> Result<File, CliError> {
+    let fd = sys::openat(
+        work.as_fd(),
+        OsStr::new(JOURNAL),
+        libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        0o600,
+    )
+    .map_err(|e| format!("the rekey journal: {e}"))?;
+    Ok(File::from(fd))
+}
