@@ -258,6 +258,7 @@ fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
         invalidator: invalidator.clone(),
         vault_dir: vault_dir.to_path_buf(),
         mountpoint: mnt.to_path_buf(),
+        vault_key_id: cfg.key_id.clone(),
         ttl,
         started: std::time::Instant::now(),
     })
