@@ -343,7 +343,7 @@ _kmsfs() {
             return 0
             ;;
         kmsfs__subcmd__init)
-            opts="-h --key-file --kms-key-id --block-size --force --plaintext-names --bucket-key --help"
+            opts="-h --key-file --kms-key-id --block-size --force --plaintext-names --bucket-key --replicated --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -42,6 +42,7 @@ complete -c kmsfs -n "__fish_kmsfs_using_subcommand init" -l block-size -d 'Plai
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand init" -l force -d 'Make the vault in a directory that already holds files (they stay as they are, unencrypted, and fsck reports them as damaged)'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand init" -l plaintext-names -d 'Keep file names readable in the backing directory (contents stay encrypted)'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand init" -l bucket-key -d 'AWS KMS only: wrap file keys with one KMS-wrapped volume key (~99 % fewer KMS calls; the KMS audit log then names the volume, not each file)'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand init" -l replicated -d 'The backing store will be replicated to another region (disaster recovery): warn if the key could not open the copy there (a single-Region KMS key). Not recorded'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand init" -s h -l help -d 'Print help'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l key-file -d 'Local provider: the master key file (kept outside the vault, a regular file of yours, mode 0600). `init` creates it when missing. Default for init: ~/.config/kmsfs/keys/VOLUME_ID.key' -r -F
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l kms-key-id -d 'AWS KMS provider: the wrapping key (ARN, key id or alias/NAME), reached through the standard AWS environment (region, credentials, AWS_ENDPOINT_URL_KMS)' -r
@@ -66,7 +67,7 @@ complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l allow-other -d 'Le
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -s h -l help -d 'Print help'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand unmount" -l wait -d 'While programs still use the mount (a shell in it, a detached `git gc`), wait this many seconds for them to finish before giving up (0: do not wait)' -r
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand unmount" -s h -l help -d 'Print help'
-complete -c kmsfs -n "__fish_kmsfs_using_subcommand status" -l json -d 'Print JSON (fields: provider, key_id, ttl_s, cache_entries, cache_capacity, hits, misses, kms_calls, kms_errors, tamper_events, open_files, inodes_known, fds_held, fds_open, fd_cache_limit, rss_kib, uptime_s, pid, ...)'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand status" -l json -d 'Print JSON (fields: provider, key_id, key_region, vault_key_id, vault_key_region, multi_region_replica, ttl_s, cache_entries, cache_capacity, hits, misses, kms_calls, kms_errors, tamper_events, open_files, inodes_known, fds_held, fds_open, fd_cache_limit, rss_kib, uptime_s, pid, ...)'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand status" -s h -l help -d 'Print help'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand forget" -s h -l help -d 'Print help'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand rewrap" -l key-file -d 'Local provider: the master key file (kept outside the vault, a regular file of yours, mode 0600). `init` creates it when missing. Default for init: ~/.config/kmsfs/keys/VOLUME_ID.key' -r -F

@@ -243,3 +243,50 @@ fn kms_that_never_answers_fails_within_the_timeout() {
         generated.key.expose()
     );
 }
+
+/// Issue 20: a key ARN's region is the client's region. A key made in us-west-2 is used with
+/// the provider configured for us-east-1 (as AWS_REGION would be): every call is signed for
+/// us-west-2 and succeeds; its bare key id, which carries no region, goes to us-east-1 and is
+/// not found there.
+#[test]
+fn every_call_goes_to_the_region_of_the_key_arn() {
+    let moto = MotoServer::start();
+    let proxy = Proxy::forward_to(moto.addr());
+    let west = moto.create_key_in("us-west-2");
+    assert!(west.starts_with("arn:aws:kms:us-west-2:"), "{west}");
+    let opts = options(&proxy.url(), KmsTimeouts::default());
+    assert_eq!(opts.region.as_deref(), Some("us-east-1"));
+    let p = AwsKmsProvider::new(&west, opts.clone()).expect("provider for the us-west-2 key");
+    assert_eq!(p.key_id(), west);
+    let generated = p.generate_data_key(&ctx()).expect("generate");
+    let key = p.decrypt(&generated.wrapped, &ctx()).expect("decrypt");
+    assert_eq!(key.expose(), generated.key.expose());
+    let wrapped = p.wrap(&key, &ctx()).expect("wrap");
+    p.decrypt(&wrapped, &ctx()).expect("decrypt wrapped");
+    let log = proxy.request_log();
+    let ops: Vec<&str> = log.iter().map(|r| r.op.as_str()).collect();
+    assert_eq!(
+        ops,
+        [
+            "DescribeKey",
+            "GenerateDataKey",
+            "Decrypt",
+            "Encrypt",
+            "Decrypt"
+        ]
+    );
+    for r in &log {
+        assert_eq!(r.region, "us-west-2", "{} signed for {:?}", r.op, r.region);
+    }
+    assert_eq!(proxy.errors(), 0, "{:?}", proxy.error_replies());
+
+    proxy.reset();
+    let bare = west.rsplit('/').next().expect("key id");
+    let err = AwsKmsProvider::new(bare, opts).expect_err("not in us-east-1");
+    assert!(matches!(err, KeyError::Refused(_)), "{err}");
+    let log = proxy.request_log();
+    assert!(
+        !log.is_empty() && log.iter().all(|r| r.region == "us-east-1"),
+        "{log:?}"
+    );
+}

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use super::{CliError, runtime_dir};
 use crate::content::Volume;
 use crate::fs::handles::Handles;
+use crate::keys::arn;
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u64 = 1;
@@ -38,6 +39,8 @@ pub struct Daemon {
     pub vault_dir: PathBuf,
     /// The mount point.
     pub mountpoint: PathBuf,
+    /// The key the vault config records (the key in use may be its multi-Region replica).
+    pub vault_key_id: String,
     /// Key TTL.
     pub ttl: Duration,
     /// When the mount started.
@@ -56,6 +59,10 @@ impl Daemon {
             "mountpoint": self.mountpoint.display().to_string(),
             "provider": crate::vault::provider_name(provider.provider_id()),
             "key_id": provider.key_id(),
+            "key_region": arn::region(provider.key_id()),
+            "vault_key_id": self.vault_key_id,
+            "vault_key_region": arn::region(&self.vault_key_id),
+            "multi_region_replica": arn::is_replica_of(provider.key_id(), &self.vault_key_id),
             "ttl_s": self.ttl.as_secs(),
             "cache_entries": s.entries,
             "cache_capacity": s.capacity,

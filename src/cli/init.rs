@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use super::{CliError, CliResult, InitArgs, provider, targets};
 use crate::format::Layout;
 use crate::format::header::HEADER_SIZE;
-use crate::keys::KeyProvider;
 use crate::keys::bucket::BucketKeyProvider;
 use crate::keys::local::LocalProvider;
+use crate::keys::{KeyProvider, arn};
 use crate::names::Names;
 use crate::vault::{self, TrustedKey, VaultConfig};
 
@@ -118,11 +118,34 @@ pub fn run(args: &InitArgs) -> CliResult {
     } else {
         println!("file names, symlink targets and xattrs are encrypted with the volume's name key");
     }
+    if args.replicated {
+        match replication_note(&trusted, &cfg.volume_id) {
+            Ok(note) => println!("{note}"),
+            Err(warning) => eprintln!("kmsfs: warning: {warning}"),
+        }
+    }
     println!(
         "mount it with: kmsfs mount {} MOUNTPOINT",
         vault_dir.display()
     );
     Ok(())
+}
+
+/// `--replicated`: what a copy of the vault in another region needs (`Ok`), or why it will
+/// not open there (`Err`: a single-Region KMS key answers only in its own region).
+fn replication_note(trusted: &TrustedKey, volume_id: &str) -> Result<String, String> {
+    match trusted {
+        TrustedKey::Local { key_file } => Ok(format!(
+            "replicated vault: the DR host needs a copy of the key file {} and --volume-id {volume_id}",
+            key_file.display()
+        )),
+        TrustedKey::AwsKms { kms_key_id } if arn::is_multi_region(kms_key_id) => Ok(format!(
+            "replicated vault: multi-Region key; replicate it to the DR region (aws kms replicate-key --key-id {kms_key_id} --replica-region REGION) and mount the copy there with the replica's ARN and --volume-id {volume_id}"
+        )),
+        TrustedKey::AwsKms { kms_key_id } => Err(format!(
+            "--replicated: KMS key {kms_key_id} is a single-Region key, so a DR copy of this vault could not be opened in another region with it (keys never leave their region); use a multi-Region key (aws kms create-key --multi-region, then kmsfs rewrap --to-kms-key-id) before relying on the copy"
+        )),
+    }
 }
 
 /// A key file inside the vault would let whoever writes the vault read it.
@@ -188,4 +211,32 @@ fn created_dirs(dir: &Path) -> Vec<PathBuf> {
         .collect();
     out.reverse();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicated_warns_for_a_single_region_key_only() {
+        let kms = |id: &str| TrustedKey::AwsKms {
+            kms_key_id: id.to_string(),
+        };
+        let single = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        let err = replication_note(&kms(single), "ab").expect_err("single-Region");
+        assert!(
+            err.contains(single) && err.contains("single-Region"),
+            "{err}"
+        );
+        let mrk = "arn:aws:kms:us-east-1:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab";
+        let note = replication_note(&kms(mrk), "ab").expect("multi-Region");
+        assert!(
+            note.contains("replicate-key") && note.contains("--volume-id ab"),
+            "{note}"
+        );
+        let local = TrustedKey::Local {
+            key_file: PathBuf::from("/k.key"),
+        };
+        assert!(replication_note(&local, "ab").is_ok_and(|n| n.contains("/k.key")));
+    }
 }

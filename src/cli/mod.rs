@@ -122,6 +122,10 @@ struct InitArgs {
     /// the KMS audit log then names the volume, not each file).
     #[arg(long, requires = "kms_key_id")]
     bucket_key: bool,
+    /// The backing store will be replicated to another region (disaster recovery): warn if
+    /// the key could not open the copy there (a single-Region KMS key). Not recorded.
+    #[arg(long)]
+    replicated: bool,
 }
 
 #[derive(Debug, Args)]
@@ -197,7 +201,8 @@ struct MountArgs {
 struct StatusArgs {
     /// The mount point of a kmsfs mount (default: list this host's kmsfs mounts).
     mountpoint: Option<PathBuf>,
-    /// Print JSON (fields: provider, key_id, ttl_s, cache_entries, cache_capacity, hits,
+    /// Print JSON (fields: provider, key_id, key_region, vault_key_id, vault_key_region,
+    /// multi_region_replica, ttl_s, cache_entries, cache_capacity, hits,
     /// misses, kms_calls, kms_errors, tamper_events, open_files, inodes_known, fds_held,
     /// fds_open, fd_cache_limit, rss_kib, uptime_s, pid, ...).
     #[arg(long)]

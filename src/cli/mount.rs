@@ -147,6 +147,13 @@ fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
         Some(p) => p,
         None => provider::open_verified(trust)?,
     };
+    if crate::keys::arn::is_replica_of(kms_provider.key_id(), &cfg.key_id) {
+        tracing::info!(
+            "KMS key {} serves the vault's key {}: its multi-Region replica",
+            kms_provider.key_id(),
+            cfg.key_id
+        );
+    }
     let ttl = Duration::from_secs(args.key_ttl);
     let attr_ttl = Duration::try_from_secs_f64(args.attr_ttl)
         .map_err(|_| format!("--attr-ttl {} is not a number of seconds", args.attr_ttl))?;
@@ -258,6 +265,7 @@ fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
         invalidator: invalidator.clone(),
         vault_dir: vault_dir.to_path_buf(),
         mountpoint: mnt.to_path_buf(),
+        vault_key_id: cfg.key_id.clone(),
         ttl,
         started: std::time::Instant::now(),
     })

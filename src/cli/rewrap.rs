@@ -40,7 +40,7 @@ use crate::format::header::{
 };
 use crate::keys::bucket::BUCKET_KEY_PURPOSE;
 use crate::keys::local::LocalProvider;
-use crate::keys::{EncryptionContext, KeyError, KeyProvider};
+use crate::keys::{EncryptionContext, KeyError, KeyProvider, arn};
 use crate::names::NAME_KEY_PURPOSE;
 use crate::vault::config::CONFIG_KEY_PURPOSE;
 use crate::vault::{self, MountLock, TrustedKey, VaultConfig};
@@ -109,8 +109,10 @@ pub fn run(args: &RewrapArgs) -> CliResult {
         (None, TrustedKey::AwsKms { kms_key_id }) => format!("KMS key {kms_key_id}"),
     };
     // The config names the old key, or already the new one (an interrupted run got that far).
+    // A multi-Region replica counts as the key it replicates (keys::arn).
     let hint_is = |p: &dyn KeyProvider| {
-        cfg.provider == vault::provider_name(p.provider_id()) && cfg.key_id == p.key_id()
+        cfg.provider == vault::provider_name(p.provider_id())
+            && arn::same_key(&cfg.key_id, p.key_id())
     };
     // The config key, from a config that verifies under the old key (or, when an interrupted
     // run already replaced it, under the new one): rewrap re-seals the config with it.
@@ -121,9 +123,15 @@ pub fn run(args: &RewrapArgs) -> CliResult {
         _ => trust.verify(from.as_ref())?,
     };
     if let Some(t) = to_ref {
-        if t.provider_id() == from.provider_id() && t.key_id() == from.key_id() {
+        if t.provider_id() == from.provider_id() && arn::same_key(from.key_id(), t.key_id()) {
+            // Another region's replica has the same key material: nothing would change.
+            let same = if t.key_id() == from.key_id() {
+                ""
+            } else {
+                " (the same multi-Region key)"
+            };
             println!(
-                "rewrap {}: already protected by {to_desc}; nothing to do",
+                "rewrap {}: already protected by {to_desc}{same}; nothing to do",
                 dir.display()
             );
             return Ok(());

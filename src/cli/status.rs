@@ -70,7 +70,7 @@ fn text(v: &serde_json::Value, key: &str) -> String {
         .unwrap_or_default()
 }
 
-/// "local key local:ab12..." or "AWS KMS key arn:..." for people.
+/// "local key local:ab12..." or "AWS KMS key arn:... (us-west-2)" for people.
 fn provider_of(v: &serde_json::Value) -> String {
     let kind = match text(v, "provider").as_str() {
         "local" => "local key",
@@ -78,7 +78,22 @@ fn provider_of(v: &serde_json::Value) -> String {
         "aws-kms-bucket-key" => "AWS KMS bucket key under",
         other => return format!("{other} key {}", text(v, "key_id")),
     };
-    format!("{kind} {}", text(v, "key_id"))
+    format!("{kind} {}{}", text(v, "key_id"), region_of(v))
+}
+
+/// " (us-west-2)", or " (us-west-2; multi-Region replica of the vault's key in us-east-1)"
+/// when the key serving the mount is not the one the vault records; "" without a region.
+fn region_of(v: &serde_json::Value) -> String {
+    let Some(region) = v.get("key_region").and_then(|r| r.as_str()) else {
+        return String::new();
+    };
+    let replica = v.get("multi_region_replica").and_then(|r| r.as_bool()) == Some(true);
+    match v.get("vault_key_region").and_then(|r| r.as_str()) {
+        Some(primary) if replica => {
+            format!(" ({region}; multi-Region replica of the vault's key in {primary})")
+        }
+        _ => format!(" ({region})"),
+    }
 }
 
 /// The status of one mount for people.
@@ -191,5 +206,27 @@ mod tests {
         assert!(!text.contains("KMS"), "{text}");
         assert!(text.contains("up 4 m 30 s"), "{text}");
         assert!(text.contains("2.0 MiB resident"), "{text}");
+    }
+
+    #[test]
+    fn a_replica_key_says_whose_replica_it_is() {
+        let west = "arn:aws:kms:us-west-2:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab";
+        let east = "arn:aws:kms:us-east-1:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab";
+        let v = serde_json::json!({
+            "provider": "aws-kms", "key_id": west, "key_region": "us-west-2",
+            "vault_key_id": east, "vault_key_region": "us-east-1", "multi_region_replica": true,
+        });
+        let text = describe(&v);
+        assert!(
+            text.contains(&format!(
+                "AWS KMS key {west} (us-west-2; multi-Region replica of the vault's key in us-east-1)"
+            )),
+            "{text}"
+        );
+        let v = serde_json::json!({
+            "provider": "aws-kms", "key_id": east, "key_region": "us-east-1",
+            "vault_key_id": east, "vault_key_region": "us-east-1", "multi_region_replica": false,
+        });
+        assert!(describe(&v).contains(&format!("AWS KMS key {east} (us-east-1)\n")));
     }
 }

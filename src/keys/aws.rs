@@ -6,6 +6,10 @@
 //! and the KeyId of every reply is checked against it, so a wrapped key made under some other
 //! key is refused even by a KMS that would happily decrypt it.
 //!
+//! Region: a key ARN's region is the client's region (a key answers only in its region; a
+//! multi-Region replica is a key of its own region, with the primary's key id and material).
+//! A key id or alias goes to the configured region (AWS_REGION, the profile).
+//!
 //! Threads: the provider owns one small tokio runtime and blocks on it, because the FUSE side is
 //! synchronous. Nothing here is global: the caller creates the provider after any daemonizing
 //! fork. Do not call it from inside another tokio runtime (`block_on` would panic there).
@@ -31,7 +35,7 @@ use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{DataKeySpec, KeySpec, KeyUsageType};
 use zeroize::Zeroizing;
 
-use super::{EncryptionContext, GeneratedKey, KeyError, KeyProvider};
+use super::{EncryptionContext, GeneratedKey, KeyError, KeyProvider, arn};
 use crate::crypto::DataKey;
 use crate::format::header::ProviderId;
 
@@ -116,11 +120,18 @@ impl std::fmt::Debug for AwsKmsProvider {
 
 impl AwsKmsProvider {
     /// Connect to KMS and resolve `key_id` (ARN, key id or `alias/...`) to the trusted key ARN.
+    /// A key ARN's region is the client's region, whatever the options or AWS_REGION say.
     pub fn new(key_id: &str, options: AwsOptions) -> Result<Self, KeyError> {
         if key_id.trim().is_empty() {
             return Err(KeyError::Config(
                 "empty KMS key id: pass --kms-key-id ARN|ID|alias/NAME".into(),
             ));
+        }
+        let (options, overridden) = for_key(key_id, &options);
+        if let (Some(was), Some(region)) = (overridden, &options.region) {
+            tracing::info!(
+                "KMS calls go to {region}, the region of key {key_id}, not to the configured region {was}"
+            );
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(RUNTIME_WORKERS)
@@ -162,9 +173,27 @@ impl AwsKmsProvider {
     /// ReEncrypt runs in one region, so keys elsewhere take the decrypt + wrap path.
     fn can_reencrypt_to(&self, to: &dyn KeyProvider) -> bool {
         to.provider_id() == ProviderId::AwsKms
-            && arn_region(&self.arn).is_some()
-            && arn_region(&self.arn) == arn_region(to.key_id())
+            && arn::region(&self.arn).is_some()
+            && arn::region(&self.arn) == arn::region(to.key_id())
     }
+}
+
+/// The options for a client of `key_id`: a key ARN's region replaces the configured one (a
+/// key is reachable only in its own region; a multi-Region replica is a key of its region).
+/// Also returns the configured region (options, else AWS_REGION / AWS_DEFAULT_REGION) when it
+/// differed; the profile's region is not read, so that one is overridden silently.
+fn for_key(key_id: &str, options: &AwsOptions) -> (AwsOptions, Option<String>) {
+    let mut out = options.clone();
+    let Some(region) = arn::region(key_id) else {
+        return (out, None);
+    };
+    let configured = options.region.clone().or_else(|| {
+        ["AWS_REGION", "AWS_DEFAULT_REGION"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|r| !r.is_empty()))
+    });
+    out.region = Some(region.to_string());
+    (out, configured.filter(|c| c != region))
 }
 
 /// The SDK configuration: the standard chain, with the explicit options laid over it.
@@ -406,6 +435,8 @@ fn ciphertext_from(op: &str, blob: Option<Blob>) -> Result<Vec<u8>, KeyError> {
 }
 
 /// Refuse a reply made with any key but `trusted` (DESIGN.md §1: check the KeyId in the reply).
+/// Exact, not the multi-Region rule of `arn`: the reply must name the very key (the replica)
+/// we called.
 fn check_key_id(op: &str, got: Option<&str>, trusted: &str) -> Result<(), KeyError> {
     match got {
         Some(k) if k == trusted => Ok(()),
@@ -416,15 +447,6 @@ fn check_key_id(op: &str, got: Option<&str>, trusted: &str) -> Result<(), KeyErr
             "KMS {op} answered without a key id (trusted key {trusted})"
         ))),
     }
-}
-
-/// The region field of an ARN (`arn:PARTITION:kms:REGION:ACCOUNT:key/ID`).
-fn arn_region(arn: &str) -> Option<&str> {
-    let mut parts = arn.split(':');
-    if parts.next() != Some("arn") {
-        return None;
-    }
-    parts.nth(2).filter(|r| !r.is_empty())
 }
 
 /// Whether a KMS error reply is transient (worth serving a cached key through) rather than a
@@ -583,13 +605,22 @@ mod tests {
     }
 
     #[test]
-    fn arn_region_parses_key_arns_only() {
-        assert_eq!(
-            arn_region("arn:aws:kms:eu-west-1:123456789012:key/abc"),
-            Some("eu-west-1")
-        );
-        assert_eq!(arn_region("local:abcd"), None);
-        assert_eq!(arn_region("arn:aws:kms"), None);
+    fn a_key_arn_chooses_the_region() {
+        let arn = "arn:aws:kms:us-west-2:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab";
+        let opts = |r: Option<&str>| AwsOptions {
+            region: r.map(str::to_string),
+            ..AwsOptions::default()
+        };
+        let (o, was) = for_key(arn, &opts(Some("us-east-1")));
+        assert_eq!(o.region.as_deref(), Some("us-west-2"));
+        assert_eq!(was.as_deref(), Some("us-east-1"));
+        let (o, was) = for_key(arn, &opts(Some("us-west-2")));
+        assert_eq!((o.region.as_deref(), was), (Some("us-west-2"), None));
+        // An alias or bare id keeps the configured region (or the chain's).
+        let (o, was) = for_key("alias/dr", &opts(Some("us-east-1")));
+        assert_eq!((o.region.as_deref(), was), (Some("us-east-1"), None));
+        let (o, _) = for_key("alias/dr", &opts(None));
+        assert_eq!(o.region, None);
     }
 
     #[test]

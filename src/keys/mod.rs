@@ -3,6 +3,7 @@
 //! `KeyProvider` is the one seam to the outside world: `local` wraps with a master key file,
 //! `aws` calls AWS KMS. Everything above talks to providers only through `KeyCache`.
 
+pub mod arn;
 pub mod aws;
 pub mod bucket;
 pub mod cache;

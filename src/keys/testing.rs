@@ -44,6 +44,8 @@ pub struct FaultyProvider {
     inner: LocalProvider,
     /// What the calls report as the provider (AWS KMS by default, so callers act as for one).
     id: ProviderId,
+    /// The key id reported instead of the local key's (e.g. a KMS key ARN).
+    key_id: Option<String>,
     state: Mutex<State>,
     released: Condvar,
     decrypts: AtomicU64,
@@ -53,9 +55,20 @@ pub struct FaultyProvider {
 impl FaultyProvider {
     /// A provider over a new local key in `dir`, answering normally.
     pub fn new(dir: &Path) -> Result<Self, KeyError> {
+        Self::over(LocalProvider::create(&dir.join("faulty.key"))?)
+    }
+
+    /// A provider over the existing key file `key_file` (e.g. another's `dir/faulty.key`: two
+    /// providers with one key material, as a multi-Region primary and its replica).
+    pub fn open(key_file: &Path) -> Result<Self, KeyError> {
+        Self::over(LocalProvider::open(key_file)?)
+    }
+
+    fn over(inner: LocalProvider) -> Result<Self, KeyError> {
         Ok(FaultyProvider {
-            inner: LocalProvider::create(&dir.join("faulty.key"))?,
+            inner,
             id: ProviderId::AwsKms,
+            key_id: None,
             state: Mutex::new(State {
                 fault: Fault::None,
                 fail_next: 0,
@@ -69,6 +82,12 @@ impl FaultyProvider {
     /// Report `id` as the provider kind.
     pub fn reporting(mut self, id: ProviderId) -> Self {
         self.id = id;
+        self
+    }
+
+    /// Report `key_id` as the key id (e.g. a KMS key ARN).
+    pub fn naming(mut self, key_id: &str) -> Self {
+        self.key_id = Some(key_id.to_string());
         self
     }
 
@@ -140,7 +159,7 @@ impl KeyProvider for FaultyProvider {
     }
 
     fn key_id(&self) -> &str {
-        self.inner.key_id()
+        self.key_id.as_deref().unwrap_or(self.inner.key_id())
     }
 
     fn generate_data_key(&self, ctx: &EncryptionContext) -> Result<GeneratedKey, KeyError> {

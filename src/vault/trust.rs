@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use super::config::{CONFIG_FILE, ConfigKey};
 use super::{VaultConfig, VaultError, provider_name};
 use crate::format::header::ProviderId;
-use crate::keys::KeyProvider;
+use crate::keys::{KeyProvider, arn};
 use crate::sys;
 
 /// Largest host-side record read.
@@ -307,11 +307,16 @@ impl Trust {
             .display()
             .to_string();
         let kind = provider_name(provider.provider_id());
-        if self.cfg.provider != kind || self.cfg.key_id != provider.key_id() {
+        // The key in use may be another region's replica of the recorded multi-Region key
+        // (same key material), never anything else (`keys::arn`).
+        if self.cfg.provider != kind || !arn::same_key(&self.cfg.key_id, provider.key_id()) {
+            let why = arn::why_not_same(&self.cfg.key_id, provider.key_id())
+                .map(|w| format!(" ({w})"))
+                .unwrap_or_default();
             return Err(VaultError::KeyMismatch {
                 vault: self.vault.display().to_string(),
                 hint: format!("{} key {}", self.cfg.provider, self.cfg.key_id),
-                trusted: format!("{kind} key {}", provider.key_id()),
+                trusted: format!("{kind} key {}{why}", provider.key_id()),
             });
         }
         let changes = self
@@ -438,6 +443,78 @@ mod tests {
                 .expect("resolves")
                 .verify(&p)
                 .expect("confirmed");
+        });
+    }
+
+    /// Issue 20: a vault sealed under a multi-Region key's primary (us-east-1) opens on a new
+    /// host with the replica (us-west-2); the trust record then names the replica. A key of
+    /// the same id that is not `mrk-`, or another account's, is refused naming both keys.
+    #[test]
+    fn a_multi_region_replica_is_the_vaults_key_and_nothing_else_is() {
+        use crate::keys::testing::FaultyProvider;
+        const EAST: &str =
+            "arn:aws:kms:us-east-1:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab";
+        const WEST: &str =
+            "arn:aws:kms:us-west-2:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab";
+        with_config_home(|home| {
+            let primary = FaultyProvider::new(home).expect("key").naming(EAST);
+            let same_material = || FaultyProvider::open(&home.join("faulty.key")).expect("open");
+            let v = home.join("v");
+            std::fs::create_dir(&v).expect("mkdir");
+            let mut cfg = VaultConfig::new(4096, ProviderId::AwsKms, EAST, true).expect("cfg");
+            cfg.seal_new(&primary).expect("seal");
+            cfg.create(&v).expect("create");
+            let dr = home.join("dr-host");
+            let kms = |id: &str| TrustedKey::AwsKms {
+                kms_key_id: id.to_string(),
+            };
+            let resolve = |id: &str| {
+                Trust::resolve(&dr, &v, &cfg, Some(kms(id)), Some(&cfg.volume_id)).expect("resolve")
+            };
+            for foreign in [
+                "arn:aws:kms:us-west-2:444455556666:key/mrk-1234abcd12ab34cd56ef1234567890ab",
+                "arn:aws:kms:us-west-2:111122223333:key/mrk-ffffabcd12ab34cd56ef1234567890ab",
+            ] {
+                let err = resolve(foreign)
+                    .verify(&same_material().naming(foreign))
+                    .expect_err("foreign key");
+                assert!(matches!(err, VaultError::KeyMismatch { .. }), "{err}");
+                let text = err.to_string();
+                assert!(text.contains(EAST) && text.contains(foreign), "{text}");
+            }
+            assert_eq!(trusted_key_of(&dr, &cfg.volume_id).expect("read"), None);
+            resolve(WEST)
+                .verify(&same_material().naming(WEST))
+                .expect("the replica serves");
+            assert_eq!(
+                trusted_key_of(&dr, &cfg.volume_id).expect("read"),
+                Some(kms(WEST))
+            );
+            // Later mounts there need neither the key nor the volume id.
+            Trust::resolve(&dr, &v, &cfg, None, None)
+                .expect("recorded")
+                .verify(&same_material().naming(WEST))
+                .expect("verifies");
+        });
+        // A single-Region key: the same UUID in another region is another key.
+        with_config_home(|home| {
+            let east =
+                "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+            let west =
+                "arn:aws:kms:us-west-2:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+            let primary = FaultyProvider::new(home).expect("key").naming(east);
+            let v = home.join("v");
+            std::fs::create_dir(&v).expect("mkdir");
+            let mut cfg = VaultConfig::new(4096, ProviderId::AwsKms, east, true).expect("cfg");
+            cfg.seal_new(&primary).expect("seal");
+            let key = TrustedKey::AwsKms {
+                kms_key_id: west.to_string(),
+            };
+            let err = Trust::resolve(home, &v, &cfg, Some(key), Some(&cfg.volume_id))
+                .expect("resolve")
+                .verify(&primary.naming(west))
+                .expect_err("single-Region");
+            assert!(err.to_string().contains("not a multi-Region"), "{err}");
         });
     }
 }

@@ -105,7 +105,13 @@ impl MotoServer {
 
     /// Create a symmetric encryption key; returns its ARN.
     pub fn create_key(&self) -> String {
-        self.with_client(|c| async move {
+        self.create_key_in(REGION)
+    }
+
+    /// Create a symmetric encryption key in `region` (moto keeps keys per signing region);
+    /// returns its ARN.
+    pub fn create_key_in(&self, region: &str) -> String {
+        self.with_client(region, |c| async move {
             let out = c
                 .create_key()
                 .description("kmsfs test key")
@@ -122,7 +128,7 @@ impl MotoServer {
     /// Point `alias` (`alias/...`) at `key`.
     pub fn create_alias(&self, alias: &str, key: &str) {
         let (alias, key) = (alias.to_string(), key.to_string());
-        self.with_client(|c| async move {
+        self.with_client(REGION, |c| async move {
             c.create_alias()
                 .alias_name(alias)
                 .target_key_id(key)
@@ -133,7 +139,7 @@ impl MotoServer {
     }
 
     /// Run one admin call on a throwaway runtime (the provider under test keeps its own).
-    fn with_client<F, Fut, T>(&self, f: F) -> T
+    fn with_client<F, Fut, T>(&self, region: &str, f: F) -> T
     where
         F: FnOnce(aws_sdk_kms::Client) -> Fut,
         Fut: std::future::Future<Output = T>,
@@ -144,7 +150,7 @@ impl MotoServer {
             .expect("runtime");
         let config = aws_sdk_kms::Config::builder()
             .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(REGION))
+            .region(Region::new(region.to_string()))
             .endpoint_url(self.url())
             .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
             .build();
@@ -202,6 +208,19 @@ pub struct Request {
     pub op: String,
     /// The body (the KMS JSON: key id, encryption context, ...).
     pub body: String,
+    /// The region the request was signed for (SigV4 credential scope
+    /// `Credential=AKID/DATE/REGION/kms/aws4_request`); empty when unsigned.
+    pub region: String,
+}
+
+/// The region of a SigV4 `Authorization` header's credential scope.
+fn signing_region(authorization: Option<&str>) -> String {
+    authorization
+        .and_then(|a| a.split("Credential=").nth(1))
+        .and_then(|c| c.split([',', ' ']).next())
+        .and_then(|scope| scope.split('/').nth(2))
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Counters, reset by `Proxy::reset`.
@@ -582,6 +601,7 @@ fn serve_client(client: TcpStream, conn: u64, shared: &Shared) {
             st.log.push(Request {
                 op: op.clone(),
                 body: body.clone(),
+                region: signing_region(request.header("authorization")),
             });
         }
         if shared.hang.load(Ordering::SeqCst) {
