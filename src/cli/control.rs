@@ -74,6 +74,11 @@ impl Daemon {
             "pool_hits": s.pool_hits,
             "pool_misses": s.pool_misses,
             "tamper_events": self.vault.tamper_events.load(Ordering::Relaxed),
+            // Of the files opened since the mount (format-3 headers; null: none yet).
+            "oldest_key_made": match self.vault.oldest_key_made.load(Ordering::Relaxed) {
+                u64::MAX => serde_json::Value::Null,
+                t => t.into(),
+            },
             "open_files": self.handles.open_files(),
             "inodes_known": self.inodes.len(),
             "fds_held": self.inodes.fds_held(),

@@ -26,8 +26,8 @@ const CHUNK: usize = 1 << 20;
 
 /// What one file turned out to be.
 enum Outcome {
-    /// Every block authenticates; `bytes` plain bytes.
-    Clean { bytes: u64 },
+    /// Every block authenticates; `bytes` plain bytes; when its data key was made (format 3).
+    Clean { bytes: u64, key_made: Option<u64> },
     /// A 0-byte file (an empty plain file: nothing to check).
     Empty,
     /// Damaged: what, and the first bad block when one block is at fault.
@@ -88,6 +88,7 @@ pub fn run(args: &FsckArgs) -> CliResult {
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut key_failures = 0u64;
     let mut unreachable = None;
+    let mut ages = KeyAges::default();
     for p in &tree.problems {
         damaged += 1;
         println!(
@@ -99,9 +100,10 @@ pub fn run(args: &FsckArgs) -> CliResult {
     for (f, o) in tree.files.iter().zip(outcomes) {
         let who = walk::describe(f.plain.as_deref(), &f.backing);
         match o {
-            Some(Outcome::Clean { bytes: b }) => {
+            Some(Outcome::Clean { bytes: b, key_made }) => {
                 clean += 1;
                 bytes += b;
+                ages.add(key_made);
             }
             Some(Outcome::Empty) => empty += 1,
             Some(Outcome::Damaged {
@@ -161,6 +163,9 @@ pub fn run(args: &FsckArgs) -> CliResult {
         key_failures,
         repaired,
     );
+    if let Some(line) = ages.describe(crate::sys::unix_now()) {
+        println!("{line}");
+    }
     if off.config_missing {
         eprintln!(
             "kmsfs: warning: {}/.kmsfs/ is missing: contents were checked, file names were not; restore .kmsfs/ from a backup",
@@ -256,7 +261,11 @@ fn check_file(off: &Offline, file: File, path: &Path, repair: bool) -> Outcome {
         return headerless(off, &file, path, len, repair);
     }
     let cf = CryptFile::new(file, off.vault.clone());
-    let outcome = read_all(&cf);
+    let mut outcome = read_all(&cf);
+    if let Outcome::Clean { key_made, .. } = &mut outcome {
+        // The header is loaded and authenticated by now: no key service call.
+        *key_made = cf.key_made().ok().flatten();
+    }
     if let Some(id) = cf.file_id() {
         off.vault.keys.release(&id);
     }
@@ -299,7 +308,50 @@ fn read_all(cf: &CryptFile) -> Outcome {
             headerless: false,
         };
     }
-    Outcome::Clean { bytes: size }
+    Outcome::Clean {
+        bytes: size,
+        key_made: None,
+    }
+}
+
+/// The ages of the data keys of the files checked.
+#[derive(Default)]
+struct KeyAges {
+    oldest: Option<u64>,
+    newest: Option<u64>,
+    unknown: u64,
+}
+
+impl KeyAges {
+    fn add(&mut self, made: Option<u64>) {
+        match made {
+            Some(t) => {
+                self.oldest = Some(self.oldest.map_or(t, |o| o.min(t)));
+                self.newest = Some(self.newest.map_or(t, |n| n.max(t)));
+            }
+            None => self.unknown += 1,
+        }
+    }
+
+    /// "data keys: oldest made …, newest made …" (None when no file had data).
+    fn describe(&self, now: u64) -> Option<String> {
+        let unknown = match self.unknown {
+            0 => String::new(),
+            n => format!("; {n} of unknown age (format-2 headers)"),
+        };
+        match (self.oldest, self.newest) {
+            (Some(o), Some(n)) => Some(format!(
+                "data keys: oldest {}; newest {}{unknown}",
+                super::when::key_age(o, now),
+                super::when::key_age(n, now)
+            )),
+            _ if self.unknown > 0 => Some(format!(
+                "data keys: {} of unknown age (format-2 headers)",
+                self.unknown
+            )),
+            _ => None,
+        }
+    }
 }
 
 fn crypt_outcome(e: CryptError) -> Outcome {

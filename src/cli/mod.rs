@@ -203,7 +203,7 @@ struct StatusArgs {
     mountpoint: Option<PathBuf>,
     /// Print JSON (fields: provider, key_id, key_region, vault_key_id, vault_key_region,
     /// multi_region_replica, ttl_s, cache_entries, cache_capacity, hits,
-    /// misses, kms_calls, kms_errors, tamper_events, open_files, inodes_known, fds_held,
+    /// misses, kms_calls, kms_errors, tamper_events, oldest_key_made, open_files, inodes_known, fds_held,
     /// fds_open, fd_cache_limit, rss_kib, uptime_s, pid, ...).
     #[arg(long)]
     json: bool,

@@ -183,7 +183,12 @@ fn report(
             Some(Outcome::Linked(n)) => {
                 linked += 1;
                 println!(
-                    "SKIPPED {name}: it has {n} names (hard links), which one rename cannot keep together; copy it to a new name and delete the old links, then rekey again"
+                    "{} {name}: it has {n} names (hard links), which one rename cannot keep together; copy it to a new name and delete the old links, then rekey again",
+                    if args.dry_run {
+                        "WOULD SKIP"
+                    } else {
+                        "SKIPPED"
+                    }
                 );
             }
             Some(Outcome::Damaged(why)) => {
@@ -240,7 +245,7 @@ fn report(
             "{damaged} damaged files were not rekeyed (kmsfs fsck tells more)"
         )));
     }
-    if linked > 0 {
+    if linked > 0 && !args.dry_run {
         return Err(format!("{linked} hard-linked files were not rekeyed").into());
     }
     Ok(())

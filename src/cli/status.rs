@@ -111,6 +111,12 @@ fn describe(v: &serde_json::Value) -> String {
     ));
     line(format!("vault      {}", text(v, "vault")));
     line(format!("key        {}", provider_of(v)));
+    if let Some(made) = v.get("oldest_key_made").and_then(|t| t.as_u64()) {
+        line(format!(
+            "data keys  oldest in use {}",
+            super::when::key_age(made, crate::sys::unix_now())
+        ));
+    }
     line(format!(
         "key cache  {} of {} keys, each kept {}; {} hits, {} misses",
         num(v, "cache_entries"),
@@ -206,6 +212,14 @@ mod tests {
         assert!(!text.contains("KMS"), "{text}");
         assert!(text.contains("up 4 m 30 s"), "{text}");
         assert!(text.contains("2.0 MiB resident"), "{text}");
+        assert!(!text.contains("data keys"), "no key time known yet: {text}");
+        let mut v = v;
+        v["oldest_key_made"] = serde_json::json!(1_796_083_200u64);
+        let text = describe(&v);
+        assert!(
+            text.contains("data keys  oldest in use made 2026-12-01 00:00:00 UTC"),
+            "{text}"
+        );
     }
 
     #[test]

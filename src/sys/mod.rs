@@ -23,7 +23,6 @@ pub fn unix_now() -> u64 {
 }
 
 /// A C string from an OS string (EINVAL on an interior NUL).
-
 pub fn cstr(s: &OsStr) -> io::Result<CString> {
     CString::new(s.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
