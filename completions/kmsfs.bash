@@ -37,6 +37,9 @@ _kmsfs() {
             kmsfs,mount)
                 cmd="kmsfs__subcmd__mount"
                 ;;
+            kmsfs,rekey)
+                cmd="kmsfs__subcmd__rekey"
+                ;;
             kmsfs,rewrap)
                 cmd="kmsfs__subcmd__rewrap"
                 ;;
@@ -67,6 +70,9 @@ _kmsfs() {
             kmsfs__subcmd__help,mount)
                 cmd="kmsfs__subcmd__help__subcmd__mount"
                 ;;
+            kmsfs__subcmd__help,rekey)
+                cmd="kmsfs__subcmd__help__subcmd__rekey"
+                ;;
             kmsfs__subcmd__help,rewrap)
                 cmd="kmsfs__subcmd__help__subcmd__rewrap"
                 ;;
@@ -83,7 +89,7 @@ _kmsfs() {
 
     case "${cmd}" in
         kmsfs)
-            opts="-h -V --help --version init mount unmount status forget rewrap fsck cat completions help"
+            opts="-h -V --help --version init mount unmount status forget rewrap rekey fsck cat completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -189,7 +195,7 @@ _kmsfs() {
             return 0
             ;;
         kmsfs__subcmd__help)
-            opts="init mount unmount status forget rewrap fsck cat completions help"
+            opts="init mount unmount status forget rewrap rekey fsck cat completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -287,6 +293,20 @@ _kmsfs() {
             return 0
             ;;
         kmsfs__subcmd__help__subcmd__mount)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kmsfs__subcmd__help__subcmd__rekey)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -436,6 +456,52 @@ _kmsfs() {
                     return 0
                     ;;
                 --flags)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kmsfs__subcmd__rekey)
+            opts="-j -h --key-file --kms-key-id --volume-id --path --older-than --dry-run --jobs --host-id --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kms-key-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --volume-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --path)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --older-than)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --jobs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -j)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --host-id)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
