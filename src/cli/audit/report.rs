@@ -100,11 +100,15 @@ pub struct HostUse<'a> {
     pub last: &'a str,
 }
 
-/// Bucket-key unwraps grouped per (principal, source IP); `events` are sorted by time.
+/// Bucket-key unwraps (Decrypt) grouped per (principal, source IP); `events` are sorted by
+/// time.
 pub fn bucket_hosts<'a>(events: &[&'a Event]) -> BTreeMap<(&'a str, &'a str), HostUse<'a>> {
     let mut hosts: BTreeMap<(&str, &str), HostUse<'_>> = BTreeMap::new();
     for e in events {
-        if !matches!(&e.target, Target::Volume(p) if p == BUCKET_KEY_PURPOSE) {
+        // Decrypt only: a GenerateDataKey of the bucket key is its creation (`kmsfs init`).
+        if e.operation != "Decrypt"
+            || !matches!(&e.target, Target::Volume(p) if p == BUCKET_KEY_PURPOSE)
+        {
             continue;
         }
         let h = hosts
@@ -283,7 +287,9 @@ mod tests {
             ),
             event("arn:h1", "10.0.0.9", "2026-12-01T12:00:00Z", bucket()),
         ];
-        let refs: Vec<&Event> = evs.iter().collect();
+        let mut created = event("arn:h3", "10.0.0.3", "2026-12-01T09:00:00Z", bucket());
+        created.operation = "GenerateDataKey".into();
+        let refs: Vec<&Event> = std::iter::once(&created).chain(&evs).collect();
         let hosts = bucket_hosts(&refs);
         assert_eq!(hosts.len(), 3);
         assert_eq!(
