@@ -16,6 +16,9 @@ _kmsfs() {
             ",$1")
                 cmd="kmsfs"
                 ;;
+            kmsfs,audit)
+                cmd="kmsfs__subcmd__audit"
+                ;;
             kmsfs,cat)
                 cmd="kmsfs__subcmd__cat"
                 ;;
@@ -48,6 +51,9 @@ _kmsfs() {
                 ;;
             kmsfs,unmount)
                 cmd="kmsfs__subcmd__unmount"
+                ;;
+            kmsfs__subcmd__help,audit)
+                cmd="kmsfs__subcmd__help__subcmd__audit"
                 ;;
             kmsfs__subcmd__help,cat)
                 cmd="kmsfs__subcmd__help__subcmd__cat"
@@ -89,12 +95,66 @@ _kmsfs() {
 
     case "${cmd}" in
         kmsfs)
-            opts="-h -V --help --version init mount unmount status forget rewrap rekey fsck cat completions help"
+            opts="-h -V --help --version init mount unmount status forget rewrap rekey fsck cat audit completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kmsfs__subcmd__audit)
+            opts="-j -h --key-file --kms-key-id --volume-id --cloudtrail --path --principal --since --until --json --jobs --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kms-key-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --volume-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cloudtrail)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --path)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --principal)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --until)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --jobs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -j)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -195,8 +255,22 @@ _kmsfs() {
             return 0
             ;;
         kmsfs__subcmd__help)
-            opts="init mount unmount status forget rewrap rekey fsck cat completions help"
+            opts="init mount unmount status forget rewrap rekey fsck cat audit completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kmsfs__subcmd__help__subcmd__audit)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -28,6 +28,7 @@ const SUBCOMMANDS: &[&str] = &[
     "rewrap",
     "fsck",
     "cat",
+    "audit",
     "completions",
     "help",
 ];

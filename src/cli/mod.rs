@@ -1,5 +1,6 @@
 //! Command line: `kmsfs init | mount | unmount`. Each subcommand lives in its own file.
 
+mod audit;
 mod cat;
 mod completions;
 mod control;
@@ -70,6 +71,9 @@ enum Command {
     Fsck(FsckArgs),
     /// Decrypt one file to stdout without mounting.
     Cat(CatArgs),
+    /// Show who used which file's key, from CloudTrail's KMS events: one line per event with
+    /// the file's current plain path (needs the config and name keys only, no data key).
+    Audit(AuditArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     Completions(completions::CompletionsArgs),
 }
@@ -299,6 +303,39 @@ struct CatArgs {
 }
 
 #[derive(Debug, Args)]
+struct AuditArgs {
+    /// The vault (backing directory) whose files the events are about.
+    vault: PathBuf,
+    #[command(flatten)]
+    trust: TrustArgs,
+    /// CloudTrail log files (.json or .json.gz, as the trail delivers them to S3) or
+    /// directories holding them, searched recursively (symbolic links inside not followed).
+    #[arg(long, value_name = "PATH", required = true, num_args = 1..)]
+    cloudtrail: Vec<PathBuf>,
+    /// Only events about files at or under this plain path (whole components: "finance"
+    /// matches /finance/q3/x, not /financed); events naming no file are left out.
+    #[arg(long, value_name = "PREFIX")]
+    path: Option<PathBuf>,
+    /// Only events whose principal (userIdentity.arn) contains this text.
+    #[arg(long, value_name = "TEXT")]
+    principal: Option<String>,
+    /// Only events at or after this time (RFC 3339 as CloudTrail writes it,
+    /// 2026-12-01T16:30:00Z, or a date: its midnight UTC).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Only events at or before this time (RFC 3339, or a date: up to the end of that day).
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Print JSON Lines, one object per event (type, time, principal, operation, result,
+    /// region, source_ip, key_arn, file_id, path, path_status, bucket_key_mode).
+    #[arg(long)]
+    json: bool,
+    /// Log files read, and file headers indexed, in parallel.
+    #[arg(short, long, value_name = "N", default_value_t = 4)]
+    jobs: usize,
+}
+
+#[derive(Debug, Args)]
 struct MountpointArgs {
     /// The mount point of a kmsfs mount.
     mountpoint: PathBuf,
@@ -348,6 +385,7 @@ pub fn main() -> i32 {
         Command::Rekey(a) => rekey::run(&a),
         Command::Fsck(a) => fsck::run(&a),
         Command::Cat(a) => cat::run(&a),
+        Command::Audit(a) => audit::run(&a),
         Command::Completions(a) => completions::run(&a),
     })
 }

@@ -1,4 +1,4 @@
-//! What the offline commands (`cat`, `fsck`, `rewrap`) share: open a vault without mounting
+//! What the offline commands (`cat`, `fsck`, `rewrap`, `audit`) share: open a vault without mounting
 //! it, walk its backing tree (decoding names where it can), run per-file work on a few
 //! threads, and draw a progress line on a terminal.
 
@@ -54,9 +54,7 @@ pub fn open(
     trust: &TrustArgs,
     allow_missing_config: bool,
 ) -> Result<Offline, CliError> {
-    let dir = dir
-        .canonicalize()
-        .map_err(|e| CliError::target(format!("vault {}: {e}", dir.display())))?;
+    let dir = canonical(dir)?;
     let (cfg, config_missing) = match VaultConfig::load(&dir) {
         Ok(cfg) => (cfg, false),
         Err(VaultError::NotInitialised(_)) if allow_missing_config && dir.is_dir() => {
@@ -97,6 +95,34 @@ pub fn open(
         vault,
         names,
     })
+}
+
+/// A vault opened for its names only (`kmsfs audit`): its config verified and its name key
+/// unwrapped, but no data key and no bucket key (the bucket key opens every file key), so
+/// whoever runs it needs no right to those.
+pub struct NamesOnly {
+    /// The vault's backing directory (canonical).
+    pub dir: PathBuf,
+    /// Its verified config.
+    pub cfg: VaultConfig,
+    /// The name translation.
+    pub names: Names,
+}
+
+/// Open the vault in `dir` for its names: KMS Decrypt of the config key (verification) and,
+/// when names are encrypted, of the name key; nothing else.
+pub fn open_names(dir: &Path, trust: &TrustArgs) -> Result<NamesOnly, CliError> {
+    let dir = canonical(dir)?;
+    let cfg = VaultConfig::load(&dir)?;
+    let p = provider::open_verified(&provider::resolve(trust, &cfg, &dir)?)?;
+    let names = Names::for_vault(&dir, &cfg, p)?;
+    Ok(NamesOnly { dir, cfg, names })
+}
+
+/// `dir` made canonical, or a vault error naming it.
+fn canonical(dir: &Path) -> Result<PathBuf, CliError> {
+    dir.canonicalize()
+        .map_err(|e| CliError::target(format!("vault {}: {e}", dir.display())))
 }
 
 /// A config for a vault whose `.kmsfs/` is lost: volume id and block size from the first file
