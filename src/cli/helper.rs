@@ -26,6 +26,7 @@ const SUBCOMMANDS: &[&str] = &[
     "status",
     "forget",
     "rewrap",
+    "rekey",
     "fsck",
     "cat",
     "audit",

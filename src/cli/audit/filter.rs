@@ -54,9 +54,7 @@ impl Filter {
     pub fn keeps_path(&self, plain: Option<&Path>) -> bool {
         match (&self.path, plain) {
             (None, _) => true,
-            // Path::starts_with compares whole components: /finance is not a prefix of
-            // /financed.
-            (Some(prefix), Some(p)) => p.starts_with(prefix),
+            (Some(prefix), Some(p)) => crate::cli::walk::is_under(p, prefix),
             (Some(_), None) => false,
         }
     }
