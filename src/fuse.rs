@@ -75,6 +75,27 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// The attributes of a negative entry: node id 0, nothing else read.
+fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: std::time::UNIX_EPOCH,
+        mtime: std::time::UNIX_EPOCH,
+        ctime: std::time::UNIX_EPOCH,
+        crtime: std::time::UNIX_EPOCH,
+        kind: fuser::FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
@@ -166,6 +187,12 @@ impl Filesystem for FuseFs {
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_POSIX_ACL);
         // The umask comes unapplied with each create: a directory's default ACL replaces it.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_DONT_MASK);
+        if self.0.writeback_cache() {
+            let _ = config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE);
+        }
+        // Lookups and listings in one directory may run at once (the daemon locks what it
+        // must itself).
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
         Ok(())
     }
 
@@ -174,7 +201,15 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.reply_entry(reply, self.0.lookup(parent.0, name));
+        match self.0.lookup(parent.0, name) {
+            // A name that is not there: the kernel may remember that for the attribute TTL
+            // (node id 0 is a negative entry) where no other host can make it meanwhile.
+            Err(e) if e == FsError::ENOENT && self.0.single_writer() => {
+                let ttl = self.0.attr_ttl();
+                reply.entry(&ttl, &negative_attr(), Generation(0));
+            }
+            r => self.reply_entry(reply, r),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -391,8 +426,15 @@ impl Filesystem for FuseFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // The kernel keeps a single writer's listings (it drops them itself when the
+        // directory changes through the mount); listings of a shared store are read anew.
+        let flags = if self.0.single_writer() {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
         match self.0.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), flags),
             Err(e) => reply.error(errno(e)),
         }
     }

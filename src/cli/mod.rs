@@ -166,10 +166,12 @@ struct MountArgs {
     /// This host's name for the per-host mount lock (default: /etc/machine-id, else hostname).
     #[arg(long, value_name = "ID")]
     host_id: Option<String>,
-    /// Seconds the kernel may cache attributes and names (0 for vaults that other hosts
-    /// change too: every stat and open then asks the backing store).
-    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
-    attr_ttl: f64,
+    /// Seconds the kernel may cache attributes, names and directory listings. Default: 30
+    /// where only this host writes the vault (every change goes through this mount, which
+    /// keeps the kernel in step), 1 on a network or FUSE store; 0 for vaults that other hosts
+    /// change too: every stat and open then asks the backing store.
+    #[arg(long, value_name = "SECONDS")]
+    attr_ttl: Option<f64>,
     /// FUSE worker threads.
     #[arg(long, value_name = "N", default_value_t = 8)]
     threads: usize,

@@ -21,6 +21,11 @@ use crate::keys::KeyProvider;
 const POOL_WORKERS: usize = 16;
 /// Directory key prefetch: unwraps in flight at once.
 const PREFETCH_WORKERS: usize = 32;
+/// Seconds the kernel caches attributes, names and listings by default where this host is the
+/// vault's one writer (it is told of every change).
+const SINGLE_WRITER_ATTR_TTL: f64 = 30.0;
+/// The same on a network or FUSE store, which other hosts may change.
+const SHARED_ATTR_TTL: f64 = 1.0;
 use crate::vault::open::KeyPolicy;
 use crate::vault::{self, MountLock, Trust, TrustedKey, VaultConfig};
 
@@ -155,8 +160,6 @@ fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
         );
     }
     let ttl = Duration::from_secs(args.key_ttl);
-    let attr_ttl = Duration::try_from_secs_f64(args.attr_ttl)
-        .map_err(|_| format!("--attr-ttl {} is not a number of seconds", args.attr_ttl))?;
     // Two FUSE workers always stay free of KMS waits, for cached files and metadata.
     let policy = KeyPolicy {
         ttl,
@@ -178,6 +181,13 @@ fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
     let keys = vault.keys.clone();
     let provider_id: ProviderId = vault.provider;
     let shared = is_shared_store(vault_dir);
+    let attr_ttl_secs = args.attr_ttl.unwrap_or(if shared {
+        SHARED_ATTR_TTL
+    } else {
+        SINGLE_WRITER_ATTR_TTL
+    });
+    let attr_ttl = Duration::try_from_secs_f64(attr_ttl_secs)
+        .map_err(|_| format!("--attr-ttl {attr_ttl_secs} is not a number of seconds"))?;
     if shared {
         tracing::info!(
             "the vault is on a network or FUSE file system: close-to-open consistency on"
@@ -204,6 +214,8 @@ fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
                 .fd_cache
                 .unwrap_or_else(|| crate::fs::default_fd_cache(fd_limit)),
             noatime: args.flags.noatime,
+            // Coherent only where this mount is the vault's one writer.
+            writeback_cache: !args.read_only && !shared,
         },
     )
     .map_err(|e| format!("cannot open vault {}: {e}", vault_dir.display()))?;
@@ -361,7 +373,10 @@ fn describe_options(args: &MountArgs) -> String {
         if args.read_only { "ro" } else { "rw" }.to_string(),
         format!("key_ttl={}s", args.key_ttl),
         format!("key_cache_size={}", args.key_cache_size),
-        format!("attr_ttl={}s", args.attr_ttl),
+        match args.attr_ttl {
+            Some(t) => format!("attr_ttl={t}s"),
+            None => "attr_ttl=auto".to_string(),
+        },
         format!("threads={}", args.threads),
     ];
     if args.allow_other {

@@ -54,6 +54,9 @@ pub struct FsOptions {
     /// Reads of files leave the backing access times alone (O_NOATIME; the times shown are
     /// the backing store's): the `noatime` mount flag.
     pub noatime: bool,
+    /// The kernel may hold written data in its page cache and send it in large writes later
+    /// (FUSE_WRITEBACK_CACHE): only for a mount that is the vault's one writer.
+    pub writeback_cache: bool,
 }
 
 impl Default for FsOptions {
@@ -63,6 +66,7 @@ impl Default for FsOptions {
             attr_ttl: Duration::from_secs(1),
             fd_cache: 1024,
             noatime: false,
+            writeback_cache: false,
         }
     }
 }
@@ -175,6 +179,21 @@ impl KmsFs {
     /// How long the kernel may cache attributes and entries.
     pub fn attr_ttl(&self) -> Duration {
         self.opts.attr_ttl
+    }
+
+    /// Whether this mount is the vault's one writer (the store is not shared with other
+    /// hosts): the kernel may then cache directory listings and missing names, since every
+    /// change goes through this daemon and the kernel itself.
+    pub fn single_writer(&self) -> bool {
+        !self
+            .vault
+            .shared_store
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the kernel caches writes (see `FsOptions::writeback_cache`).
+    pub fn writeback_cache(&self) -> bool {
+        self.opts.writeback_cache
     }
 
     /// The inode table, shared with the control socket (status).
