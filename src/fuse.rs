@@ -187,9 +187,9 @@ impl Filesystem for FuseFs {
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_POSIX_ACL);
         // The umask comes unapplied with each create: a directory's default ACL replaces it.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_DONT_MASK);
-        if self.0.writeback_cache() {
-            let _ = config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE);
-        }
+        // No FUSE_WRITEBACK_CACHE: written data would wait in the kernel's page cache, and a
+        // killed daemon would lose writes already acknowledged (tests/crash.rs promises it
+        // does not).
         // Lookups and listings in one directory may run at once (the daemon locks what it
         // must itself).
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);

@@ -214,8 +214,6 @@ fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
                 .fd_cache
                 .unwrap_or_else(|| crate::fs::default_fd_cache(fd_limit)),
             noatime: args.flags.noatime,
-            // Coherent only where this mount is the vault's one writer.
-            writeback_cache: !args.read_only && !shared,
         },
     )
     .map_err(|e| format!("cannot open vault {}: {e}", vault_dir.display()))?;
