@@ -32,7 +32,7 @@ use crate::content::{CryptError, CryptFile, Volume};
 use crate::format::Id;
 use crate::format::header::{FileHeader, HEADER_SIZE};
 use crate::sys::{self, TimeSpec};
-use crate::vault::{self, MetaDir, MountLock, VaultConfig};
+use crate::vault::{self, MetaDir, VaultConfig};
 
 /// The directory under `.kmsfs` holding new files being written and the journal.
 const REKEY_DIR: &str = "rekey";
@@ -85,22 +85,17 @@ pub fn run(args: &RekeyArgs) -> CliResult {
         .canonicalize()
         .map_err(|e| CliError::target(format!("vault {}: {e}", args.vault.display())))?;
     let cfg = VaultConfig::load(&dir)?;
-    let host_id = args.host_id.clone().unwrap_or_else(vault::default_host_id);
-    let _lock = if args.dry_run {
-        if let Some(pid) = MountLock::holder(&dir, &host_id, &cfg.volume_id) {
-            eprintln!(
-                "kmsfs: warning: {} is mounted on this host (pid {pid}): unmount it before the real rekey",
-                dir.display()
-            );
-        }
-        None
-    } else {
-        let mut lock = MountLock::acquire(&dir, &host_id, &cfg.volume_id)?;
-        lock.write_pid(std::process::id())?;
+    let _lock = walk::hold_unmounted(
+        &dir,
+        args.host_id.as_deref(),
+        &cfg.volume_id,
+        args.dry_run,
+        "rekey",
+    )?;
+    if !args.dry_run {
         // New files keep their holes only where the vault has hole maps.
         vault::hole_dir(&dir, true)?;
-        Some(lock)
-    };
+    }
     let off = walk::open(&dir, &args.trust, false)?;
     let tree = walk::walk(&dir, off.encrypted_names(), off.names.as_ref());
     let meta = MetaDir::open(&dir, false)?;

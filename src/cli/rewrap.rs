@@ -43,7 +43,7 @@ use crate::keys::local::LocalProvider;
 use crate::keys::{EncryptionContext, KeyError, KeyProvider, arn};
 use crate::names::NAME_KEY_PURPOSE;
 use crate::vault::config::CONFIG_KEY_PURPOSE;
-use crate::vault::{self, MountLock, TrustedKey, VaultConfig};
+use crate::vault::{self, TrustedKey, VaultConfig};
 
 /// What happened to one file.
 enum Outcome {
@@ -81,20 +81,13 @@ pub fn run(args: &RewrapArgs) -> CliResult {
     let trust = provider::resolve(&args.trust, &cfg, &dir)?;
     let from = provider::open(&trust.key)?;
     // The lock first: a rewrap refused because the vault is mounted creates no key file.
-    let host_id = args.host_id.clone().unwrap_or_else(vault::default_host_id);
-    let _lock = if args.dry_run {
-        if let Some(pid) = MountLock::holder(&dir, &host_id, &cfg.volume_id) {
-            eprintln!(
-                "kmsfs: warning: {} is mounted on this host (pid {pid}): unmount it before the real rewrap",
-                dir.display()
-            );
-        }
-        None
-    } else {
-        let mut lock = MountLock::acquire(&dir, &host_id, &cfg.volume_id)?;
-        lock.write_pid(std::process::id())?;
-        Some(lock)
-    };
+    let _lock = walk::hold_unmounted(
+        &dir,
+        args.host_id.as_deref(),
+        &cfg.volume_id,
+        args.dry_run,
+        "rewrap",
+    )?;
     let (to, to_trusted, created) = open_target(args, &dir)?;
     let to_ref: Option<&dyn KeyProvider> = to.as_deref();
     let to_desc = match (&to, &to_trusted) {

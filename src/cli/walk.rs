@@ -164,6 +164,31 @@ fn config_from_headers(dir: &Path) -> Result<VaultConfig, CliError> {
     )))
 }
 
+/// For a command that changes an unmounted vault (`rewrap`, `rekey`): this host's mount lock,
+/// held until the result is dropped (a mounted vault is refused). A dry run takes no lock and
+/// only warns when the vault is mounted here.
+pub fn hold_unmounted(
+    dir: &Path,
+    host_id: Option<&str>,
+    volume_id: &str,
+    dry_run: bool,
+    command: &str,
+) -> Result<Option<vault::MountLock>, CliError> {
+    let host_id = host_id.map_or_else(vault::default_host_id, str::to_string);
+    if dry_run {
+        if let Some(pid) = vault::MountLock::holder(dir, &host_id, volume_id) {
+            eprintln!(
+                "kmsfs: warning: {} is mounted on this host (pid {pid}): unmount it before the real {command}",
+                dir.display()
+            );
+        }
+        return Ok(None);
+    }
+    let mut lock = vault::MountLock::acquire(dir, &host_id, volume_id)?;
+    lock.write_pid(std::process::id())?;
+    Ok(Some(lock))
+}
+
 /// The vault holding backing path `path`: the nearest ancestor with `.kmsfs/config.json`.
 pub fn find_vault(path: &Path) -> Option<PathBuf> {
     path.ancestors()
