@@ -153,12 +153,14 @@ add_plain() {
   FS_LIST+=("$name")
 }
 
+# add_gocryptfs NAME [extra mount args...]
 add_gocryptfs() {
   local name=$1
+  shift
   mkdir -p "$WORK/$name.cipher" "$WORK/$name.mnt"
   echo "kmsfs-bench-password" >"$WORK/gc.pass"
   gocryptfs -init -q -passfile "$WORK/gc.pass" "$WORK/$name.cipher" >/dev/null
-  gocryptfs -q -nosyslog -passfile "$WORK/gc.pass" "$WORK/$name.cipher" "$WORK/$name.mnt"
+  gocryptfs -q -nosyslog "$@" -passfile "$WORK/gc.pass" "$WORK/$name.cipher" "$WORK/$name.mnt"
   FUSE_MOUNTS+=("$WORK/$name.mnt")
   MNT[$name]=$WORK/$name.mnt KIND[$name]=gocryptfs
   FS_LIST+=("$name")
