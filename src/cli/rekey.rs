@@ -7,7 +7,9 @@
 //! then does one `rename` put it in the old one's place, and the directory is fsynced. A kill
 //! at any moment leaves the old file or the new one, never a mix. The old file's hole map goes
 //! after the rename (a crash in between leaves an orphan map, which grants nothing and which
-//! the next rekey and `fsck --repair-orphans` remove).
+//! `fsck --repair-orphans` removes). Every file is reached from the vault's root descriptor
+//! without following a symbolic link (openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), so a
+//! directory swapped for a link meanwhile cannot lead a write outside the vault.
 //!
 //! Resumable: `.kmsfs/rekey/journal` lists the new file ids of files done; a run that finds it
 //! skips them, removes half-written new files left by a kill, and deletes the journal once
@@ -59,6 +61,8 @@ enum Outcome {
     Linked(u64),
     /// Damaged or foreign: left as it was.
     Damaged(String),
+    /// Gone, replaced by a link, or refused by the backing store: left as it was.
+    Skipped(String),
     /// The key service or the backing store failed: the run stops, to be resumed.
     Failed(String),
 }
@@ -66,6 +70,14 @@ enum Outcome {
 /// What every file needs.
 struct Job<'a> {
     vault: &'a Arc<Volume>,
+    /// The vault directory (canonical) and its descriptor, which every file is reached from.
+    dir: &'a Path,
+    root: &'a File,
+    /// `.kmsfs/holes`, synced before a new file with a hole map takes its place.
+    holes_dir: Option<&'a File>,
+    /// File ids that more than one backing file carries (copies made in the backing store):
+    /// their hole maps stay after a rekey of one of them.
+    shared_ids: &'a HashSet<Id>,
     /// `.kmsfs/rekey` (None in a dry run).
     work: Option<&'a File>,
     /// New file ids of files done, by this run or an interrupted one.
@@ -121,8 +133,19 @@ pub fn run(args: &RekeyArgs) -> CliResult {
     let made_before = args
         .older_than
         .map(|days| sys::unix_now().saturating_sub(days.saturating_mul(86_400)));
+    let root = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(&dir)
+        .map_err(|e| CliError::target(format!("vault {}: {e}", dir.display())))?;
+    let holes_dir = vault::hole_dir(&dir, false)?.map(File::from);
+    let shared_ids = shared_file_ids(&tree.files);
     let job = Job {
         vault: &off.vault,
+        dir: &dir,
+        root: &root,
+        holes_dir: holes_dir.as_ref(),
+        shared_ids: &shared_ids,
         work: work.as_ref(),
         done: &done,
         journal: journal.as_ref(),
@@ -161,6 +184,7 @@ fn report(
 ) -> CliResult {
     let (mut rekeyed, mut bytes, mut already, mut empty, mut young) = (0u64, 0u64, 0, 0, 0);
     let (mut linked, mut damaged, mut failed, mut not_started) = (0u64, 0u64, 0u64, 0u64);
+    let mut skipped = 0u64;
     for (f, o) in files.iter().zip(outcomes) {
         let name = walk::describe(f.plain.as_deref(), &f.backing);
         match o {
@@ -189,6 +213,10 @@ fn report(
             Some(Outcome::Damaged(why)) => {
                 damaged += 1;
                 println!("DAMAGED {name}: {why} (left as it was)");
+            }
+            Some(Outcome::Skipped(why)) => {
+                skipped += 1;
+                println!("SKIPPED {name}: {why} (left as it was)");
             }
             Some(Outcome::Failed(why)) => {
                 failed += 1;
@@ -240,8 +268,12 @@ fn report(
             "{damaged} damaged files were not rekeyed (kmsfs fsck tells more)"
         )));
     }
-    if linked > 0 && !args.dry_run {
-        return Err(format!("{linked} hard-linked files were not rekeyed").into());
+    if (linked > 0 || skipped > 0) && !args.dry_run {
+        return Err(format!(
+            "{} files were not rekeyed ({linked} hard-linked, {skipped} skipped: listed above)",
+            linked + skipped
+        )
+        .into());
     }
     Ok(())
 }
@@ -257,18 +289,23 @@ fn rekey_one(job: &Job<'_>, f: &FileItem) -> Outcome {
             return Outcome::Outside;
         }
     }
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&f.backing)
-    {
-        Ok(file) => file,
-        Err(e) => return Outcome::Failed(format!("cannot open: {e}")),
+    let (parent, name) = match parent_of(job, &f.backing) {
+        Ok(p) => p,
+        Err(e) => return Outcome::Skipped(format!("cannot open its directory: {e}")),
+    };
+    let file = match sys::openat(
+        parent.as_fd(),
+        &name,
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        0,
+    ) {
+        Ok(fd) => File::from(fd),
+        Err(e) => return Outcome::Skipped(format!("cannot open: {e}")),
     };
     let meta = match file.metadata() {
         Ok(m) if m.is_file() => m,
-        Ok(_) => return Outcome::Damaged("no longer a regular file".into()),
-        Err(e) => return Outcome::Failed(e.to_string()),
+        Ok(_) => return Outcome::Skipped("no longer a regular file".into()),
+        Err(e) => return Outcome::Skipped(e.to_string()),
     };
     if meta.len() == 0 {
         return Outcome::Empty;
@@ -302,16 +339,19 @@ fn rekey_one(job: &Job<'_>, f: &FileItem) -> Outcome {
     };
     let n = job.serial.fetch_add(1, Ordering::Relaxed);
     let temp = OsString::from(format!("{TEMP_PREFIX}{}-{n}", hex::encode(header.file_id)));
-    match replace(job, work, &temp, &old, &meta, &f.backing, size) {
+    match replace(job, work, &temp, &old, &meta, (&parent, &name), size) {
         Ok(new_id) => {
             if let Some(j) = job.journal {
                 let mut j = j.lock().unwrap_or_else(|p| p.into_inner());
-                // Not synced: a lost line only means the file is done once more.
-                if let Err(e) = writeln!(j, "{}", hex::encode(new_id)) {
+                // One write per line, not synced: a lost line only means the file is done
+                // once more.
+                if let Err(e) = j.write_all(format!("{}\n", hex::encode(new_id)).as_bytes()) {
                     eprintln!("kmsfs: warning: rekey journal: {e}");
                 }
             }
-            if let Some(store) = &job.vault.holes {
+            if job.shared_ids.contains(&header.file_id) {
+                // Another backing file carries this id (a copy): its holes need the map.
+            } else if let Some(store) = &job.vault.holes {
                 if let Err(e) = store.remove(&header.file_id) {
                     eprintln!(
                         "kmsfs: warning: the old hole map of {} stays (fsck --repair-orphans removes it): {e}",
@@ -326,6 +366,7 @@ fn rekey_one(job: &Job<'_>, f: &FileItem) -> Outcome {
             discard(job.vault, work, &temp);
             match e {
                 Step::Damaged(why) => Outcome::Damaged(why),
+                Step::Skipped(why) => Outcome::Skipped(why),
                 Step::Failed(why) => Outcome::Failed(why),
             }
         }
@@ -334,7 +375,11 @@ fn rekey_one(job: &Job<'_>, f: &FileItem) -> Outcome {
 
 /// Why a file could not be rekeyed.
 enum Step {
+    /// Its content does not authenticate.
     Damaged(String),
+    /// The backing store refused something about this one file (its metadata, its name).
+    Skipped(String),
+    /// The key service, or writing the new copy (space, I/O): the run stops.
     Failed(String),
 }
 
@@ -349,7 +394,7 @@ impl From<CryptError> for Step {
 
 impl From<std::io::Error> for Step {
     fn from(e: std::io::Error) -> Self {
-        Step::Failed(e.to_string())
+        Step::Skipped(e.to_string())
     }
 }
 
@@ -360,7 +405,7 @@ fn replace(
     temp: &OsStr,
     old: &CryptFile,
     meta: &std::fs::Metadata,
-    backing: &Path,
+    (parent, name): (&File, &OsStr),
     size: u64,
 ) -> Result<Id, Step> {
     // Authenticated first: a damaged or foreign file is not given a new key.
@@ -370,7 +415,8 @@ fn replace(
         temp,
         libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
         0o600,
-    )?;
+    )
+    .map_err(|e| Step::Failed(format!("cannot make the new copy: {e}")))?;
     let new_file = File::from(fd);
     let new = CryptFile::new(new_file.try_clone()?, job.vault.clone());
     copy_content(old, &new, size)?;
@@ -380,16 +426,20 @@ fn replace(
         .ok_or_else(|| Step::Failed("the new copy has no header".into()))?;
     copy_metadata(old_fd(old)?.as_fd(), new_file.as_fd(), meta)?;
     new_file.sync_all()?;
-    let (parent, name) = parent_of(backing)?;
+    if let Some(d) = job.holes_dir {
+        // The new map's directory entry, before the file that needs it is in place.
+        sys::fsync(d.as_fd())?;
+    }
     // The name must still be the file read (nothing else runs here, but check anyway).
-    let now = sys::stat_at(parent.as_fd(), &name)?;
+    let now = sys::stat_at(parent.as_fd(), name)?;
     if (now.st_dev, now.st_ino) != (meta.dev(), meta.ino()) {
         return Err(Step::Failed(
             "the file was replaced while being rekeyed".into(),
         ));
     }
-    sys::renameat2(work.as_fd(), temp, parent.as_fd(), &name, 0)?;
+    sys::renameat2(work.as_fd(), temp, parent.as_fd(), name, 0)?;
     sys::fsync(parent.as_fd())?;
+    sys::fsync(work.as_fd())?;
     Ok(new_id)
 }
 
@@ -433,6 +483,9 @@ fn copy_metadata(
     to: std::os::fd::BorrowedFd<'_>,
     meta: &std::fs::Metadata,
 ) -> Result<(), Step> {
+    // The owner first: chown clears set-ID bits and file capabilities (security.capability),
+    // which the xattrs and the mode below then restore.
+    sys::chown_fd(to, meta.uid(), meta.gid())?;
     let list = match sys::xattr::list(from) {
         Ok(l) => l,
         Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Vec::new(),
@@ -444,8 +497,6 @@ fn copy_metadata(
         let value = sys::xattr::get(from, &name)?;
         sys::xattr::set(to, &name, &value, 0)?;
     }
-    // The owner before the mode: chown clears set-ID bits.
-    sys::chown_fd(to, meta.uid(), meta.gid())?;
     sys::fchmod(to, meta.mode() & 0o7777)?;
     sys::set_times(
         to,
@@ -455,16 +506,43 @@ fn copy_metadata(
     Ok(())
 }
 
-/// The parent directory of `path` (opened without following a link) and the last name.
-fn parent_of(path: &Path) -> Result<(File, OsString), Step> {
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(Step::Failed("no parent directory".into()));
+/// The parent directory of backing path `path`, reached from the vault's root descriptor
+/// without following a link on the way, and the last name.
+fn parent_of(job: &Job<'_>, path: &Path) -> std::io::Result<(File, OsString)> {
+    let rel = path
+        .strip_prefix(job.dir)
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EXDEV))?;
+    let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
     };
-    let dir = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-        .open(parent)?;
-    Ok((dir, name.to_os_string()))
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let fd = sys::open_beneath(job.root.as_fd(), parent, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    Ok((File::from(fd), name.to_os_string()))
+}
+
+/// The file ids that more than one of `files` carries in its header.
+fn shared_file_ids(files: &[FileItem]) -> HashSet<Id> {
+    let mut seen = HashSet::new();
+    let mut shared = HashSet::new();
+    for f in files {
+        let Ok(file) = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&f.backing)
+        else {
+            continue;
+        };
+        if let Some(h) = raw_header(&file) {
+            if !seen.insert(h.file_id) {
+                shared.insert(h.file_id);
+            }
+        }
+    }
+    shared
 }
 
 /// The header of `file` as stored (structure checked, not yet authenticated).

@@ -22,6 +22,36 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Open `rel`, a path relative to directory `root`, without leaving `root` and without
+/// following a symbolic link anywhere on the way (openat2 with RESOLVE_BENEATH and
+/// RESOLVE_NO_SYMLINKS): a directory swapped for a link meanwhile is ELOOP, not followed.
+pub fn open_beneath(
+    root: BorrowedFd<'_>,
+    rel: &std::path::Path,
+    flags: libc::c_int,
+) -> io::Result<OwnedFd> {
+    let path = cstr(rel.as_os_str())?;
+    // SAFETY: open_how is plain data; zero is a valid value of every field.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: valid fd, C string and open_how of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// A C string from an OS string (EINVAL on an interior NUL).
 pub fn cstr(s: &OsStr) -> io::Result<CString> {
     CString::new(s.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
@@ -517,4 +547,32 @@ pub fn ofd_lock(fd: BorrowedFd<'_>, kind: libc::c_short, cmd: libc::c_int) -> io
 pub fn flock(fd: BorrowedFd<'_>, op: libc::c_int) -> bool {
     // SAFETY: valid fd.
     unsafe { libc::flock(fd.as_raw_fd(), op) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory on the way that is a symbolic link (to inside or outside the root) is
+    /// refused, as is ".." out of the root; plain subdirectories open.
+    #[test]
+    fn open_beneath_follows_no_link_and_stays_inside() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let root = t.path().join("root");
+        std::fs::create_dir_all(root.join("a/b")).expect("mkdir");
+        std::fs::create_dir_all(t.path().join("outside")).expect("mkdir");
+        std::os::unix::fs::symlink(t.path().join("outside"), root.join("out")).expect("link");
+        std::os::unix::fs::symlink("a", root.join("in")).expect("link");
+        let r = std::fs::File::open(&root).expect("root");
+        let dir = libc::O_RDONLY | libc::O_DIRECTORY;
+        assert!(open_beneath(r.as_fd(), std::path::Path::new("a/b"), dir).is_ok());
+        assert!(open_beneath(r.as_fd(), std::path::Path::new("."), dir).is_ok());
+        for bad in ["out", "in/b", "..", "a/../../outside"] {
+            let e = open_beneath(r.as_fd(), std::path::Path::new(bad), dir).expect_err("refused");
+            assert!(
+                matches!(e.raw_os_error(), Some(libc::ELOOP | libc::EXDEV)),
+                "{bad}: {e}"
+            );
+        }
+    }
 }
