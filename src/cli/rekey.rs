@@ -529,14 +529,7 @@ fn shared_file_ids(files: &[FileItem]) -> HashSet<Id> {
     let mut seen = HashSet::new();
     let mut shared = HashSet::new();
     for f in files {
-        let Ok(file) = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&f.backing)
-        else {
-            continue;
-        };
-        if let Some(h) = raw_header(&file) {
+        if let Some(h) = walk::stored_header(&f.backing) {
             if !seen.insert(h.file_id) {
                 shared.insert(h.file_id);
             }

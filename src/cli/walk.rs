@@ -125,24 +125,26 @@ fn canonical(dir: &Path) -> Result<PathBuf, CliError> {
         .map_err(|e| CliError::target(format!("vault {}: {e}", dir.display())))
 }
 
+/// The header of the backing file at `path` as stored (structure checked, not authenticated);
+/// None when it cannot be opened (a link, a FIFO: never followed, never waited on) or has none.
+pub fn stored_header(path: &Path) -> Option<FileHeader> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let mut buf = vec![0u8; HEADER_SIZE];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, 0).ok()?;
+    FileHeader::decode(&buf).ok()
+}
+
 /// A config for a vault whose `.kmsfs/` is lost: volume id and block size from the first file
 /// with a valid header; names taken as encrypted when the root holds a `.kmsfs.diriv`.
 fn config_from_headers(dir: &Path) -> Result<VaultConfig, CliError> {
     let encrypted = dir.join(DIRIV_NAME).exists();
     let tree = walk(dir, encrypted, None);
     for f in &tree.files {
-        let mut buf = vec![0u8; HEADER_SIZE];
-        let Ok(file) = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&f.backing)
-        else {
-            continue;
-        };
-        if std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, 0).is_err() {
-            continue;
-        }
-        if let Ok(h) = FileHeader::decode(&buf) {
+        if let Some(h) = stored_header(&f.backing) {
             return Ok(VaultConfig {
                 format_version: h.version,
                 volume_id: hex::encode(h.volume_id),
