@@ -22,7 +22,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,9 +30,8 @@ use std::time::Instant;
 
 use super::walk::{self, FileItem, Progress};
 use super::{CliError, CliResult, RekeyArgs, status};
-use crate::content::{CryptError, CryptFile, Volume};
+use crate::content::{CryptError, CryptFile, Volume, stored_header};
 use crate::format::Id;
-use crate::format::header::{FileHeader, HEADER_SIZE};
 use crate::sys::{self, TimeSpec};
 use crate::vault::{self, MetaDir, VaultConfig};
 
@@ -104,10 +103,9 @@ pub fn run(args: &RekeyArgs) -> CliResult {
         args.dry_run,
         "rekey",
     )?;
-    if !args.dry_run {
-        // New files keep their holes only where the vault has hole maps.
-        vault::hole_dir(&dir, true)?;
-    }
+    // Made when missing (a real run): new files keep their holes only where the vault has
+    // hole maps.
+    let holes_dir = vault::hole_dir(&dir, !args.dry_run)?.map(File::from);
     let off = walk::open(&dir, &args.trust, false)?;
     let tree = walk::walk(&dir, off.encrypted_names(), off.names.as_ref());
     let meta = MetaDir::open(&dir, false)?;
@@ -138,8 +136,13 @@ pub fn run(args: &RekeyArgs) -> CliResult {
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
         .open(&dir)
         .map_err(|e| CliError::target(format!("vault {}: {e}", dir.display())))?;
-    let holes_dir = vault::hole_dir(&dir, false)?.map(File::from);
-    let shared_ids = shared_file_ids(&tree.files);
+    // Only a real run removes hole maps, and only ids that have one can share one.
+    let shared_ids = match &off.vault.holes {
+        Some(store) if !args.dry_run && !store.ids().unwrap_or_default().is_empty() => {
+            shared_file_ids(&tree.files)
+        }
+        _ => HashSet::new(),
+    };
     let job = Job {
         vault: &off.vault,
         dir: &dir,
@@ -170,22 +173,21 @@ pub fn run(args: &RekeyArgs) -> CliResult {
         o
     });
     progress.finish();
-    report(&tree.files, outcomes, args, started, work.as_ref(), &tree)
+    report(&tree, outcomes, args, started, work.as_ref())
 }
 
 /// Print the per-file problems and the summary; the exit status says whether all is done.
 fn report(
-    files: &[FileItem],
+    tree: &walk::Tree,
     outcomes: Vec<Option<Outcome>>,
     args: &RekeyArgs,
     started: Instant,
     work: Option<&File>,
-    tree: &walk::Tree,
 ) -> CliResult {
     let (mut rekeyed, mut bytes, mut already, mut empty, mut young) = (0u64, 0u64, 0, 0, 0);
     let (mut linked, mut damaged, mut failed, mut not_started) = (0u64, 0u64, 0u64, 0u64);
     let mut skipped = 0u64;
-    for (f, o) in files.iter().zip(outcomes) {
+    for (f, o) in tree.files.iter().zip(outcomes) {
         let name = walk::describe(f.plain.as_deref(), &f.backing);
         match o {
             Some(Outcome::Rekeyed(n)) => {
@@ -310,7 +312,7 @@ fn rekey_one(job: &Job<'_>, f: &FileItem) -> Outcome {
     if meta.len() == 0 {
         return Outcome::Empty;
     }
-    let Some(header) = raw_header(&file) else {
+    let Some(header) = stored_header(&file) else {
         return Outcome::Damaged("its header does not decode".into());
     };
     if job.done.contains(&header.file_id) {
@@ -538,13 +540,6 @@ fn shared_file_ids(files: &[FileItem]) -> HashSet<Id> {
     shared
 }
 
-/// The header of `file` as stored (structure checked, not yet authenticated).
-fn raw_header(file: &File) -> Option<FileHeader> {
-    let mut buf = vec![0u8; HEADER_SIZE];
-    file.read_exact_at(&mut buf, 0).ok()?;
-    FileHeader::decode(&buf).ok()
-}
-
 /// `.kmsfs/rekey`, made (mode 0700) when missing, opened without following a link.
 fn open_work_dir(meta: &MetaDir) -> Result<File, CliError> {
     let io = |e: std::io::Error| {
@@ -595,7 +590,7 @@ fn discard(vault: &Volume, work: &File, name: &OsStr) {
             0,
         ),
     ) {
-        if let Some(h) = raw_header(&File::from(fd)) {
+        if let Some(h) = stored_header(&File::from(fd)) {
             let _ = store.remove(&h.file_id);
         }
     }

@@ -133,9 +133,7 @@ pub fn stored_header(path: &Path) -> Option<FileHeader> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .ok()?;
-    let mut buf = vec![0u8; HEADER_SIZE];
-    std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, 0).ok()?;
-    FileHeader::decode(&buf).ok()
+    crate::content::stored_header(&file)
 }
 
 /// A config for a vault whose `.kmsfs/` is lost: volume id and block size from the first file

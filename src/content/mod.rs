@@ -465,23 +465,25 @@ impl CryptFile {
     }
 }
 
+/// The header of backing file `file` as stored: structure checked, not authenticated (no key
+/// needed). None for an empty or foreign file.
+pub fn stored_header(file: &File) -> Option<FileHeader> {
+    let mut buf = vec![0u8; HEADER_SIZE];
+    let n = read_full(file, &mut buf, 0).ok()?;
+    FileHeader::decode(&buf[..n]).ok()
+}
+
 /// The file id the header of backing file `file` names (not authenticated; no key needed).
 /// None for an empty or foreign file.
 pub fn header_file_id(file: &File) -> Option<Id> {
-    let mut buf = vec![0u8; HEADER_SIZE];
-    let n = read_full(file, &mut buf, 0).ok()?;
-    FileHeader::decode(&buf[..n]).ok().map(|h| h.file_id)
+    stored_header(file).map(|h| h.file_id)
 }
 
 /// Unwrap the key of the backing file `file` ahead of use, if it is a kmsfs file of `vault`
 /// whose key is not cached. Returns whether a key was fetched. Damaged files are left for the
 /// reader to report.
 pub fn prefetch_key(file: &File, vault: &Volume) -> Result<bool, KeyError> {
-    let mut buf = vec![0u8; HEADER_SIZE];
-    let Ok(n) = read_full(file, &mut buf, 0) else {
-        return Ok(false);
-    };
-    let Ok(header) = FileHeader::decode(&buf[..n]) else {
+    let Some(header) = stored_header(file) else {
         return Ok(false);
     };
     if header.volume_id != vault.volume_id || vault.keys.contains(&header.file_id) {
