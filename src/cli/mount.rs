@@ -203,6 +203,9 @@ fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
     if let Some(handle) = name_key.clone() {
         spawn_name_key_refresh(handle, ttl)?;
     }
+    if let Some(unsynced) = names.unsynced() {
+        spawn_name_file_sync(unsynced)?;
+    }
     let mut fs = KmsFs::new(
         vault_dir,
         vault,
@@ -389,6 +392,20 @@ fn describe_options(args: &MountArgs) -> String {
 
 /// Re-unwrap the file-name key once per TTL in the background (lookups keep using the current
 /// key meanwhile), so a KMS refusal of the vault's key reaches file names too.
+/// Sync new directory IV files and sidecars every `FLUSH_EVERY` (names::unsynced).
+fn spawn_name_file_sync(unsynced: Arc<crate::names::Unsynced>) -> CliResult {
+    std::thread::Builder::new()
+        .name("kmsfs-name-sync".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(crate::names::FLUSH_EVERY);
+                unsynced.flush_unasked();
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start a thread: {e}").into())
+}
+
 fn spawn_name_key_refresh(handle: crate::names::NameKeyHandle, ttl: Duration) -> CliResult {
     // TTL 0 means "no caching across opens"; names have no opens, so refresh every minute.
     let every = if ttl.is_zero() {

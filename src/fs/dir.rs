@@ -183,8 +183,9 @@ impl KmsFs {
         self.handles.release_dir(fh);
     }
 
-    /// fsync of directory `ino`.
+    /// fsync of directory `ino` (new IV files and sidecars first).
     pub fn fsyncdir(&self, ino: u64) -> FsResult<()> {
+        self.names.sync_new().map_err(e_io)?;
         let i = self.inode(ino)?;
         let fd =
             sys::reopen(self.fd(&i)?.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(e_io)?;
@@ -244,7 +245,9 @@ impl KmsFs {
     }
 
     /// Rename `name` in `parent` to `newname` in `newparent` (`flags`: renameat2's
-    /// RENAME_NOREPLACE, RENAME_EXCHANGE).
+    /// RENAME_NOREPLACE, RENAME_EXCHANGE). New IV files and sidecars are synced first: the
+    /// entry moved may be one made durable before, which a crash must not leave in a
+    /// directory whose IV never reached the disk.
     pub fn rename(
         &self,
         parent: u64,
@@ -253,6 +256,7 @@ impl KmsFs {
         newname: &OsStr,
         flags: u32,
     ) -> FsResult<()> {
+        self.names.sync_new().map_err(e_io)?;
         let p = self.inode(parent)?;
         let np = self.inode(newparent)?;
         let from = self.existing_name(&p, name)?;
@@ -297,6 +301,8 @@ impl KmsFs {
 
     /// A new hard link `newname` in `newparent` to inode `ino`.
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> FsResult<Entry> {
+        // As for rename: the file linked may be a durable one.
+        self.names.sync_new().map_err(e_io)?;
         let inode = self.inode(ino)?;
         let np = self.inode(newparent)?;
         let bname = self.new_name(&np, newname)?;

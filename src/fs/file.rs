@@ -98,9 +98,11 @@ impl KmsFs {
         self.release_handle(ino, fh);
     }
 
-    /// fsync (or fdatasync) through handle `fh`.
+    /// fsync (or fdatasync) through handle `fh`; new directory IVs and sidecars first, so a
+    /// file made durable keeps its name.
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
         let file = self.handles.file(fh).ok_or(FsError::EBADF)?;
+        self.names.sync_new().map_err(|e| FsError::io(&e))?;
         file.sync(datasync).map_err(|e| FsError::crypt(&e))
     }
 

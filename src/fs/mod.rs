@@ -239,6 +239,9 @@ impl KmsFs {
 
     /// Unmounting: drop every key.
     pub fn destroy(&self) {
+        if let Err(e) = self.names.sync_new() {
+            tracing::error!("new directory IVs not synced at unmount: {e}");
+        }
         self.remove_doomed_maps();
         self.vault.keys.clear();
     }

@@ -622,6 +622,29 @@ fn a_file_is_named_by_its_plain_path_for_log_lines() {
     assert_eq!(f.fs.plain_path(ROOT), Some(std::path::PathBuf::from("/")));
 }
 
+#[test]
+fn new_directory_ivs_and_sidecars_are_synced_by_the_next_fsync() {
+    let f = fixture();
+    let unsynced = f.fs.names.unsynced().expect("encrypted names");
+    let d = f.dir(ROOT, "src");
+    let long = "n".repeat(200);
+    f.file(d, &long, b"x");
+    assert_eq!(unsynced.len(), 2, "the IV file and the long name's sidecar wait");
+    let (e, fh) = f
+        .fs
+        .create(&ME, d, OsStr::new("lib.rs"), 0o644, 0o022, libc::O_WRONLY)
+        .expect("create");
+    f.fs.fsync(fh, true).expect("fsync");
+    assert!(unsynced.is_empty(), "an fsync syncs them first");
+    f.fs.release(e.attr.ino, fh);
+    f.dir(d, "sub");
+    f.fs.fsyncdir(d).expect("fsyncdir");
+    assert!(unsynced.is_empty(), "so does an fsyncdir");
+    f.dir(d, "sub2");
+    f.fs.destroy();
+    assert!(unsynced.is_empty(), "and the unmount");
+}
+
 // Set-ID bits, ACLs and rewinddir: POSIX behaviour beside the basics above.
 #[path = "tests_posix.rs"]
 mod posix;

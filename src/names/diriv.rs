@@ -34,6 +34,7 @@ use lru::LruCache;
 use parking_lot::Mutex;
 
 use super::cipher::{BINDING_LEN, DIRIV_LEN, DIRIV_NAME, DirIv, NameCipher};
+use super::unsynced::Unsynced;
 use crate::sys::{self, describe};
 
 /// Size of a `.kmsfs.diriv`: the IV and one binding.
@@ -217,16 +218,19 @@ impl DirIvs {
             self.root.as_fd(),
             OsStr::new(DIRIV_NAME),
             &DirIvFile::encode(&iv, &[binding]),
+            None,
         )
     }
 
-    /// Give the new directory `entry` of `parent` its IV file, bound to that place.
+    /// Give the new directory `entry` of `parent` its IV file, bound to that place (synced
+    /// through `later`).
     pub fn create(
         &self,
         cipher: &NameCipher,
         parent: BorrowedFd<'_>,
         entry: &OsStr,
         dir: BorrowedFd<'_>,
+        later: &Unsynced,
     ) -> io::Result<()> {
         let piv = self.get(cipher, parent)?;
         let iv = random_iv()?;
@@ -235,6 +239,7 @@ impl DirIvs {
             dir,
             OsStr::new(DIRIV_NAME),
             &DirIvFile::encode(&iv, &[binding]),
+            Some(later),
         )?;
         self.cache.lock().put(dir_key(dir)?, iv);
         Ok(())
@@ -247,7 +252,7 @@ impl DirIvs {
 
     /// Put back an IV file removed for an rmdir that then failed.
     pub fn restore(&self, dir: BorrowedFd<'_>, raw: &[u8]) -> io::Result<()> {
-        write_new(dir, OsStr::new(DIRIV_NAME), raw)
+        write_new(dir, OsStr::new(DIRIV_NAME), raw, None)
     }
 
     /// Forget the cached IV of a removed directory.
@@ -305,9 +310,15 @@ fn random_iv() -> io::Result<DirIv> {
     crate::crypto::random_array().map_err(io::Error::other)
 }
 
-/// Create `name` in `dir` (mode 0444, must not exist) holding `data`, on disk before returning:
-/// a lost IV or sidecar would lose names.
-pub fn write_new(dir: BorrowedFd<'_>, name: &OsStr, data: &[u8]) -> io::Result<()> {
+/// Create `name` in `dir` (mode 0444, must not exist) holding `data`, on disk before returning
+/// or, given `later`, before the next fsync through the mount returns: a lost IV or sidecar
+/// would lose names.
+pub fn write_new(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    data: &[u8],
+    later: Option<&Unsynced>,
+) -> io::Result<()> {
     let fd = sys::openat(
         dir,
         name,
@@ -315,7 +326,10 @@ pub fn write_new(dir: BorrowedFd<'_>, name: &OsStr, data: &[u8]) -> io::Result<(
         0o444,
     )?;
     let mut f = File::from(fd);
-    let r = f.write_all(data).and_then(|()| f.sync_data());
+    let r = f.write_all(data).and_then(|()| match later {
+        Some(later) => later.defer(f),
+        None => f.sync_data(),
+    });
     if r.is_err() {
         let _ = sys::unlinkat(dir, name, 0);
     }

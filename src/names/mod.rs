@@ -23,6 +23,7 @@ pub mod diriv;
 mod error;
 pub mod key;
 mod setup;
+mod unsynced;
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -41,6 +42,7 @@ use diriv::{DirIvs, write_new};
 pub use error::NamesError;
 pub use key::{NameKeyHandle, NameKeySource};
 use sys::describe;
+pub use unsynced::{FLUSH_EVERY, Unsynced};
 
 /// Purpose of the volume name key in its KMS encryption context.
 pub const NAME_KEY_PURPOSE: &str = "names";
@@ -53,6 +55,8 @@ pub struct Names {
 struct Encrypted {
     key: NameKeyHandle,
     dirivs: DirIvs,
+    /// New IV files and sidecars not yet synced.
+    unsynced: Arc<Unsynced>,
 }
 
 impl Encrypted {
@@ -123,6 +127,7 @@ impl Names {
             enc: Some(Encrypted {
                 key: NameKeyHandle::new(key, source),
                 dirivs: DirIvs::new(root)?,
+                unsynced: Arc::default(),
             }),
         })
     }
@@ -137,6 +142,17 @@ impl Names {
     /// The name key's slot, for the background re-unwrap (None for plaintext names).
     pub fn key_handle(&self) -> Option<NameKeyHandle> {
         self.enc.as_ref().map(|e| e.key.clone())
+    }
+
+    /// New IV files and sidecars to sync before any fsync through the mount returns (None for
+    /// plaintext names, which write none).
+    pub fn unsynced(&self) -> Option<Arc<Unsynced>> {
+        self.enc.as_ref().map(|e| e.unsynced.clone())
+    }
+
+    /// Put every new IV file and sidecar on disk (before an fsync, and at unmount).
+    pub fn sync_new(&self) -> io::Result<()> {
+        self.enc.as_ref().map_or(Ok(()), |e| e.unsynced.flush())
     }
 
     /// Whether names are encrypted.
@@ -176,6 +192,26 @@ impl Names {
         }
     }
 
+    /// Write the sidecar of long name `name` in `dir`; whether a new file was written.
+    fn write_sidecar(&self, dir: BorrowedFd<'_>, name: &BackingName) -> io::Result<bool> {
+        let (Some(side), Some(enc)) = (name.sidecar(), &name.long) else {
+            return Ok(false);
+        };
+        let later = self.enc.as_ref().map(|e| &*e.unsynced);
+        match write_new(dir, &side, enc.as_bytes(), later) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                if read_small(dir, &side, enc.len()).is_ok_and(|b| b == enc.as_bytes()) {
+                    return Ok(false);
+                }
+                // Damaged or stale: replace it.
+                unlinkat(dir, &side, 0)?;
+                write_new(dir, &side, enc.as_bytes(), later).map(|()| true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Make entry `name` in `dir` with `make` (given the backing name): a long name's sidecar is
     /// written first and removed again if `make` fails.
     pub fn create<T>(
@@ -184,7 +220,7 @@ impl Names {
         name: &BackingName,
         make: impl FnOnce(&OsStr) -> io::Result<T>,
     ) -> io::Result<T> {
-        let wrote = write_sidecar(dir, name)?;
+        let wrote = self.write_sidecar(dir, name)?;
         make(&name.name).inspect_err(|_| {
             if wrote && !sys::exists_at(dir, &name.name) {
                 remove_sidecar(dir, name);
@@ -304,7 +340,7 @@ impl Names {
         to: &BackingName,
         flags: u32,
     ) -> io::Result<()> {
-        let wrote = write_sidecar(to_dir, to)?;
+        let wrote = self.write_sidecar(to_dir, to)?;
         let mut r = renameat2(from_dir, &from.name, to_dir, &to.name, flags);
         let plain_replace = flags & (libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) == 0;
         if self.enc.is_some()
@@ -315,7 +351,7 @@ impl Names {
             )
             && self.rmdir(to_dir, to).is_ok()
         {
-            write_sidecar(to_dir, to)?;
+            self.write_sidecar(to_dir, to)?;
             r = renameat2(from_dir, &from.name, to_dir, &to.name, flags);
         }
         match r {
@@ -459,7 +495,7 @@ impl Encrypted {
             libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
         )?;
         self.dirivs
-            .create(&*self.cipher()?, parent, name, d.as_fd())?;
+            .create(&*self.cipher()?, parent, name, d.as_fd(), &self.unsynced)?;
         if mode & 0o700 != 0o700 {
             let now = stat(d.as_fd())?.st_mode & 0o7777;
             sys::chmod_fd(d.as_fd(), (now & !0o700) | (mode & 0o700))?;
@@ -574,25 +610,6 @@ fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int) -> io::Result<O
 /// FIFO blocked on), refusing more than `max` bytes.
 fn read_small(dir: BorrowedFd<'_>, name: &OsStr, max: usize) -> io::Result<Vec<u8>> {
     sys::read_regular(dir, name, max)
-}
-
-/// Write the sidecar of long name `name` in `dir`; whether a new file was written.
-fn write_sidecar(dir: BorrowedFd<'_>, name: &BackingName) -> io::Result<bool> {
-    let (Some(side), Some(enc)) = (name.sidecar(), &name.long) else {
-        return Ok(false);
-    };
-    match write_new(dir, &side, enc.as_bytes()) {
-        Ok(()) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-            if read_small(dir, &side, enc.len()).is_ok_and(|b| b == enc.as_bytes()) {
-                return Ok(false);
-            }
-            // Damaged or stale: replace it.
-            unlinkat(dir, &side, 0)?;
-            write_new(dir, &side, enc.as_bytes()).map(|()| true)
-        }
-        Err(e) => Err(e),
-    }
 }
 
 /// Remove the sidecar of `name` in `dir`, if it is a long name (logged when that fails).
