@@ -69,7 +69,7 @@ fn a_tree_walk_gets_the_next_sibling_directories_prefetched() {
     let kms = Kms::start();
     let v = kms.vault();
     let mut tree = Vec::new();
-    for d in 0..6 {
+    for d in 0..12 {
         tree.extend(fill_dir(&v, &format!("d{d}"), 20, 20 + d));
     }
     let m = v.mount(&[]);
@@ -95,9 +95,16 @@ fn a_tree_walk_gets_the_next_sibling_directories_prefetched() {
             );
         }
     }
-    // Two walked siblings start a lookahead of two more directories: 4 × 20 keys, no more.
+    // Two walked siblings start a lookahead: two more directories, or (when the reader's cold
+    // opens came fast enough to count as a tree walk) 128 files' worth of whole directories.
+    // Either way it is bounded: 40 read, at most 128 + one 20-file directory ahead.
     kms.settle(Duration::from_millis(700));
-    assert_eq!(kms.file_decrypts(), 80, "{:?}", kms.proxy.counts());
+    let fetched = kms.file_decrypts();
+    assert!(
+        (80..=40 + 128 + 20).contains(&fetched),
+        "{fetched} keys fetched: {:?}",
+        kms.proxy.counts()
+    );
     // Their keys are cached: they read while the KMS hangs.
     kms.proxy.set_hang(true);
     for d in &dirs[2..4] {
@@ -109,6 +116,71 @@ fn a_tree_walk_gets_the_next_sibling_directories_prefetched() {
         }
     }
     kms.proxy.set_hang(false);
+    m.unmount();
+}
+
+/// Every file under `dir` of mount `m`, depth first in listing order, as `grep -r` walks.
+fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in fs::read_dir(dir).expect("list") {
+        let e = e.expect("entry");
+        if e.file_type().expect("type").is_dir() {
+            walk(&e.path(), out);
+        } else {
+            out.push(e.path());
+        }
+    }
+}
+
+#[test]
+fn a_tree_of_small_directories_is_prefetched_ahead_of_a_walk() {
+    // Shaped like a source tree: crates of one file per directory, two levels deep. No
+    // directory has the three cold opens that prefetch a directory on its own.
+    let kms = Kms::start();
+    let v = kms.vault();
+    let m = v.mount(&[]);
+    let mut rng = Rng::new(31);
+    for c in 0..8 {
+        for (dir, file) in [("", "Cargo.toml"), ("/src", "lib.rs"), ("/src/x", "mod.rs")] {
+            let d = m.join(format!("c{c}{dir}"));
+            fs::create_dir_all(&d).expect("mkdir");
+            fs::write(d.join(file), rng.bytes(1500)).expect("write");
+        }
+    }
+    m.unmount();
+    let m = v.mount(&[]);
+    let crates: Vec<std::path::PathBuf> = fs::read_dir(m.path())
+        .expect("list root")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    let files_of = |c: &std::path::Path| {
+        let mut files = Vec::new();
+        walk(c, &mut files);
+        files
+    };
+
+    kms.quiet_and_reset();
+    kms.proxy.set_delay(Duration::from_millis(20));
+    for c in &crates[..4] {
+        for f in files_of(c) {
+            read_file(&f).expect("cold read");
+        }
+    }
+    kms.proxy.set_delay(Duration::ZERO);
+    kms.settle(Duration::from_millis(700));
+    // The walk was seen: the next two crates, subdirectories included, are cached, so they
+    // read while the KMS hangs.
+    kms.proxy.set_hang(true);
+    for c in &crates[4..6] {
+        for f in files_of(c) {
+            read_file(&f).unwrap_or_else(|e| panic!("{} not prefetched: {e}", f.display()));
+        }
+    }
+    kms.proxy.set_hang(false);
+    assert!(
+        kms.file_decrypts() <= 24,
+        "keys unwrapped twice: {:?}",
+        kms.proxy.counts()
+    );
     m.unmount();
 }
 
