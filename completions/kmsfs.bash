@@ -463,7 +463,7 @@ _kmsfs() {
             return 0
             ;;
         kmsfs__subcmd__mount)
-            opts="-f -h --key-file --kms-key-id --volume-id --foreground --key-ttl --key-cache-size --key-pool-size --read-only --nonempty --allow-other --host-id --attr-ttl --threads --fd-cache --readahead --spare-files --log-file --log-level --fsname --flags --help"
+            opts="-f -h --key-file --kms-key-id --volume-id --foreground --key-ttl --key-cache-size --key-pool-size --read-only --nonempty --allow-other --host-id --attr-ttl --writeback-cache --threads --fd-cache --readahead --spare-files --log-file --log-level --fsname --flags --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -66,6 +66,7 @@ complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -s f -l foreground -d
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l read-only -d 'Mount read-only'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l nonempty -d 'Mount even onto a directory that holds files (they are hidden until unmount) or onto another mount'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l allow-other -d 'Let other users use the mount (access follows the backing files\' owners and modes)'
+complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -l writeback-cache -d 'Let the kernel hold written data in its page cache and send it in large writes later (FUSE writeback cache): small and unaligned writes (sqlite, tar) are faster, but data not yet fsynced is lost if the daemon is killed, as on a local file system when the machine crashes. Refused on a network or FUSE store (other hosts would not see it)'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand mount" -s h -l help -d 'Print help'
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand unmount" -l wait -d 'While programs still use the mount (a shell in it, a detached `git gc`), wait this many seconds for them to finish before giving up (0: do not wait)' -r
 complete -c kmsfs -n "__fish_kmsfs_using_subcommand unmount" -s h -l help -d 'Print help'

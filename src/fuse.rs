@@ -187,9 +187,12 @@ impl Filesystem for FuseFs {
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_POSIX_ACL);
         // The umask comes unapplied with each create: a directory's default ACL replaces it.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_DONT_MASK);
-        // No FUSE_WRITEBACK_CACHE: written data would wait in the kernel's page cache, and a
-        // killed daemon would lose writes already acknowledged (tests/crash.rs promises it
-        // does not).
+        // FUSE_WRITEBACK_CACHE only when asked (`--writeback-cache`): written data then waits
+        // in the kernel's page cache, and a killed daemon loses writes already acknowledged
+        // (by default it does not: tests/crash.rs).
+        if self.0.writeback_cache() {
+            let _ = config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE);
+        }
         // Lookups and listings in one directory may run at once (the daemon locks what it
         // must itself).
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);

@@ -112,6 +112,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<Helper, CliError> {
                 "log_file" => with("--log-file")?,
                 "log_level" => with("--log-level")?,
                 "allow_other" => flag("--allow-other"),
+                "writeback_cache" => flag("--writeback-cache"),
                 "read_only" => flag("--read-only"),
                 "nonempty" => flag("--nonempty"),
                 // `mount -t fuse.kmsfs TAG MNT -o source=VAULT`: the vault, with TAG as the

@@ -172,6 +172,12 @@ struct MountArgs {
     /// change too: every stat and open then asks the backing store.
     #[arg(long, value_name = "SECONDS")]
     attr_ttl: Option<f64>,
+    /// Let the kernel hold written data in its page cache and send it in large writes later
+    /// (FUSE writeback cache): small and unaligned writes (sqlite, tar) are faster, but data
+    /// not yet fsynced is lost if the daemon is killed, as on a local file system when the
+    /// machine crashes. Refused on a network or FUSE store (other hosts would not see it).
+    #[arg(long)]
+    writeback_cache: bool,
     /// FUSE worker threads.
     #[arg(long, value_name = "N", default_value_t = 8)]
     threads: usize,

@@ -186,6 +186,11 @@ fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
     } else {
         SINGLE_WRITER_ATTR_TTL
     });
+    if args.writeback_cache && shared {
+        return Err(CliError::usage(
+            "--writeback-cache needs a vault only this host writes; this one is on a network or FUSE file system",
+        ));
+    }
     let attr_ttl = Duration::try_from_secs_f64(attr_ttl_secs)
         .map_err(|_| format!("--attr-ttl {attr_ttl_secs} is not a number of seconds"))?;
     if shared {
@@ -217,6 +222,7 @@ fn serve(args: &MountArgs, checked: Checked, ready: &mut Ready) -> CliResult {
                 .fd_cache
                 .unwrap_or_else(|| crate::fs::default_fd_cache(fd_limit)),
             noatime: args.flags.noatime,
+            writeback_cache: args.writeback_cache && !args.read_only,
         },
     )
     .map_err(|e| format!("cannot open vault {}: {e}", vault_dir.display()))?;
@@ -382,6 +388,9 @@ fn describe_options(args: &MountArgs) -> String {
     ];
     if args.allow_other {
         out.push("allow_other".into());
+    }
+    if args.writeback_cache {
+        out.push("writeback_cache".into());
     }
     let flags = args.flags.to_list();
     if !flags.is_empty() {

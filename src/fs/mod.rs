@@ -54,6 +54,10 @@ pub struct FsOptions {
     /// Reads of files leave the backing access times alone (O_NOATIME; the times shown are
     /// the backing store's): the `noatime` mount flag.
     pub noatime: bool,
+    /// The kernel may hold written data in its page cache and send it later in large writes
+    /// (FUSE_WRITEBACK_CACHE, `--writeback-cache`): only for a mount that is the vault's one
+    /// writer; a killed daemon then loses what was not yet fsynced.
+    pub writeback_cache: bool,
 }
 
 impl Default for FsOptions {
@@ -63,6 +67,7 @@ impl Default for FsOptions {
             attr_ttl: Duration::from_secs(1),
             fd_cache: 1024,
             noatime: false,
+            writeback_cache: false,
         }
     }
 }
@@ -185,6 +190,11 @@ impl KmsFs {
             .vault
             .shared_store
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the kernel caches writes (see `FsOptions::writeback_cache`).
+    pub fn writeback_cache(&self) -> bool {
+        self.opts.writeback_cache
     }
 
     /// The inode table, shared with the control socket (status).

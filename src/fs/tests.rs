@@ -629,11 +629,14 @@ fn new_directory_ivs_and_sidecars_are_synced_by_the_next_fsync() {
     let d = f.dir(ROOT, "src");
     let long = "n".repeat(200);
     f.file(d, &long, b"x");
-    assert_eq!(unsynced.len(), 2, "the IV file and the long name's sidecar wait");
-    let (e, fh) = f
-        .fs
-        .create(&ME, d, OsStr::new("lib.rs"), 0o644, 0o022, libc::O_WRONLY)
-        .expect("create");
+    assert_eq!(
+        unsynced.len(),
+        2,
+        "the IV file and the long name's sidecar wait"
+    );
+    let (e, fh) =
+        f.fs.create(&ME, d, OsStr::new("lib.rs"), 0o644, 0o022, libc::O_WRONLY)
+            .expect("create");
     f.fs.fsync(fh, true).expect("fsync");
     assert!(unsynced.is_empty(), "an fsync syncs them first");
     f.fs.release(e.attr.ino, fh);
