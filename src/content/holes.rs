@@ -26,6 +26,8 @@ pub struct HoleStore {
     dir: OwnedFd,
     /// Whether any map may exist (false: deletes need not look for one).
     any: AtomicBool,
+    /// Other hosts write maps too (`set_shared`).
+    shared: AtomicBool,
 }
 
 impl HoleStore {
@@ -35,6 +37,7 @@ impl HoleStore {
         HoleStore {
             dir,
             any: any.into(),
+            shared: AtomicBool::new(false),
         }
     }
 
@@ -47,6 +50,12 @@ impl HoleStore {
     /// The store is shared with other hosts, which make maps of their own.
     pub fn set_shared(&self) {
         self.any.store(true, Ordering::Relaxed);
+        self.shared.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether other hosts write maps too.
+    fn is_shared(&self) -> bool {
+        self.shared.load(Ordering::Relaxed)
     }
 
     fn name(id: &Id) -> OsString {
@@ -157,6 +166,19 @@ impl HoleMap {
             return Ok(bitmap);
         }
         if n < stored.len() || ctx.cipher.open_chunk(chunk, &stored, &mut bitmap).is_err() {
+            if ctx.store.is_some_and(HoleStore::is_shared) {
+                // Read without the lock, it may be mid-rewrite by another host; a block read
+                // that fails on it is tried again under the lock, and logged (file and block)
+                // if it still fails there.
+                tracing::debug!(
+                    map = %sys::describe(file.as_fd()),
+                    level = chunk.level,
+                    chunk = chunk.index,
+                    "hole map chunk does not verify (another host may be rewriting it)"
+                );
+                bitmap.fill(0);
+                return Ok(bitmap);
+            }
             tracing::warn!(
                 map = %sys::describe(file.as_fd()),
                 level = chunk.level,
