@@ -399,8 +399,6 @@ fn describe_options(args: &MountArgs) -> String {
     out.join(",")
 }
 
-/// Re-unwrap the file-name key once per TTL in the background (lookups keep using the current
-/// key meanwhile), so a KMS refusal of the vault's key reaches file names too.
 /// Sync new directory IV files and sidecars every `FLUSH_EVERY` (names::unsynced).
 fn spawn_name_file_sync(unsynced: Arc<crate::names::Unsynced>) -> CliResult {
     std::thread::Builder::new()
@@ -415,6 +413,8 @@ fn spawn_name_file_sync(unsynced: Arc<crate::names::Unsynced>) -> CliResult {
         .map_err(|e| format!("cannot start a thread: {e}").into())
 }
 
+/// Re-unwrap the file-name key once per TTL in the background (lookups keep using the current
+/// key meanwhile), so a KMS refusal of the vault's key reaches file names too.
 fn spawn_name_key_refresh(handle: crate::names::NameKeyHandle, ttl: Duration) -> CliResult {
     // TTL 0 means "no caching across opens"; names have no opens, so refresh every minute.
     let every = if ttl.is_zero() {

@@ -166,25 +166,16 @@ impl HoleMap {
             return Ok(bitmap);
         }
         if n < stored.len() || ctx.cipher.open_chunk(chunk, &stored, &mut bitmap).is_err() {
+            let map = sys::describe(file.as_fd());
+            let (level, index) = (chunk.level, chunk.index);
             if ctx.store.is_some_and(HoleStore::is_shared) {
                 // Read without the lock, it may be mid-rewrite by another host; a block read
                 // that fails on it is tried again under the lock, and logged (file and block)
                 // if it still fails there.
-                tracing::debug!(
-                    map = %sys::describe(file.as_fd()),
-                    level = chunk.level,
-                    chunk = chunk.index,
-                    "hole map chunk does not verify (another host may be rewriting it)"
-                );
-                bitmap.fill(0);
-                return Ok(bitmap);
+                tracing::debug!(%map, level, chunk = index, "hole map chunk does not verify (another host may be rewriting it)");
+            } else {
+                tracing::warn!(%map, level, chunk = index, "hole map chunk is damaged: the holes it granted read as EIO");
             }
-            tracing::warn!(
-                map = %sys::describe(file.as_fd()),
-                level = chunk.level,
-                chunk = chunk.index,
-                "hole map chunk is damaged: the holes it granted read as EIO"
-            );
             bitmap.fill(0);
         }
         Ok(bitmap)

@@ -102,7 +102,7 @@ impl KmsFs {
     /// file made durable keeps its name.
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
         let file = self.handles.file(fh).ok_or(FsError::EBADF)?;
-        self.names.sync_new().map_err(|e| FsError::io(&e))?;
+        self.names.sync_new().map_err(e_io)?;
         file.sync(datasync).map_err(|e| FsError::crypt(&e))
     }
 

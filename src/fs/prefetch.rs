@@ -56,10 +56,9 @@ const MAX_FILES_PER_DIR: usize = 1024;
 const MAX_DIRS: usize = 10_000;
 
 enum Job {
-    /// List this directory and queue its files.
-    Dir(OwnedFd),
-    /// Queue the files of this directory and of every directory under it not yet prefetched.
-    Tree(OwnedFd),
+    /// Queue the files of this directory and, within this many files, of the directories
+    /// under it not yet prefetched (0: this directory's files only).
+    Tree(OwnedFd, usize),
     /// Prefetch not yet prefetched subdirectories of this directory, those listed after the
     /// one with this inode number first (the way the reader is going), as far as `Ahead` says.
     Siblings(OwnedFd, Ahead, u64),
@@ -259,7 +258,8 @@ impl Prefetcher {
             (walk, walking)
         };
         if let Some(fd) = open_dir(dir) {
-            self.send(if walking { Job::Tree(fd) } else { Job::Dir(fd) });
+            let below = if walking { MAX_TREE_FILES } else { 0 };
+            self.send(Job::Tree(fd, below));
         }
         if walk {
             if let Some(fd) = parent.and_then(open_dir) {
@@ -279,10 +279,13 @@ impl Prefetcher {
             return;
         }
         let Some(id) = dir_id(dir) else { return };
-        if !self.dirs.lock().ahead.remove(&id.ino) {
-            return;
-        }
-        let walking = self.dirs.lock().is_walking();
+        let walking = {
+            let mut dirs = self.dirs.lock();
+            if !dirs.ahead.remove(&id.ino) {
+                return;
+            }
+            dirs.is_walking()
+        };
         if let Some(fd) = parent.and_then(open_dir) {
             self.send(Job::Siblings(fd, Ahead::new(walking, 1), id.ino));
         }
@@ -370,17 +373,8 @@ fn worker(rx: &Mutex<Receiver<Job>>, tx: &Sender<Job>, vault: &Volume, dirs: &Pl
         };
         match job {
             Err(_) => return,
-            Ok(Job::Dir(fd)) => {
-                let dir = Arc::new(fd);
-                for e in entries(&dir, |t| t.is_file())
-                    .into_iter()
-                    .take(MAX_FILES_PER_DIR)
-                {
-                    let _ = tx.send(Job::File(dir.clone(), e.file_name()));
-                }
-            }
-            Ok(Job::Tree(fd)) => {
-                queue_tree(fd, MAX_TREE_FILES, tx, vault, dirs);
+            Ok(Job::Tree(fd, below)) => {
+                queue_tree(fd, below, tx, vault, dirs);
             }
             Ok(Job::Siblings(parent, ahead, from)) => {
                 // Directories (Dirs) or files (Files) still to queue.
@@ -420,7 +414,7 @@ fn worker(rx: &Mutex<Receiver<Job>>, tx: &Sender<Job>, vault: &Volume, dirs: &Pl
                     }
                     match ahead {
                         Ahead::Dirs(_) => {
-                            let _ = tx.send(Job::Dir(fd));
+                            let _ = tx.send(Job::Tree(fd, 0));
                             left -= 1;
                         }
                         Ahead::Files(_) => {

@@ -6,9 +6,10 @@
 //! through the mount returns (a durable entry never lands in a directory whose IV is not), at
 //! unmount, and within [`FLUSH_EVERY`] otherwise (the daemon's flush thread). A crash before
 //! that may lose the new directory's names, none of them fsynced, as a crash before fsync may
-//! lose the new directory itself on any filesystem (docs/FORMAT.md, crash consistency). Syncing in batches, off the mkdir, keeps an `fsync`
-//! (one disk round trip, ~1 ms here) out of every mkdir: untarring a tree of 2,000 directories
-//! spent 2.5 s in them.
+//! lose the new directory itself on any filesystem (docs/FORMAT.md, crash consistency).
+//!
+//! Syncing in batches, off the mkdir, keeps an `fsync` (one disk round trip, ~1 ms here) out of
+//! every mkdir: untarring a tree of 2,000 directories spent 2.5 s in them.
 
 use std::fs::File;
 use std::io;
