@@ -427,7 +427,10 @@ fn replace(
         .file_id()
         .ok_or_else(|| Step::Failed("the new copy has no header".into()))?;
     copy_metadata(old_fd(old)?.as_fd(), new_file.as_fd(), meta)?;
-    new_file.sync_all()?;
+    // Like the writes before it, a failed sync of the new copy (space, I/O) stops the run.
+    new_file
+        .sync_all()
+        .map_err(|e| Step::Failed(format!("cannot sync the new copy: {e}")))?;
     if let Some(d) = job.holes_dir {
         // The new map's directory entry, before the file that needs it is in place.
         sys::fsync(d.as_fd())?;
